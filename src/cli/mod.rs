@@ -1,0 +1,113 @@
+//! The command line (SPEC §1): one file per subcommand group.
+//!
+//! Every command returns `Result<ExitCode, CliError>`; an error is printed as one line on
+//! stderr (`gale: <what>: <why>`) and mapped to its exit code, never a backtrace.
+
+mod cluster;
+mod daemon;
+mod state;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::lifecycle::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "gale", version, about = "Storm-style node supervisor agent", propagate_version = true)]
+pub struct Args {
+    /// Config file [default: $GALE_CONFIG, else /etc/gale/gale.toml]
+    #[arg(long, global = true, value_name = "PATH", env = "GALE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd runs this)
+    Run,
+    /// Parse and validate the config; print the effective config (defaults filled) as TOML
+    CheckConfig,
+    /// The local state store
+    #[command(subcommand)]
+    State(StateCommand),
+    /// What ZooKeeper says about the cluster
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print every kept version of the local state with its keys; works with the daemon down
+    Dump,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Live supervisors registered in ZooKeeper
+    Supervisors {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A command's failure: the one-line message and the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: ExitCode, message: impl Into<String>) -> CliError {
+        CliError { code, message: message.into() }
+    }
+}
+
+impl From<config::ConfigError> for CliError {
+    fn from(e: config::ConfigError) -> CliError {
+        CliError::new(ExitCode::Config, e.to_string())
+    }
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(args: Args) -> ExitCode {
+    let result = match &args.command {
+        Command::Run => daemon::run(&config_path(&args)),
+        Command::CheckConfig => check_config(&config_path(&args)),
+        Command::State(StateCommand::Dump) => state::dump(&config_path(&args)),
+        Command::Cluster(ClusterCommand::Supervisors { json }) => cluster::supervisors(&config_path(&args), *json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("gale: {}", err.message);
+            err.code
+        }
+    }
+}
+
+fn config_path(args: &Args) -> PathBuf {
+    args.config.clone().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
+pub(crate) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
+    Ok(config::load(path)?)
+}
+
+fn check_config(path: &std::path::Path) -> Result<ExitCode, CliError> {
+    let config = load_config(path)?;
+    print!("{}", config.to_toml());
+    Ok(ExitCode::Clean)
+}
+
+/// A current-thread runtime for the short-lived client commands.
+pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(ExitCode::Failure, format!("cannot start the async runtime: {e}")))
+}

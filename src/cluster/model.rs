@@ -1,0 +1,234 @@
+//! ZooKeeper payloads (SPEC §3). All are UTF-8 JSON objects with `"schema": 1`. Decoding
+//! ignores unknown fields (forward compatible) and rejects an unknown schema with an error
+//! that names the path, so a bad payload is reported and never crashes anything.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Capacity;
+use crate::lifecycle::Lifecycle;
+
+/// The payload schema this agent writes and understands.
+pub const SCHEMA: u32 = 1;
+
+/// Payloads larger than this are rejected before parsing (ZooKeeper's own limit is ~1 MiB).
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("{path}: payload is {size} bytes, more than the {MAX_PAYLOAD_BYTES} allowed")]
+    TooLarge { path: String, size: usize },
+    #[error("{path}: not a valid payload: {source}")]
+    Json { path: String, source: serde_json::Error },
+    #[error("{path}: unknown schema {schema} (this agent understands schema {SCHEMA})")]
+    Schema { path: String, schema: u64 },
+}
+
+/// Node health as advertised in SupervisorInfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    #[default]
+    Unknown,
+}
+
+/// The state of a slot, as named in SPEC §3.1 (Storm's names in snake_case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotStateName {
+    Empty,
+    WaitingForBlobs,
+    WaitingForWorkerStart,
+    Running,
+    Kill,
+    KillAndRelaunch,
+    KillBlobUpdate,
+    WaitingForBlobUpdate,
+    Backoff,
+}
+
+/// Why a worker process ended (SPEC §3.1 `last_exit.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    Exited,
+    StartTimeout,
+    HeartbeatTimeout,
+    MemoryLimit,
+    Killed,
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    pub code: Option<i32>,
+    /// Signal name (`"SIGKILL"`) when the process died of a signal.
+    pub signal: Option<String>,
+    pub reason: ExitReason,
+    pub at_ms: u64,
+}
+
+/// One non-empty slot in SupervisorInfo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub port: u16,
+    pub topology_id: String,
+    pub worker_id: String,
+    pub pid: Option<u32>,
+    pub state: SlotStateName,
+    pub since_ms: u64,
+    pub restarts: u32,
+    pub last_exit: Option<LastExit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `/supervisors/<id>`: what this agent is and runs (SPEC §3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorInfo {
+    pub schema: u32,
+    pub id: String,
+    pub hostname: String,
+    pub version: String,
+    pub state: Lifecycle,
+    pub health: Health,
+    pub started_at_ms: u64,
+    pub time_ms: u64,
+    pub slots: Vec<u16>,
+    pub used_slots: Vec<u16>,
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
+}
+
+impl SupervisorInfo {
+    /// True when `self` and `other` differ only in `time_ms`: no rewrite is needed before
+    /// the refresh interval.
+    pub fn same_content(&self, other: &SupervisorInfo) -> bool {
+        SupervisorInfo { time_ms: 0, ..self.clone() } == SupervisorInfo { time_ms: 0, ..other.clone() }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("SupervisorInfo always serializes")
+    }
+
+    /// Decodes a payload read from `path`; see the module docs for the rules.
+    pub fn decode(path: &str, bytes: &[u8]) -> Result<SupervisorInfo, PayloadError> {
+        decode(path, bytes)
+    }
+}
+
+/// Decodes any schema-1 payload: size bound, JSON, schema check, then the type.
+pub fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, PayloadError> {
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(PayloadError::TooLarge { path: path.to_owned(), size: bytes.len() });
+    }
+    let json = |source| PayloadError::Json { path: path.to_owned(), source };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
+    match value.get("schema").and_then(serde_json::Value::as_u64) {
+        Some(s) if s == u64::from(SCHEMA) => {}
+        Some(schema) => return Err(PayloadError::Schema { path: path.to_owned(), schema }),
+        None => {
+            let source = <serde_json::Error as serde::de::Error>::custom("missing or non-integer `schema`");
+            return Err(json(source));
+        }
+    }
+    serde_json::from_value(value).map_err(json)
+}
+
+/// Milliseconds since the unix epoch, for payload timestamps (wall clock on purpose: other
+/// hosts read these).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SupervisorInfo {
+        SupervisorInfo {
+            schema: SCHEMA,
+            id: "6f1c".into(),
+            hostname: "worker-17".into(),
+            version: "0.1.0".into(),
+            state: Lifecycle::Running,
+            health: Health::Healthy,
+            started_at_ms: 1,
+            time_ms: 2,
+            slots: vec![6700, 6701],
+            used_slots: vec![6700],
+            capacity: Capacity { cpu_percent: 400, memory_mb: 4096 },
+            labels: BTreeMap::from([("rack".into(), "r1".into())]),
+            workers: vec![WorkerInfo {
+                port: 6700,
+                topology_id: "wordcount".into(),
+                worker_id: "w1".into(),
+                pid: None,
+                state: SlotStateName::WaitingForWorkerStart,
+                since_ms: 3,
+                restarts: 0,
+                last_exit: Some(LastExit {
+                    code: Some(1),
+                    signal: None,
+                    reason: ExitReason::StartTimeout,
+                    at_ms: 4,
+                }),
+                error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_has_the_spec_field_names_and_values() {
+        let v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["health"], "healthy");
+        assert_eq!(v["workers"][0]["state"], "waiting_for_worker_start");
+        assert_eq!(v["workers"][0]["pid"], serde_json::Value::Null);
+        assert_eq!(v["workers"][0]["last_exit"]["reason"], "start_timeout");
+        assert!(v["workers"][0].get("error").is_none(), "error only when there is one");
+        assert_eq!(v["capacity"]["memory_mb"], 4096);
+    }
+
+    #[test]
+    fn round_trip_and_unknown_fields_are_ignored() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["from_the_future"] = serde_json::json!({"x": 1});
+        let back = SupervisorInfo::decode("/p", &serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn bad_payloads_are_errors_naming_the_path() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["schema"] = 2.into();
+        let err = SupervisorInfo::decode("/gale/supervisors/x", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("/gale/supervisors/x: unknown schema 2"), "{err}");
+        assert!(SupervisorInfo::decode("/p", b"{not json").is_err());
+        assert!(SupervisorInfo::decode("/p", b"{\"id\":\"x\"}").unwrap_err().to_string().contains("schema"));
+        assert!(matches!(
+            SupervisorInfo::decode("/p", &vec![b' '; MAX_PAYLOAD_BYTES + 1]),
+            Err(PayloadError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn same_content_ignores_only_time() {
+        let a = sample();
+        let mut b = sample();
+        b.time_ms = 99;
+        assert!(a.same_content(&b));
+        b.used_slots.clear();
+        assert!(!a.same_content(&b));
+    }
+}

@@ -1,0 +1,401 @@
+//! The ONLY module that uses the `zookeeper-client` crate.
+//!
+//! What it adds over the crate:
+//! - [`connect`]: our own connect loop. Each attempt uses `with_fail_eagerly()` so a dead
+//!   ensemble fails the attempt after one pass over the servers instead of blocking for the
+//!   whole session timeout; between attempts we back off exponentially with jitter, so a
+//!   fleet of agents does not reconnect in lock step after an ensemble restart.
+//! - [`ZkError`]: the crate's errors classified where they arrive into what the agent does
+//!   about them ([`ErrorClass`]): expected outcomes (node exists, no node, bad version),
+//!   transient (connection loss: retry on the same session), session-terminal (expired,
+//!   closed: start a new session) and the rest.
+//! - [`ZkClient::close`]: the crate has no `close()`. Dropping every clone of the client makes
+//!   its session task send `CloseSession` (so our ephemeral nodes vanish at once); we then
+//!   wait for the state watcher to report `Closed`, bounded by a timeout.
+//!
+//! Client behaviour relied on (read in the crate's source, 0.11): requests in flight when a
+//! connection drops fail with `ConnectionLoss`; the client reconnects by itself inside the
+//! session and reports `Disconnected` then `SyncConnected`; it declares the session `Expired`
+//! on its own when it cannot reconnect in time (~1.4× the negotiated timeout), after which
+//! every request fails and a new client is needed.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use zookeeper_client as zk;
+
+/// What the caller should do about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    NoNode,
+    NodeExists,
+    BadVersion,
+    NotEmpty,
+    /// The connection dropped; the session may still be alive: retry later on the same client.
+    ConnectionLoss,
+    /// The session is over (expired, closed, auth failed): a new session is needed.
+    SessionGone,
+    NoAuth,
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("zookeeper {op} {path}: {source}")]
+pub struct ZkError {
+    pub op: &'static str,
+    pub path: String,
+    #[source]
+    pub source: zk::Error,
+}
+
+impl ZkError {
+    fn new(op: &'static str, path: &str, source: zk::Error) -> ZkError {
+        ZkError { op, path: path.to_owned(), source }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self.source {
+            zk::Error::NoNode => ErrorClass::NoNode,
+            zk::Error::NodeExists => ErrorClass::NodeExists,
+            zk::Error::BadVersion => ErrorClass::BadVersion,
+            zk::Error::NotEmpty => ErrorClass::NotEmpty,
+            zk::Error::ConnectionLoss | zk::Error::Timeout => ErrorClass::ConnectionLoss,
+            zk::Error::SessionExpired
+            | zk::Error::SessionMoved
+            | zk::Error::ClientClosed
+            | zk::Error::AuthFailed => ErrorClass::SessionGone,
+            zk::Error::NoAuth => ErrorClass::NoAuth,
+            _ => ErrorClass::Other,
+        }
+    }
+}
+
+/// Session state as the agent sees it (reported in logs, status and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Connected,
+    ConnectedReadOnly,
+    Disconnected,
+    Expired,
+    AuthFailed,
+    Closed,
+}
+
+impl SessionState {
+    fn from_client(state: zk::SessionState) -> SessionState {
+        match state {
+            zk::SessionState::SyncConnected => SessionState::Connected,
+            zk::SessionState::ConnectedReadOnly => SessionState::ConnectedReadOnly,
+            zk::SessionState::Disconnected => SessionState::Disconnected,
+            zk::SessionState::Expired => SessionState::Expired,
+            zk::SessionState::AuthFailed => SessionState::AuthFailed,
+            zk::SessionState::Closed => SessionState::Closed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Connected => "connected",
+            SessionState::ConnectedReadOnly => "connected_read_only",
+            SessionState::Disconnected => "disconnected",
+            SessionState::Expired => "expired",
+            SessionState::AuthFailed => "auth_failed",
+            SessionState::Closed => "closed",
+        }
+    }
+
+    /// The session cannot come back; only a new session helps.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SessionState::Expired | SessionState::AuthFailed | SessionState::Closed)
+    }
+}
+
+/// The parts of a node's `Stat` the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStat {
+    pub version: i32,
+    /// Session id owning an ephemeral node; 0 for a persistent one.
+    pub ephemeral_owner: i64,
+    pub mtime_ms: i64,
+}
+
+impl From<&zk::Stat> for NodeStat {
+    fn from(stat: &zk::Stat) -> NodeStat {
+        NodeStat { version: stat.version, ephemeral_owner: stat.ephemeral_owner, mtime_ms: stat.mtime }
+    }
+}
+
+/// What a one-shot node watch saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEvent {
+    Created,
+    Deleted,
+    DataChanged,
+    ChildrenChanged,
+    /// The session ended (terminal state); the watch will not fire again.
+    Session(SessionState),
+}
+
+/// A one-shot watch on one node.
+#[derive(Debug)]
+pub struct NodeWatch(zk::OneshotWatcher);
+
+impl NodeWatch {
+    pub async fn changed(self) -> NodeEvent {
+        let event = self.0.changed().await;
+        match event.event_type {
+            zk::EventType::NodeCreated => NodeEvent::Created,
+            zk::EventType::NodeDeleted => NodeEvent::Deleted,
+            zk::EventType::NodeDataChanged => NodeEvent::DataChanged,
+            zk::EventType::NodeChildrenChanged => NodeEvent::ChildrenChanged,
+            zk::EventType::Session => NodeEvent::Session(SessionState::from_client(event.session_state)),
+        }
+    }
+}
+
+/// Session-state changes of one client.
+#[derive(Debug)]
+pub struct StateWatcher(zk::StateWatcher);
+
+impl StateWatcher {
+    /// The next state change. After a terminal state this never returns.
+    pub async fn changed(&mut self) -> SessionState {
+        SessionState::from_client(self.0.changed().await)
+    }
+}
+
+/// How to reach the ensemble.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port` list.
+    pub servers: Vec<String>,
+    pub session_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Digest credentials (`user:password`), added to the session at connect time.
+    pub digest: Option<String>,
+}
+
+/// A connected session.
+#[derive(Debug)]
+pub struct ZkClient {
+    client: zk::Client,
+    /// Digest auth is in force: create nodes with [`CREATOR_ALL_WORLD_READ`].
+    secured: bool,
+}
+
+/// One connection attempt: every server tried once (fail eagerly), bounded by
+/// `connect_timeout`.
+pub async fn connect_once(opts: &ConnectOptions) -> Result<ZkClient, ZkError> {
+    let servers = opts.servers.join(",");
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(opts.session_timeout)
+        .with_connection_timeout(opts.connect_timeout.min(opts.session_timeout))
+        .with_fail_eagerly();
+    if let Some(digest) = &opts.digest {
+        connector = connector.with_auth("digest", digest.as_bytes());
+    }
+    match tokio::time::timeout(opts.connect_timeout, connector.connect(&servers)).await {
+        Ok(Ok(client)) => Ok(ZkClient { client, secured: opts.digest.is_some() }),
+        Ok(Err(err)) => Err(ZkError::new("connect", &servers, err)),
+        Err(_) => Err(ZkError::new("connect", &servers, zk::Error::Timeout)),
+    }
+}
+
+/// Backoff between connection attempts: 250 ms doubling to 10 s, each delay drawn uniformly
+/// from its upper half (jitter).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { next: initial, max }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Connects, retrying with backoff until it works or `stop` turns true (then `None`).
+pub async fn connect(opts: &ConnectOptions, stop: &mut watch::Receiver<bool>) -> Option<ZkClient> {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    let mut attempt = 1u32;
+    loop {
+        let result = tokio::select! {
+            r = connect_once(opts) => r,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        match result {
+            Ok(client) => {
+                tracing::info!(
+                    session = %client.session_hex(),
+                    timeout_ms = client.session_timeout().as_millis() as u64,
+                    attempt,
+                    "zookeeper session established"
+                );
+                return Some(client);
+            }
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, attempt, retry_in_ms = delay.as_millis() as u64, "cannot connect to zookeeper");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// SPEC §7: with digest auth, nodes the agent creates are creator-all plus world-read, so
+/// anyone can see the cluster but only this identity can change its nodes.
+static CREATOR_ALL_WORLD_READ: [zk::Acl; 2] = [
+    zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
+    zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
+];
+
+impl ZkClient {
+    fn acls(&self) -> zk::Acls<'static> {
+        if self.secured { zk::Acls::new(&CREATOR_ALL_WORLD_READ) } else { zk::Acls::anyone_all() }
+    }
+
+    pub fn session_id(&self) -> i64 {
+        self.client.session_id().0
+    }
+
+    /// `0x…`, as ZooKeeper's own logs print session ids.
+    pub fn session_hex(&self) -> String {
+        format!("{:#x}", self.session_id())
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        self.client.session_timeout()
+    }
+
+    pub fn state(&self) -> SessionState {
+        SessionState::from_client(self.client.state())
+    }
+
+    pub fn state_watcher(&self) -> StateWatcher {
+        StateWatcher(self.client.state_watcher())
+    }
+
+    /// Creates `path` and its missing ancestors as persistent nodes; existing ones are fine.
+    pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
+        let mut prefix = String::new();
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(segment);
+            match self.client.create(&prefix, &[], &zk::CreateMode::Persistent.with_acls(self.acls())).await {
+                Ok(_) | Err(zk::Error::NodeExists) => {}
+                Err(err) => return Err(ZkError::new("create", &prefix, err)),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_ephemeral(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
+        let options = zk::CreateMode::Ephemeral.with_acls(self.acls());
+        let (stat, _) = self.client.create(path, data, &options).await.map_err(|e| ZkError::new("create", path, e))?;
+        Ok(NodeStat::from(&stat))
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<Option<NodeStat>, ZkError> {
+        let stat = self.client.check_stat(path).await.map_err(|e| ZkError::new("stat", path, e))?;
+        Ok(stat.as_ref().map(NodeStat::from))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, NodeStat)>, ZkError> {
+        match self.client.get_data(path).await {
+            Ok((data, stat)) => Ok(Some((data, NodeStat::from(&stat)))),
+            Err(zk::Error::NoNode) => Ok(None),
+            Err(err) => Err(ZkError::new("get", path, err)),
+        }
+    }
+
+    pub async fn set(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<NodeStat, ZkError> {
+        let stat = self.client.set_data(path, data, version).await.map_err(|e| ZkError::new("set", path, e))?;
+        Ok(NodeStat::from(&stat))
+    }
+
+    pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
+        self.client.delete(path, version).await.map_err(|e| ZkError::new("delete", path, e))
+    }
+
+    /// Children names of `path`; a missing `path` has none.
+    pub async fn children(&self, path: &str) -> Result<Vec<String>, ZkError> {
+        match self.client.list_children(path).await {
+            Ok(children) => Ok(children),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(err) => Err(ZkError::new("list", path, err)),
+        }
+    }
+
+    /// Stat of `path` (if it exists) and a one-shot watch for its next change.
+    pub async fn watch_node(&self, path: &str) -> Result<(Option<NodeStat>, NodeWatch), ZkError> {
+        let (stat, watcher) =
+            self.client.check_and_watch_stat(path).await.map_err(|e| ZkError::new("watch", path, e))?;
+        Ok((stat.as_ref().map(NodeStat::from), NodeWatch(watcher)))
+    }
+
+    /// Closes the session: its ephemeral nodes go at once. Waits up to `timeout` for the
+    /// client to confirm; returns whether it did.
+    pub async fn close(self, timeout: Duration) -> bool {
+        let mut states = self.client.state_watcher();
+        let session = self.session_hex();
+        if states.state().is_terminated() {
+            return true;
+        }
+        // Dropping the last clone closes the request channel; the session task then sends
+        // CloseSession and reports Closed.
+        drop(self);
+        let closed = tokio::time::timeout(timeout, async {
+            loop {
+                if states.changed().await.is_terminated() {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if closed {
+            tracing::info!(session = %session, "zookeeper session closed");
+        } else {
+            tracing::warn!(session = %session, "zookeeper session did not confirm close; the server will expire it");
+        }
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        let mut base = Duration::from_millis(250);
+        for d in delays {
+            assert!(d >= base / 2 && d <= base, "{d:?} not in [{:?}, {base:?}]", base / 2);
+            base = (base * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let class = |e| ZkError::new("op", "/p", e).class();
+        assert_eq!(class(zk::Error::NodeExists), ErrorClass::NodeExists);
+        assert_eq!(class(zk::Error::ConnectionLoss), ErrorClass::ConnectionLoss);
+        assert_eq!(class(zk::Error::SessionExpired), ErrorClass::SessionGone);
+        assert_eq!(class(zk::Error::ClientClosed), ErrorClass::SessionGone);
+        assert_eq!(class(zk::Error::NoAuth), ErrorClass::NoAuth);
+    }
+}

@@ -1,0 +1,23 @@
+//! gale: a Storm-style node supervisor agent.
+//!
+//! One daemon per worker host. It keeps a crash-safe local state (its identity, what it
+//! runs), registers and heartbeats in ZooKeeper under an ephemeral node, runs its periodic
+//! and event-driven work on two serial coalescing queues, and stops cleanly without ever
+//! touching the workers it supervises. The external contract (CLI, config, ZooKeeper layout,
+//! local dir, exit codes) is SPEC.md; ARCHITECTURE.md maps the code.
+//!
+//! Entry point for the daemon: [`run`]. The binary (`src/main.rs`) only parses the command
+//! line, loads the config, sets up logging and maps errors to exit codes.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod event;
+pub mod ident;
+pub mod lifecycle;
+pub mod local_dir;
+pub mod local_state;
+pub mod logging;
+pub mod supervisor;
+
+pub use supervisor::{RunError, run};

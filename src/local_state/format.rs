@@ -1,0 +1,97 @@
+//! Encoding and checking of one version's data file (see the layout in the module docs above).
+//!
+//! Decoding is strict: the file must have exactly the length its header announces, so a write
+//! torn anywhere (header or payload) is caught by the length check or, failing that, the CRC.
+//! Every way a file can be bad is a [`Defect`], which callers log and skip; there is no path
+//! from a bad file to "empty map".
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+/// The decoded payload: key name → bincode encoding of that key's value.
+pub type Entries = BTreeMap<String, Vec<u8>>;
+
+pub(crate) const MAGIC: &[u8; 8] = b"GALESTAT";
+/// The data file format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const HEADER_LEN: usize = 8 + 4 + 8 + 4;
+
+/// Why a version's data file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Defect {
+    #[error("marker without data file (torn write, or removed while reading)")]
+    MissingData,
+    #[error("zero-length data file")]
+    Empty,
+    #[error("truncated header ({len} of {HEADER_LEN} bytes)")]
+    ShortHeader { len: usize },
+    #[error("bad magic (not a gale state file)")]
+    BadMagic,
+    #[error(
+        "unknown format version {0} (this gale reads version {FORMAT_VERSION}; written by a newer gale?)"
+    )]
+    UnknownFormat(u32),
+    #[error("wrong length: {actual} bytes, header says {expected} (torn write)")]
+    WrongLength { actual: u64, expected: u64 },
+    #[error("checksum mismatch: stored {stored:08x}, computed {computed:08x}")]
+    ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("payload does not decode: {0}")]
+    Undecodable(String),
+    #[error("cannot read data file: {0}")]
+    Io(String),
+}
+
+/// Encodes a whole map as a data file: header followed by payload.
+pub(crate) fn encode(entries: &Entries) -> Result<Vec<u8>, bincode::Error> {
+    let payload = bincode::serialize(entries)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Checks and decodes a data file's bytes.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Entries, Defect> {
+    if bytes.is_empty() {
+        return Err(Defect::Empty);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(Defect::ShortHeader { len: bytes.len() });
+    }
+    let (header, payload) = bytes.split_at(HEADER_LEN);
+    if &header[0..8] != MAGIC {
+        return Err(Defect::BadMagic);
+    }
+    // The format version is checked before the length: a future format may lay out its header
+    // differently, and "unknown format" is the useful thing to report then.
+    let format = u32::from_le_bytes(header[8..12].try_into().unwrap());
+    if format != FORMAT_VERSION {
+        return Err(Defect::UnknownFormat(format));
+    }
+    let payload_len = u64::from_le_bytes(header[12..20].try_into().unwrap());
+    let expected = payload_len.saturating_add(HEADER_LEN as u64);
+    let actual = bytes.len() as u64;
+    if actual != expected {
+        return Err(Defect::WrongLength { actual, expected });
+    }
+    let stored = u32::from_le_bytes(header[20..24].try_into().unwrap());
+    let computed = crc32fast::hash(payload);
+    if stored != computed {
+        return Err(Defect::ChecksumMismatch { stored, computed });
+    }
+    bincode::deserialize(payload).map_err(|e| Defect::Undecodable(e.to_string()))
+}
+
+/// Reads and checks the data file at `path`. A missing file is a defect, not an I/O error: the
+/// caller only asks for files whose marker it saw.
+pub(crate) fn read_version(path: &Path) -> Result<Entries, Defect> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode(&bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Defect::MissingData),
+        Err(e) => Err(Defect::Io(e.to_string())),
+    }
+}

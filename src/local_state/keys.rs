@@ -1,0 +1,60 @@
+//! The typed keys of the local state.
+//!
+//! A key is a zero-sized type implementing [`Key`]: its `NAME` is the string stored on disk and
+//! its `Value` the type its bytes decode to. All keys are declared in one `state_keys!` block so
+//! that adding a key is one line, and [`known_keys`] (used by `dump` to print values as JSON)
+//! can never miss one.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A key of the local state, naming its on-disk string and its value type.
+pub trait Key {
+    /// The key as stored in the file. Never rename one: old versions on disk still use it.
+    const NAME: &'static str;
+    /// The value type, stored as its bincode (v1) encoding.
+    type Value: Serialize + DeserializeOwned + Debug;
+}
+
+/// Decodes a stored value of a known key and renders it as JSON (for `dump`).
+pub type ToJson = fn(&[u8]) -> Result<serde_json::Value, String>;
+
+fn to_json<K: Key>(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let value: K::Value = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
+    serde_json::to_value(&value).map_err(|e| e.to_string())
+}
+
+/// Declares the key types and the registry of known keys in one place.
+macro_rules! state_keys {
+    ($( $(#[$doc:meta])* $ty:ident: $value:ty = $name:literal; )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $ty;
+
+            impl Key for $ty {
+                const NAME: &'static str = $name;
+                type Value = $value;
+            }
+        )*
+
+        /// Every key this build knows, by name, with a decoder to JSON.
+        pub fn known_keys() -> BTreeMap<&'static str, ToJson> {
+            BTreeMap::from([$( ($name, to_json::<$ty> as ToJson), )*])
+        }
+    };
+}
+
+state_keys! {
+    /// This supervisor's identity, generated once (a UUID unless configured) and kept forever:
+    /// losing it would make nimbus see a new supervisor and reassign this host's workers.
+    SupervisorId: String = "supervisor-id";
+    /// The ZooKeeper session id of the agent's latest registration.
+    LastSessionId: i64 = "last-session-id";
+    /// Up to 3 older session ids of this agent, newest first, so that ephemeral nodes left by
+    /// earlier sessions can be recognised as ours.
+    EarlierSessionIds: Vec<i64> = "earlier-session-ids";
+}

@@ -1,0 +1,353 @@
+//! [`LocalState`]: opening a state directory, typed reads, and the crash-safe write path.
+//!
+//! The in-memory map is only replaced after a new version is durable, so a failed write leaves
+//! both memory and disk as they were. Version names are chosen past every name ever seen in the
+//! directory (including corrupt versions and torn leftovers), so a new write always becomes the
+//! newest version, even when the newest one on disk is unreadable.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use super::error::{StateError, WriteStep};
+use super::format::{self, Entries};
+use super::keys::Key;
+use super::scan::{self, data_path, marker_path, temp_path};
+
+/// How many versions are kept; older ones are deleted once a new version is durable.
+pub const KEEP_VERSIONS: usize = 4;
+
+/// The local state of one supervisor, backed by a versioned directory.
+#[derive(Debug)]
+pub struct LocalState {
+    dir: PathBuf,
+    /// Newest version read or written; `None` for a fresh store.
+    version: Option<u64>,
+    /// Highest version name seen in the directory or attempted by us; the next write goes past it.
+    highest_seen: Option<u64>,
+    entries: Entries,
+    /// Milliseconds since the unix epoch; replaceable so tests can freeze or rewind it.
+    clock: fn() -> u64,
+    #[cfg(test)]
+    pub(super) fail_at: Option<WriteStep>,
+}
+
+/// Changes made inside [`LocalState::update`], written together as one version.
+#[derive(Debug)]
+pub struct Batch {
+    entries: Entries,
+    version: Option<u64>,
+}
+
+impl Batch {
+    /// Reads a key as it stands in this batch (including its own changes).
+    pub fn get<K: Key>(&self) -> Result<Option<K::Value>, StateError> {
+        decode_value::<K>(&self.entries, self.version)
+    }
+
+    pub fn put<K: Key>(&mut self, value: &K::Value) -> Result<(), StateError> {
+        let bytes = bincode::serialize(value).map_err(|source| StateError::Encode {
+            key: K::NAME,
+            source,
+        })?;
+        self.entries.insert(K::NAME.to_owned(), bytes);
+        Ok(())
+    }
+
+    pub fn remove<K: Key>(&mut self) {
+        self.entries.remove(K::NAME);
+    }
+}
+
+impl LocalState {
+    /// Opens (creating the directory if missing, mode 0700) and reads the newest good version;
+    /// cleans leftovers of torn writes.
+    pub fn open(dir: &Path) -> Result<LocalState, StateError> {
+        Self::open_with_clock(dir, system_now_ms)
+    }
+
+    pub(super) fn open_with_clock(
+        dir: &Path,
+        clock: fn() -> u64,
+    ) -> Result<LocalState, StateError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        let listing = scan::scan(dir).map_err(|source| StateError::ReadDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+
+        let mut newest_good = None;
+        let mut defects = Vec::new();
+        for (&version, _) in listing.iter().rev().filter(|(_, files)| files.marker) {
+            let path = data_path(dir, version);
+            match format::read_version(&path) {
+                Ok(entries) => {
+                    newest_good = Some((version, entries));
+                    break;
+                }
+                Err(reason) => {
+                    warn!(path = %path.display(), version, %reason, "skipping unreadable local state version");
+                    defects.push((version, reason));
+                }
+            }
+        }
+        let (version, entries) = match newest_good {
+            Some((version, entries)) => (Some(version), entries),
+            None if defects.is_empty() => (None, Entries::new()),
+            None => {
+                let count = defects.len();
+                let (newest, reason) = defects.swap_remove(0);
+                return Err(StateError::NoReadableVersion {
+                    dir: dir.to_owned(),
+                    count,
+                    newest,
+                    reason,
+                });
+            }
+        };
+
+        // Cleaning only after a successful read: a directory we refuse to start on is left
+        // exactly as found for whoever investigates it.
+        for (&v, files) in &listing {
+            if files.temp {
+                remove_leftover(&temp_path(dir, v));
+            }
+            if files.data && !files.marker {
+                remove_leftover(&data_path(dir, v));
+            }
+        }
+        debug!(dir = %dir.display(), ?version, keys = entries.len(), "opened local state");
+        Ok(LocalState {
+            dir: dir.to_owned(),
+            version,
+            highest_seen: listing.keys().next_back().copied(),
+            entries,
+            clock,
+            #[cfg(test)]
+            fail_at: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The newest version read or written; `None` for a fresh, never written store.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    pub fn get<K: Key>(&self) -> Result<Option<K::Value>, StateError> {
+        decode_value::<K>(&self.entries, self.version)
+    }
+
+    /// Writes one new version with `key` set to `value`; returns the version.
+    pub fn put<K: Key>(&mut self, value: &K::Value) -> Result<u64, StateError> {
+        self.update(|batch| batch.put::<K>(value))
+    }
+
+    /// Writes one new version without `key`; returns the version.
+    pub fn remove<K: Key>(&mut self) -> Result<u64, StateError> {
+        self.update(|batch| {
+            batch.remove::<K>();
+            Ok(())
+        })
+    }
+
+    /// Applies several changes and writes them as ONE new version (atomic together). If `f`
+    /// fails, nothing is written.
+    pub fn update(
+        &mut self,
+        f: impl FnOnce(&mut Batch) -> Result<(), StateError>,
+    ) -> Result<u64, StateError> {
+        let mut batch = Batch {
+            entries: self.entries.clone(),
+            version: self.version,
+        };
+        f(&mut batch)?;
+        let bytes = format::encode(&batch.entries)
+            .map_err(|source| StateError::EncodePayload { source })?;
+        let version = next_version(self.highest_seen, (self.clock)());
+        // Even a failed attempt may leave a file behind if cleanup fails too; never reuse its name.
+        self.highest_seen = Some(version);
+        if let Err(e) = self.write_version(version, &bytes) {
+            self.remove_version_files(version);
+            return Err(e);
+        }
+        self.entries = batch.entries;
+        self.version = Some(version);
+        self.prune(version);
+        Ok(version)
+    }
+
+    fn write_version(&self, version: u64, bytes: &[u8]) -> Result<(), StateError> {
+        let dir = &self.dir;
+        let (temp, data, marker) = (
+            temp_path(dir, version),
+            data_path(dir, version),
+            marker_path(dir, version),
+        );
+        let mut file = self.step(WriteStep::CreateTemp, &temp, version, || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)
+        })?;
+        self.step(WriteStep::WriteTemp, &temp, version, || {
+            file.write_all(bytes)
+        })?;
+        self.step(WriteStep::SyncTemp, &temp, version, || file.sync_all())?;
+        drop(file);
+        self.step(WriteStep::Rename, &data, version, || {
+            fs::rename(&temp, &data)
+        })?;
+        self.step(WriteStep::SyncDirAfterRename, dir, version, || {
+            sync_dir(dir)
+        })?;
+        self.step(WriteStep::CreateMarker, &marker, version, || {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&marker)
+                .map(drop)
+        })?;
+        self.step(WriteStep::SyncDirAfterMarker, dir, version, || {
+            sync_dir(dir)
+        })
+    }
+
+    /// Runs one step of the write protocol, attaching its context to a failure.
+    fn step<T>(
+        &self,
+        step: WriteStep,
+        path: &Path,
+        version: u64,
+        op: impl FnOnce() -> io::Result<T>,
+    ) -> Result<T, StateError> {
+        #[cfg(test)]
+        if self.fail_at == Some(step) {
+            return Err(StateError::Write {
+                step,
+                path: path.to_owned(),
+                version,
+                source: io::ErrorKind::StorageFull.into(),
+            });
+        }
+        op().map_err(|source| StateError::Write {
+            step,
+            path: path.to_owned(),
+            version,
+            source,
+        })
+    }
+
+    /// Deletes every version older than the newest [`KEEP_VERSIONS`] markers. Runs only after
+    /// `newest` is durable; failures are logged, not returned, since the write itself succeeded.
+    fn prune(&self, newest: u64) {
+        let listing = match scan::scan(&self.dir) {
+            Ok(listing) => listing,
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot list the local state directory to prune old versions");
+                return;
+            }
+        };
+        let mut markers = listing
+            .iter()
+            .rev()
+            .filter(|(_, f)| f.marker)
+            .map(|(&v, _)| v);
+        let Some(oldest_kept) = markers.nth(KEEP_VERSIONS - 1) else {
+            return;
+        };
+        for (&version, _) in listing.range(..oldest_kept) {
+            debug!(version, newest, "pruning old local state version");
+            self.remove_version_files(version);
+        }
+    }
+
+    /// Removes a version's files, marker first: a crash midway then leaves a data file without
+    /// marker (a leftover `open` cleans up), never a marker pointing at nothing.
+    fn remove_version_files(&self, version: u64) {
+        for path in [
+            marker_path(&self.dir, version),
+            data_path(&self.dir, version),
+            temp_path(&self.dir, version),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot remove local state file")
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
+    }
+}
+
+fn decode_value<K: Key>(
+    entries: &Entries,
+    version: Option<u64>,
+) -> Result<Option<K::Value>, StateError> {
+    let Some(bytes) = entries.get(K::NAME) else {
+        return Ok(None);
+    };
+    bincode::deserialize(bytes)
+        .map(Some)
+        .map_err(|source| StateError::Decode {
+            key: K::NAME,
+            ty: std::any::type_name::<K::Value>(),
+            version,
+            source,
+        })
+}
+
+/// The name for a new version: the clock, unless that would not be past every existing name.
+pub(super) fn next_version(highest_seen: Option<u64>, now_ms: u64) -> u64 {
+    match highest_seen {
+        Some(highest) if now_ms <= highest => highest + 1,
+        _ => now_ms,
+    }
+}
+
+fn system_now_ms() -> u64 {
+    // A clock before 1970 reads as 0, which next_version bumps past the newest version anyway.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn remove_leftover(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            info!(path = %path.display(), "removed leftover of an interrupted local state write")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot remove leftover of an interrupted local state write")
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Orchestration: the daemon from start to clean stop.
+//!
+//! [`run`] owns the order of things, which is the part worth reading slowly:
+//!
+//! 1. lock the local dir (a second agent exits 4), consume the clean-shutdown marker;
+//! 2. open LocalState (refuse to start if it exists but no version checks out), resolve the
+//!    supervisor id (config, else stored, else a new UUID persisted before use);
+//! 3. `recovering` if the marker was missing;
+//! 4. start the membership task (ZooKeeper session, registration, heartbeat), the two event
+//!    queues and their timers;
+//! 5. once registered and the first sync ran: `running`, `READY=1`;
+//! 6. on shutdown: `stopping`, stop timers, close queues (running jobs finish), close the
+//!    ZooKeeper session (the ephemeral node goes at once), write `clean-shutdown`, return.
+//!
+//! Workers are never touched by any of this: they outlive the agent (SPEC §4).
+
+mod jobs;
+mod session_log;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+pub use jobs::{ProcessJob, SupervisorJob};
+
+use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipError, NodeReport, SessionEvent};
+use crate::cluster::model::{Health, unix_ms};
+use crate::cluster::zk::ConnectOptions;
+use crate::config::Config;
+use crate::event::{spawn_queue, spawn_timer};
+use crate::lifecycle::{Lifecycle, Systemd};
+use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
+use crate::local_state::{self, LocalState, StateError};
+
+/// Why the daemon stopped other than cleanly. `main` maps each to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    LocalDir(#[from] LocalDirError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error("cannot read zookeeper credentials {path}: {reason}")]
+    Credentials { path: String, reason: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RunError {
+    /// Exit code per SPEC §6.
+    pub fn exit_code(&self) -> crate::lifecycle::ExitCode {
+        use crate::lifecycle::ExitCode;
+        match self {
+            RunError::LocalDir(LocalDirError::Locked { .. }) => ExitCode::IdentityConflict,
+            RunError::Membership(MembershipError::IdentityConflict { .. }) => ExitCode::IdentityConflict,
+            RunError::Credentials { .. } => ExitCode::Config,
+            _ => ExitCode::Failure,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` completes (then stops cleanly) or a fatal error.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let systemd = Systemd;
+    let mut lifecycle = Lifecycle::Starting;
+    info!(state = %lifecycle, config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "lifecycle");
+
+    let (local_dir, previous) = LocalDir::open(&config.supervisor.local_dir)?;
+    let state_dir = local_dir.state_dir();
+    let state = tokio::task::spawn_blocking(move || LocalState::open(&state_dir))
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))??;
+    let state = Arc::new(Mutex::new(state));
+    let id = resolve_id(&config, &state).await?;
+    let hostname = match &config.supervisor.hostname {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()
+            .map_err(|e| RunError::Internal(format!("cannot read the system hostname: {e}; set supervisor.hostname")))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    info!(id = %id, hostname = %hostname, local_dir = %config.supervisor.local_dir.display(), "supervisor identity");
+
+    if previous == PreviousStop::Unclean {
+        lifecycle = transition(lifecycle, Lifecycle::Recovering, "no clean-shutdown marker: the previous agent did not stop cleanly");
+        // Nothing runs under this agent yet that would need adopting; worker adoption
+        // (pid + start time + boot id) is done here once workers exist.
+    }
+    systemd.status(lifecycle.as_str());
+
+    let (report_tx, report_rx) =
+        watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
+    let identity = Identity {
+        id: id.clone(),
+        hostname,
+        slots: config.supervisor.slots.clone(),
+        capacity: config.supervisor.capacity,
+        labels: config.supervisor.labels.clone(),
+        started_at_ms: unix_ms(),
+    };
+    let membership_config = MembershipConfig {
+        connect: ConnectOptions {
+            servers: config.zookeeper.servers.clone(),
+            session_timeout: config.zookeeper.session_timeout,
+            connect_timeout: config.zookeeper.connect_timeout,
+            digest: read_digest(&config)?,
+        },
+        root: config.zookeeper.root.clone(),
+        heartbeat: config.supervisor.heartbeat,
+        heartbeat_refresh: config.supervisor.heartbeat_refresh,
+    };
+    let (zk_stop_tx, zk_stop_rx) = watch::channel(false);
+    let session_log = Arc::new(session_log::StateSessionLog::new(state.clone()));
+    let (membership, mut zk) = Membership::new(membership_config, identity, session_log, report_rx, zk_stop_rx);
+    let mut membership_task = tokio::spawn(membership.run());
+
+    let (synced_tx, mut synced_rx) = watch::channel(0u64);
+    let (sync_queue, sync_task) = spawn_queue(
+        "sync-supervisor",
+        jobs::SupervisorSync { membership: zk.commands.clone(), completed: synced_tx, timeout: config.zookeeper.session_timeout },
+    );
+    let (proc_queue, proc_task) = spawn_queue(
+        "sync-processes",
+        jobs::ProcessSync {
+            lock_path: local_dir.lock_path(),
+            lock_inode: local_dir.lock_inode().map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
+            state_dir: local_dir.state_dir(),
+        },
+    );
+    let (timers_stop_tx, timers_stop_rx) = watch::channel(false);
+    let timers = [
+        spawn_timer(sync_queue.clone(), SupervisorJob::Sync, config.supervisor.sync, timers_stop_rx.clone()),
+        spawn_timer(proc_queue.clone(), ProcessJob::Monitor, config.supervisor.monitor, timers_stop_rx.clone()),
+    ];
+    proc_queue.request(ProcessJob::Monitor);
+
+    let watchdog = systemd.watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| RunError::Internal(format!("cannot install the SIGHUP handler: {e}")))?;
+    tokio::pin!(shutdown);
+
+    // The main loop: everything here is cheap; work happens on the queues and in tasks.
+    let outcome: Result<(), RunError> = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            res = &mut membership_task => {
+                break match res {
+                    Ok(Ok(())) => Err(RunError::Internal("the zookeeper membership task stopped unexpectedly".into())),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(RunError::Internal(format!("the zookeeper membership task failed: {e}"))),
+                };
+            }
+            Some(event) = zk.events.recv() => match event {
+                SessionEvent::Registered { .. } | SessionEvent::Reconnected => {
+                    // A new session or a reconnect: watches may have missed events, so re-read all.
+                    sync_queue.request(SupervisorJob::Sync);
+                }
+            },
+            Ok(()) = synced_rx.changed() => {
+                if matches!(lifecycle, Lifecycle::Starting | Lifecycle::Recovering) && zk.status.borrow().registered {
+                    lifecycle = transition(lifecycle, Lifecycle::Running, "registered and first sync done");
+                    report_tx.send_modify(|r| r.lifecycle = lifecycle);
+                    systemd.ready("running");
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => systemd.watchdog(),
+            Some(()) = sighup.recv() => {
+                warn!("SIGHUP received: live config reload is not available in this version; restart the agent to apply config changes");
+            }
+        }
+    };
+
+    // Clean stop, in order. Nothing here touches workers.
+    transition(lifecycle, Lifecycle::Stopping, if outcome.is_ok() { "shutdown requested" } else { "fatal error" });
+    systemd.stopping();
+    report_tx.send_modify(|r| r.lifecycle = Lifecycle::Stopping);
+    let _ = timers_stop_tx.send(true);
+    for timer in timers {
+        let _ = timer.await;
+    }
+    sync_queue.close();
+    proc_queue.close();
+    let _ = sync_task.await;
+    let _ = proc_task.await;
+    let _ = zk_stop_tx.send(true);
+    if !membership_task.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(10), &mut membership_task).await {
+            Ok(Ok(Err(e))) => error!(error = %e, "zookeeper membership ended with an error while stopping"),
+            Ok(_) => {}
+            Err(_) => warn!("zookeeper session did not close in 10s; the server will expire it"),
+        }
+    }
+    if let Err(e) = &outcome {
+        // A fatal stop is not a clean one: the next start should recover.
+        error!(error = %e, "stopping after a fatal error");
+        return outcome;
+    }
+    local_dir.mark_clean_shutdown()?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn transition(from: Lifecycle, to: Lifecycle, why: &str) -> Lifecycle {
+    info!(from = %from, state = %to, why, "lifecycle");
+    Systemd.status(to.as_str());
+    to
+}
+
+/// The supervisor id: `supervisor.id` from the config, else the one in LocalState, else a
+/// new UUID, persisted before anything uses it.
+async fn resolve_id(config: &Config, state: &Arc<Mutex<LocalState>>) -> Result<String, RunError> {
+    let wanted = config.supervisor.id.clone();
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut state = state.lock().unwrap();
+        let stored = state.get::<local_state::SupervisorId>()?;
+        let id = match (wanted, stored) {
+            (Some(wanted), Some(stored)) if wanted == stored => return Ok(stored),
+            (Some(wanted), Some(stored)) => {
+                warn!(configured = %wanted, stored = %stored, "supervisor.id differs from the stored id; using the configured one");
+                wanted
+            }
+            (Some(wanted), None) => wanted,
+            (None, Some(stored)) => return Ok(stored),
+            (None, None) => {
+                let id = uuid::Uuid::new_v4().to_string();
+                info!(id = %id, "first start: generated a supervisor id");
+                id
+            }
+        };
+        state.put::<local_state::SupervisorId>(&id)?;
+        Ok(id)
+    })
+    .await
+    .map_err(|e| RunError::Internal(e.to_string()))?
+}
+
+/// Digest credentials (`user:password`) from `zookeeper.auth.credentials_file`, which must not
+/// be readable by group or others.
+fn read_digest(config: &Config) -> Result<Option<String>, RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(auth) = &config.zookeeper.auth else { return Ok(None) };
+    let path = auth.credentials_file.display().to_string();
+    let err = |reason: String| RunError::Credentials { path: path.clone(), reason };
+    if auth.scheme != "digest" {
+        return Err(err(format!("scheme `{}` is not supported; use \"digest\"", auth.scheme)));
+    }
+    let meta = std::fs::metadata(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:o} lets other users read it; chmod 600 it",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
+    let cred = text.trim();
+    if !cred.contains(':') || cred.lines().count() != 1 {
+        return Err(err("expected one line `user:password`".into()));
+    }
+    Ok(Some(cred.to_owned()))
+}

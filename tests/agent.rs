@@ -1,0 +1,235 @@
+//! The daemon end to end: the real `gale` binary against a real ZooKeeper.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Reads `<root>/supervisors/<id>` with an independent session.
+async fn read_node(zk: &zookeeper_client::Client, path: &str) -> Option<(Value, zookeeper_client::Stat)> {
+    match zk.get_data(path).await {
+        Ok((data, stat)) => Some((serde_json::from_slice(&data).expect("node holds JSON"), stat)),
+        Err(zookeeper_client::Error::NoNode) => None,
+        Err(e) => panic!("reading {path}: {e}"),
+    }
+}
+
+/// Waits until the agent's node exists with `state: running`; returns its payload and stat.
+async fn wait_running(zk: &zookeeper_client::Client, path: &str) -> (Value, zookeeper_client::Stat) {
+    eventually(&format!("{path} with state running"), Duration::from_secs(30), || async {
+        read_node(zk, path).await.filter(|(v, _)| v["state"] == "running")
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_an_ephemeral_node_with_the_spec_payload() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AgentSpec::new(&zk_server.connect_string(), "/t-register").id("sup-register").write(tmp.path());
+    let started = std::time::SystemTime::now();
+    let _agent = Agent::start(&config);
+    let zk = zk_client(&zk_server.connect_string()).await;
+    let (info, stat) = wait_running(&zk, "/t-register/supervisors/sup-register").await;
+    println!("registered and running after {:?}", started.elapsed().unwrap());
+
+    assert_ne!(stat.ephemeral_owner, 0, "the node must be ephemeral");
+    assert_ne!(stat.ephemeral_owner, zk.session_id().0, "owned by the agent's session, not ours");
+    assert_eq!(info["schema"], 1);
+    assert_eq!(info["id"], "sup-register");
+    assert!(info["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{info}");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["state"], "running");
+    assert!(["healthy", "unhealthy", "unknown"].contains(&info["health"].as_str().unwrap()), "{info}");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let started_at = info["started_at_ms"].as_u64().expect("started_at_ms is an integer");
+    let time = info["time_ms"].as_u64().expect("time_ms is an integer");
+    assert!(started_at <= time && time <= now_ms + 1000, "{info}");
+    assert_eq!(info["slots"], serde_json::json!([6700, 6701]));
+    assert_eq!(info["used_slots"], serde_json::json!([]));
+    assert_eq!(info["capacity"], serde_json::json!({"cpu_percent": 400, "memory_mb": 4096}));
+    assert_eq!(info["labels"], serde_json::json!({"rack": "r1"}));
+    assert_eq!(info["workers"], serde_json::json!([]));
+
+    // Parents are persistent.
+    let (_, parent) = zk.get_data("/t-register/supervisors").await.unwrap();
+    assert_eq!(parent.ephemeral_owner, 0);
+
+    // Unchanged content is refreshed every heartbeat_refresh_secs (5 s here), not every beat.
+    let (_, first) = read_node(&zk, "/t-register/supervisors/sup-register").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, second) = read_node(&zk, "/t-register/supervisors/sup-register").await.unwrap();
+    let (_, later) = eventually("a refresh write", Duration::from_secs(12), || async {
+        read_node(&zk, "/t-register/supervisors/sup-register").await.filter(|(_, s)| s.version > second.version)
+    })
+    .await;
+    assert!(second.version <= first.version + 1, "no write per heartbeat: {} -> {}", first.version, second.version);
+    assert_eq!(later.ephemeral_owner, stat.ephemeral_owner, "same session throughout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_the_session_at_once_and_the_next_start_is_clean() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AgentSpec::new(&zk_server.connect_string(), "/t-sigterm").id("sup-term").write(tmp.path());
+    let path = "/t-sigterm/supervisors/sup-term";
+    let zk = zk_client(&zk_server.connect_string()).await;
+
+    let mut agent = Agent::start(&config);
+    wait_running(&zk, path).await;
+    agent.signal(Signal::SIGTERM);
+    let signalled = tokio::time::Instant::now();
+    eventually("the node to go", Duration::from_secs(5), || async { read_node(&zk, path).await.is_none().then_some(()) })
+        .await;
+    let gone_after = signalled.elapsed();
+    println!("node gone {gone_after:?} after SIGTERM");
+    assert!(gone_after < Duration::from_secs(1), "ephemeral node took {gone_after:?} to go");
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), 0, "log:\n{}", agent.log_text());
+    assert!(tmp.path().join("local/clean-shutdown").exists(), "clean-shutdown marker written");
+    let log = agent.log_text();
+    assert!(log.contains("state=stopping"), "{log}");
+
+    // Clean restart: straight to running, never recovering; the marker is consumed.
+    let mut agent = Agent::start(&config);
+    wait_running(&zk, path).await;
+    agent.wait_log("state=running", Duration::from_secs(5));
+    assert!(!agent.log_text().contains("state=recovering"), "{}", agent.log_text());
+    assert!(!tmp.path().join("local/clean-shutdown").exists(), "marker is consumed at start");
+
+    // SIGKILL: no marker, so the next start goes through recovering. The dead agent's node
+    // lives until its session expires; the new agent recognises it as its own and replaces it.
+    let (_, old) = read_node(&zk, path).await.unwrap();
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit_signal();
+    assert!(read_node(&zk, path).await.is_some(), "the killed agent's session still holds the node");
+    let restarted = tokio::time::Instant::now();
+    let mut agent = Agent::start(&config);
+    agent.wait_log("state=recovering", Duration::from_secs(10));
+    let (_, new) = eventually("re-registration under a new session", Duration::from_secs(8), || async {
+        read_node(&zk, path).await.filter(|(v, s)| s.ephemeral_owner != old.ephemeral_owner && v["state"] == "running")
+    })
+    .await;
+    println!("re-registered {:?} after restart (session timeout 10 s)", restarted.elapsed());
+    assert_ne!(new.ephemeral_owner, old.ephemeral_owner);
+    agent.wait_log("removing the registration left by this agent's previous session", Duration::from_secs(1));
+
+    // `gale state dump` shows the id and the session ids, daemon up.
+    let dump = std::process::Command::new(env!("CARGO_BIN_EXE_gale"))
+        .args(["state", "dump", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(text.contains("supervisor-id") && text.contains("sup-term"), "{text}");
+    assert!(text.contains("last-session-id"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_same_local_dir_exits_4() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AgentSpec::new(&zk_server.connect_string(), "/t-lock").id("sup-lock").write(tmp.path());
+    let zk = zk_client(&zk_server.connect_string()).await;
+    let mut first = Agent::start(&config);
+    wait_running(&zk, "/t-lock/supervisors/sup-lock").await;
+
+    let mut second = Agent::start(&config);
+    assert_eq!(second.wait_exit(Duration::from_secs(10)), 4);
+    let log = second.log_text();
+    assert!(log.contains("is locked by another gale agent"), "{log}");
+    assert!(log.contains(&format!("pid {}", first.child.id())), "{log}");
+    assert!(first.try_status().is_none(), "the first agent keeps running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_id_live_elsewhere_exits_4_and_leaves_the_first_alone() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = AgentSpec::new(&zk_server.connect_string(), "/t-dup").id("sup-dup");
+    let first_cfg = spec.write(&tmp.path().join("a"));
+    let second_cfg = spec.write(&tmp.path().join("b"));
+    let zk = zk_client(&zk_server.connect_string()).await;
+    let mut first = Agent::start(&first_cfg);
+    let (_, stat) = wait_running(&zk, "/t-dup/supervisors/sup-dup").await;
+
+    let mut second = Agent::start(&second_cfg);
+    assert_eq!(second.wait_exit(Duration::from_secs(20)), 4, "log:\n{}", second.log_text());
+    let log = second.log_text();
+    assert!(log.contains("another live zookeeper session") && log.contains("cloned disk"), "{log}");
+
+    let (_, after) = read_node(&zk, "/t-dup/supervisors/sup-dup").await.expect("first agent's node stays");
+    assert_eq!(after.ephemeral_owner, stat.ephemeral_owner);
+    assert!(first.try_status().is_none(), "the first agent keeps running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_session_expiry_the_agent_registers_again_with_the_same_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = ZkServer::standalone(&tmp.path().join("zk"));
+    server.wait_serving();
+    let mut spec = AgentSpec::new(&server.connect_string(), "/t-expiry").id("sup-expiry");
+    spec.session_timeout_ms = 6000;
+    let config = spec.write(&tmp.path().join("agent"));
+    let path = "/t-expiry/supervisors/sup-expiry";
+    let mut agent = Agent::start(&config);
+    let old = {
+        let zk = zk_client(&server.connect_string()).await;
+        wait_running(&zk, path).await.1
+    };
+
+    // Down for longer than 1.4 × the session timeout: the client declares the session expired.
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(10_000)).await;
+    server.start();
+    server.wait_serving();
+    let back = tokio::time::Instant::now();
+    let zk = zk_client(&server.connect_string()).await;
+    let (info, new) = eventually("re-registration after expiry", Duration::from_secs(20), || async {
+        read_node(&zk, path).await.filter(|(_, s)| s.ephemeral_owner != old.ephemeral_owner)
+    })
+    .await;
+    println!("registered again {:?} after the server came back", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(15));
+    assert_eq!(info["id"], "sup-expiry");
+    assert_ne!(new.ephemeral_owner, 0);
+    assert!(agent.try_status().is_none(), "the agent survived the outage");
+    let log = agent.log_text();
+    assert!(log.contains("zookeeper session lost; starting a new one"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_ensemble_leader_keeps_the_registration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ensemble = Ensemble::start(&tmp.path().join("zk"));
+    let mut spec = AgentSpec::new(&ensemble.connect_string(), "/t-ensemble").id("sup-ensemble");
+    spec.heartbeat_refresh_secs = 1;
+    let config = spec.write(&tmp.path().join("agent"));
+    let path = "/t-ensemble/supervisors/sup-ensemble";
+    let mut agent = Agent::start(&config);
+    let zk = zk_client(&ensemble.connect_string()).await;
+    let (_, before) = wait_running(&zk, path).await;
+    drop(zk);
+
+    let leader = wait_for("a leader", Duration::from_secs(30), || ensemble.leader());
+    println!("killing leader zk{} (port {})", leader + 1, ensemble.servers[leader].port);
+    ensemble.servers[leader].kill();
+    let survivors: Vec<String> =
+        ensemble.servers.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, s)| s.connect_string()).collect();
+    wait_for("a new leader", Duration::from_secs(60), || ensemble.leader());
+    let zk = zk_client(&survivors.join(",")).await;
+    // The node is kept by the same session and keeps being refreshed (heartbeat every 1 s).
+    let (_, after) = eventually("a heartbeat write after failover", Duration::from_secs(30), || async {
+        read_node(&zk, path).await.filter(|(_, s)| s.mtime > before.mtime + 2000)
+    })
+    .await;
+    assert_eq!(after.ephemeral_owner, before.ephemeral_owner, "same session: no re-registration");
+    assert_eq!(after.czxid, before.czxid, "the node was never re-created");
+    let log = agent.log_text();
+    assert_eq!(log.matches("registered in zookeeper").count(), 1, "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(agent.try_status().is_none());
+}

@@ -1,0 +1,406 @@
+//! Test harness: a REAL ZooKeeper (Debian's `zookeeper` package) started by the tests, and
+//! the real `gale` binary run as a child process.
+//!
+//! One standalone server per test binary ([`shared_zk`]), each test under its own root;
+//! tests that stop servers start their own. A watchdog shell around each java process kills
+//! it when the test binary exits, however it exits, so no server outlives the run.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+pub const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends a four-letter word and returns the answer ("" when the server does not answer).
+pub fn four_letter(port: u16, word: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.write_all(word.as_bytes());
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
+/// `Mode:` from `srvr` (`standalone`, `leader`, `follower`), once the server serves.
+pub fn zk_mode(port: u16) -> Option<String> {
+    four_letter(port, "srvr").lines().find_map(|l| l.strip_prefix("Mode: ").map(|m| m.trim().to_owned()))
+}
+
+/// Polls `f` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::SystemTime::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::SystemTime::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One ZooKeeper server process (standalone or an ensemble member).
+#[derive(Debug)]
+pub struct ZkServer {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub cfg: PathBuf,
+    main_class: &'static str,
+    watchdog: Option<Child>,
+}
+
+impl ZkServer {
+    /// A standalone server on a free port with a fresh data dir under `dir`.
+    pub fn standalone(dir: &Path) -> ZkServer {
+        let port = free_port();
+        let cfg = write_cfg(dir, port, "");
+        let mut server = ZkServer {
+            dir: dir.to_owned(),
+            port,
+            cfg,
+            main_class: "org.apache.zookeeper.server.ZooKeeperServerMain",
+            watchdog: None,
+        };
+        server.start();
+        server
+    }
+
+    /// Starts (or restarts, on the same data dir and port) the server process.
+    pub fn start(&mut self) {
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let script = format!(
+            r#"java -Xmx128m -Dzookeeper.jmx.log4j.disable=true -cp {ZK_JAR} {class} "$1" >>"$2" 2>&1 &
+zk=$!
+echo $zk > "$3"
+trap 'kill -9 $zk 2>/dev/null; exit 0' TERM INT
+while kill -0 {test_pid} 2>/dev/null && kill -0 $zk 2>/dev/null; do sleep 0.3; done
+kill -9 $zk 2>/dev/null
+exit 0"#,
+            class = self.main_class,
+            test_pid = std::process::id()
+        );
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg("zk")
+            .arg(&self.cfg)
+            .arg(self.dir.join("zk.log"))
+            .arg(self.dir.join("zk.pid"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("bash");
+        self.watchdog = Some(child);
+    }
+
+    pub fn wait_serving(&self) {
+        wait_for(&format!("zookeeper on port {} to serve", self.port), Duration::from_secs(60), || zk_mode(self.port));
+    }
+
+    pub fn java_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("zk.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// SIGKILLs the server (data stays for a restart).
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.java_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.wait();
+        }
+        let port = self.port;
+        wait_for("zookeeper port to close", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_err().then_some(())
+        });
+    }
+
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        if self.watchdog.is_some() {
+            self.kill();
+        }
+    }
+}
+
+fn write_cfg(dir: &Path, port: u16, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("zoo.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tickTime=1000\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             4lw.commands.whitelist=*\nadmin.enableServer=false\nmaxSessionTimeout=60000\n{extra}",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// A 3-node ensemble on loopback.
+#[derive(Debug)]
+pub struct Ensemble {
+    pub servers: Vec<ZkServer>,
+}
+
+impl Ensemble {
+    pub fn start(dir: &Path) -> Ensemble {
+        let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
+        let members: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer, election))| format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (client, _, _)) in ports.iter().enumerate() {
+            let sdir = dir.join(format!("zk{}", i + 1));
+            let cfg = write_cfg(&sdir, *client, &members);
+            std::fs::create_dir_all(sdir.join("data")).unwrap();
+            std::fs::write(sdir.join("data/myid"), format!("{}\n", i + 1)).unwrap();
+            let mut server = ZkServer {
+                dir: sdir,
+                port: *client,
+                cfg,
+                main_class: "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                watchdog: None,
+            };
+            server.start();
+            servers.push(server);
+        }
+        let ensemble = Ensemble { servers };
+        for s in &ensemble.servers {
+            s.wait_serving();
+        }
+        ensemble
+    }
+
+    pub fn connect_string(&self) -> String {
+        self.servers.iter().map(ZkServer::connect_string).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn leader(&self) -> Option<usize> {
+        self.servers.iter().position(|s| zk_mode(s.port).as_deref() == Some("leader"))
+    }
+}
+
+/// The server shared by all tests of one test binary.
+pub fn shared_zk() -> &'static ZkServer {
+    static ZK: OnceLock<(tempfile::TempDir, ZkServer)> = OnceLock::new();
+    let (_, server) = ZK.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("gale-zk-").tempdir().unwrap();
+        let server = ZkServer::standalone(dir.path());
+        server.wait_serving();
+        (dir, server)
+    });
+    server
+}
+
+/// An independent ZooKeeper session for checking what the agent wrote.
+pub async fn zk_client(connect: &str) -> zookeeper_client::Client {
+    zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(30))
+        .connect(connect)
+        .await
+        .expect("test client connects")
+}
+
+/// Polls an async condition every 50 ms until Some or timeout.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Settings of a test agent's config file.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub servers: String,
+    pub root: String,
+    pub id: Option<String>,
+    pub session_timeout_ms: u64,
+    pub heartbeat_secs: u64,
+    pub heartbeat_refresh_secs: u64,
+}
+
+impl AgentSpec {
+    pub fn new(servers: &str, root: &str) -> AgentSpec {
+        AgentSpec {
+            servers: servers.to_owned(),
+            root: root.to_owned(),
+            id: None,
+            session_timeout_ms: 10_000,
+            heartbeat_secs: 1,
+            heartbeat_refresh_secs: 5,
+        }
+    }
+
+    pub fn id(mut self, id: &str) -> AgentSpec {
+        self.id = Some(id.to_owned());
+        self
+    }
+
+    /// Writes `<dir>/gale.toml` (local dir `<dir>/local`, logs `<dir>/logs`).
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let servers: Vec<String> = self.servers.split(',').map(|s| format!("\"{s}\"")).collect();
+        let id = self.id.as_ref().map(|id| format!("id = \"{id}\"\n")).unwrap_or_default();
+        let text = format!(
+            r#"[zookeeper]
+servers = [{servers}]
+root = "{root}"
+session_timeout_ms = {st}
+connect_timeout_ms = 3000
+
+[supervisor]
+local_dir = "{dir}/local"
+log_dir = "{dir}/logs"
+{id}slots = [6700, 6701]
+heartbeat_secs = {hb}
+heartbeat_refresh_secs = {hbr}
+sync_secs = 2
+monitor_secs = 1
+labels = {{ rack = "r1" }}
+
+[health]
+script_dir = "{dir}/health"
+
+[logs]
+level = "gale=debug,info"
+format = "text"
+
+[admin]
+listen = ""
+"#,
+            servers = servers.join(", "),
+            root = self.root,
+            st = self.session_timeout_ms,
+            dir = dir.display(),
+            hb = self.heartbeat_secs,
+            hbr = self.heartbeat_refresh_secs,
+        );
+        let path = dir.join("gale.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// The real `gale run` as a child process; SIGKILLed on drop if still running.
+#[derive(Debug)]
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+    pub status: Option<ExitStatus>,
+}
+
+impl Agent {
+    /// Starts `gale run --config <config>`, stderr appended to `<config dir>/agent-<n>.log`.
+    pub fn start(config: &Path) -> Agent {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = config.parent().unwrap().join(format!("agent-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gale"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn gale");
+        Agent { child, log, status: None }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let log = self.log.clone();
+        let deadline = std::time::SystemTime::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(needle) {
+                return;
+            }
+            if let Some(status) = self.try_status() {
+                panic!("agent exited ({status}) before logging {needle:?}; log:\n{text}");
+            }
+            if std::time::SystemTime::now() > deadline {
+                panic!("timed out waiting for {needle:?} in the agent log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status
+    }
+
+    /// Waits for the process to die of a signal (after a SIGKILL).
+    pub fn wait_exit_signal(&mut self) {
+        wait_for("the agent to die", Duration::from_secs(10), || self.try_status());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let status = wait_for("the agent to exit", timeout, || self.try_status());
+        status.code().unwrap_or_else(|| panic!("agent died of a signal: {status}; log:\n{}", self.log_text()))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
