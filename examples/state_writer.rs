@@ -10,10 +10,7 @@ use std::path::PathBuf;
 use gale::local_state::{LastSessionId, LocalState};
 
 fn main() -> anyhow::Result<()> {
-    let dir: PathBuf = std::env::args_os()
-        .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("usage: state_writer <dir>"))?
-        .into();
+    let dir: PathBuf = std::env::args_os().nth(1).ok_or_else(|| anyhow::anyhow!("usage: state_writer <dir>"))?.into();
     let mut state = LocalState::open(&dir)?;
     let mut n = state.get::<LastSessionId>()?.unwrap_or(0);
     let mut stdout = std::io::stdout().lock();

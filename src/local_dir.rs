@@ -19,9 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalDirError {
-    #[error(
-        "local dir {dir} is locked by another gale agent{holder}: only one agent may use a local dir"
-    )]
+    #[error("local dir {dir} is locked by another gale agent{holder}: only one agent may use a local dir")]
     Locked { dir: PathBuf, holder: String },
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
@@ -133,7 +131,11 @@ impl LocalDir {
         let mut file = File::create(&marker).map_err(io)?;
         writeln!(file, "{}", std::process::id()).map_err(io)?;
         file.sync_all().map_err(io)?;
-        sync_dir(&self.root).map_err(|source| LocalDirError::Io { what: "cannot sync", path: self.root.clone(), source })
+        sync_dir(&self.root).map_err(|source| LocalDirError::Io {
+            what: "cannot sync",
+            path: self.root.clone(),
+            source,
+        })
     }
 
     fn has_state(&self) -> Result<bool, LocalDirError> {

@@ -82,8 +82,10 @@ async fn sigterm_closes_the_session_at_once_and_the_next_start_is_clean() {
     wait_running(&zk, path).await;
     agent.signal(Signal::SIGTERM);
     let signalled = tokio::time::Instant::now();
-    eventually("the node to go", Duration::from_secs(5), || async { read_node(&zk, path).await.is_none().then_some(()) })
-        .await;
+    eventually("the node to go", Duration::from_secs(5), || async {
+        read_node(&zk, path).await.is_none().then_some(())
+    })
+    .await;
     let gone_after = signalled.elapsed();
     println!("node gone {gone_after:?} after SIGTERM");
     assert!(gone_after < Duration::from_secs(1), "ephemeral node took {gone_after:?} to go");

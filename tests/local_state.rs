@@ -29,10 +29,7 @@ fn writer_binary() -> PathBuf {
             .arg(&manifest)
             .status()
             .unwrap();
-        assert!(
-            status.success(),
-            "cargo build --example state_writer failed"
-        );
+        assert!(status.success(), "cargo build --example state_writer failed");
     }
     assert!(binary.exists(), "{} not found", binary.display());
     binary
@@ -43,12 +40,7 @@ fn values_survive_sigkill_at_random_moments() {
     let seed = std::env::var("GALE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+        .unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64);
     println!("crash test seed: {seed} (rerun with GALE_CRASH_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
     let binary = writer_binary();
@@ -58,35 +50,22 @@ fn values_survive_sigkill_at_random_moments() {
     let mut durable = 0i64; // highest value any round has seen durable
     let mut total_printed = 0usize;
     for round in 0..ROUNDS {
-        let mut child = Command::new(&binary)
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child =
+            Command::new(&binary).arg(&dir).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.u64(5..=60)));
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
         child.wait().unwrap();
         let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         // Only complete lines count: a line is printed after its put returned.
         let printed: Vec<i64> = out.lines().map(|l| l.parse().unwrap()).collect();
         total_printed += printed.len();
         let last_printed = printed.last().copied();
 
-        let state = LocalState::open(&dir)
-            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): open failed: {e}"));
+        let state = LocalState::open(&dir).unwrap_or_else(|e| panic!("round {round} (seed {seed}): open failed: {e}"));
         let stored = state.get::<LastSessionId>().unwrap().unwrap_or(0);
         let floor = last_printed.unwrap_or(durable).max(durable);
-        assert!(
-            stored >= floor,
-            "round {round} (seed {seed}): stored {stored} < {floor} already reported durable"
-        );
+        assert!(stored >= floor, "round {round} (seed {seed}): stored {stored} < {floor} already reported durable");
         // At most the one put in flight when the kill came may have landed unreported.
         assert!(
             stored <= floor + 1,
@@ -95,8 +74,5 @@ fn values_survive_sigkill_at_random_moments() {
         durable = stored;
     }
     println!("{ROUNDS} rounds, {total_printed} values reported, final value {durable}");
-    assert!(
-        total_printed > 0,
-        "the writer never completed a put: the test proved nothing"
-    );
+    assert!(total_printed > 0, "the writer never completed a put: the test proved nothing");
 }

@@ -302,7 +302,9 @@ impl Membership {
                             match self.verify(client, &mut watch).await {
                                 Ok(()) => {}
                                 Err(RegisterError::Fatal(e)) => return Err(e),
-                                Err(RegisterError::Zk(e)) => warn!(error = %e, "cannot verify the registration after reconnecting"),
+                                Err(RegisterError::Zk(e)) => {
+                                    warn!(error = %e, "cannot verify the registration after reconnecting")
+                                }
                             }
                         }
                         SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
@@ -324,7 +326,9 @@ impl Membership {
                             if let Err(e) = self.verify(client, &mut watch).await {
                                 match e {
                                     RegisterError::Fatal(e) => return Err(e),
-                                    RegisterError::Zk(e) => warn!(error = %e, "re-registration failed; retrying at the next heartbeat"),
+                                    RegisterError::Zk(e) => {
+                                        warn!(error = %e, "re-registration failed; retrying at the next heartbeat")
+                                    }
                                 }
                             }
                         }
@@ -341,7 +345,9 @@ impl Membership {
                     match result {
                         Ok(()) => {}
                         Err(RegisterError::Fatal(e)) => return Err(e),
-                        Err(RegisterError::Zk(e)) => warn!(error = %e, "heartbeat write failed; retrying at the next tick"),
+                        Err(RegisterError::Zk(e)) => {
+                            warn!(error = %e, "heartbeat write failed; retrying at the next tick")
+                        }
                     }
                 }
                 Wake::Command(Command::Verify(reply)) => match self.verify(client, &mut watch).await {

@@ -144,10 +144,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Resul
 /// Milliseconds since the unix epoch, for payload timestamps (wall clock on purpose: other
 /// hosts read these).
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -176,12 +173,7 @@ mod tests {
                 state: SlotStateName::WaitingForWorkerStart,
                 since_ms: 3,
                 restarts: 0,
-                last_exit: Some(LastExit {
-                    code: Some(1),
-                    signal: None,
-                    reason: ExitReason::StartTimeout,
-                    at_ms: 4,
-                }),
+                last_exit: Some(LastExit { code: Some(1), signal: None, reason: ExitReason::StartTimeout, at_ms: 4 }),
                 error: None,
             }],
         }

@@ -60,10 +60,9 @@ impl ZkError {
             zk::Error::BadVersion => ErrorClass::BadVersion,
             zk::Error::NotEmpty => ErrorClass::NotEmpty,
             zk::Error::ConnectionLoss | zk::Error::Timeout => ErrorClass::ConnectionLoss,
-            zk::Error::SessionExpired
-            | zk::Error::SessionMoved
-            | zk::Error::ClientClosed
-            | zk::Error::AuthFailed => ErrorClass::SessionGone,
+            zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::ClientClosed | zk::Error::AuthFailed => {
+                ErrorClass::SessionGone
+            }
             zk::Error::NoAuth => ErrorClass::NoAuth,
             _ => ErrorClass::Other,
         }
@@ -256,10 +255,8 @@ pub async fn connect(opts: &ConnectOptions, stop: &mut watch::Receiver<bool>) ->
 
 /// SPEC §7: with digest auth, nodes the agent creates are creator-all plus world-read, so
 /// anyone can see the cluster but only this identity can change its nodes.
-static CREATOR_ALL_WORLD_READ: [zk::Acl; 2] = [
-    zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
-    zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
-];
+static CREATOR_ALL_WORLD_READ: [zk::Acl; 2] =
+    [zk::Acl::new_const(zk::Permission::ALL, "auth", ""), zk::Acl::new_const(zk::Permission::READ, "world", "anyone")];
 
 impl ZkClient {
     fn acls(&self) -> zk::Acls<'static> {

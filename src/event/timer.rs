@@ -86,7 +86,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stop_ends_the_timer() {
-        let (q, _t) = spawn_queue("q", Stamp { at: Arc::default(), start: tokio::time::Instant::now(), cost: Duration::ZERO });
+        let (q, _t) =
+            spawn_queue("q", Stamp { at: Arc::default(), start: tokio::time::Instant::now(), cost: Duration::ZERO });
         let (stop_tx, stop) = watch::channel(false);
         let timer = spawn_timer(q, Tick, Duration::from_secs(1), stop);
         stop_tx.send(true).unwrap();

@@ -43,32 +43,17 @@ pub struct VersionInfo {
 
 /// Every version present in `dir` (with a data file, marker or temp file), newest first.
 pub fn versions(dir: &Path) -> Result<Vec<VersionInfo>, StateError> {
-    let listing = scan::scan(dir).map_err(|source| StateError::ReadDir {
-        dir: dir.to_owned(),
-        source,
-    })?;
+    let listing = scan::scan(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?;
     Ok(listing
         .iter()
         .rev()
         .map(|(&version, files)| {
             if !files.marker {
-                return VersionInfo {
-                    version,
-                    status: VersionStatus::NoMarker,
-                    entries: None,
-                };
+                return VersionInfo { version, status: VersionStatus::NoMarker, entries: None };
             }
             match format::read_version(&data_path(dir, version)) {
-                Ok(entries) => VersionInfo {
-                    version,
-                    status: VersionStatus::Ok,
-                    entries: Some(entries),
-                },
-                Err(defect) => VersionInfo {
-                    version,
-                    status: VersionStatus::Unreadable(defect),
-                    entries: None,
-                },
+                Ok(entries) => VersionInfo { version, status: VersionStatus::Ok, entries: Some(entries) },
+                Err(defect) => VersionInfo { version, status: VersionStatus::Unreadable(defect), entries: None },
             }
         })
         .collect())
@@ -81,27 +66,12 @@ pub fn dump(dir: &Path) -> Result<String, StateError> {
     let known = known_keys();
     let mut out = String::new();
     if versions.is_empty() {
-        let _ = writeln!(
-            out,
-            "local state in {}: no versions (a fresh store)",
-            dir.display()
-        );
+        let _ = writeln!(out, "local state in {}: no versions (a fresh store)", dir.display());
         return Ok(out);
     }
-    let _ = writeln!(
-        out,
-        "local state in {}: {} versions, newest first",
-        dir.display(),
-        versions.len()
-    );
+    let _ = writeln!(out, "local state in {}: {} versions, newest first", dir.display(), versions.len());
     for info in &versions {
-        let _ = writeln!(
-            out,
-            "version {} ({}): {}",
-            info.version,
-            format_unix_ms(info.version),
-            info.status
-        );
+        let _ = writeln!(out, "version {} ({}): {}", info.version, format_unix_ms(info.version), info.status);
         for (key, bytes) in info.entries.iter().flatten() {
             let value = match known.get(key.as_str()) {
                 Some(to_json) => match to_json(bytes) {

@@ -48,37 +48,19 @@ pub enum StateError {
         "no readable version of the local state in {} ({count} versions, all corrupt; newest {newest}: {reason}): move the directory away to start as a new supervisor",
         .dir.display()
     )]
-    NoReadableVersion {
-        dir: PathBuf,
-        count: usize,
-        newest: u64,
-        reason: Defect,
-    },
+    NoReadableVersion { dir: PathBuf, count: usize, newest: u64, reason: Defect },
     #[error(
         "local state key {key:?}{} does not decode as {ty}: it was written by an incompatible gale; remove the key or move the state directory away",
         .version.map(|v| format!(" (version {v})")).unwrap_or_default()
     )]
-    Decode {
-        key: &'static str,
-        ty: &'static str,
-        version: Option<u64>,
-        source: bincode::Error,
-    },
+    Decode { key: &'static str, ty: &'static str, version: Option<u64>, source: bincode::Error },
     #[error("cannot encode the value of local state key {key:?}")]
-    Encode {
-        key: &'static str,
-        source: bincode::Error,
-    },
+    Encode { key: &'static str, source: bincode::Error },
     #[error("cannot encode the local state payload")]
     EncodePayload { source: bincode::Error },
     #[error(
         "cannot {step} {} while writing local state version {version}: check free space and permissions (the previous version is kept)",
         .path.display()
     )]
-    Write {
-        step: WriteStep,
-        path: PathBuf,
-        version: u64,
-        source: io::Error,
-    },
+    Write { step: WriteStep, path: PathBuf, version: u64, source: io::Error },
 }

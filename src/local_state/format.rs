@@ -28,9 +28,7 @@ pub enum Defect {
     ShortHeader { len: usize },
     #[error("bad magic (not a gale state file)")]
     BadMagic,
-    #[error(
-        "unknown format version {0} (this gale reads version {FORMAT_VERSION}; written by a newer gale?)"
-    )]
+    #[error("unknown format version {0} (this gale reads version {FORMAT_VERSION}; written by a newer gale?)")]
     UnknownFormat(u32),
     #[error("wrong length: {actual} bytes, header says {expected} (torn write)")]
     WrongLength { actual: u64, expected: u64 },

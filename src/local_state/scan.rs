@@ -86,15 +86,7 @@ mod tests {
         assert_eq!(parse_name("17"), Some((17, Kind::Data)));
         assert_eq!(parse_name("17.version"), Some((17, Kind::Marker)));
         assert_eq!(parse_name("17.tmp"), Some((17, Kind::Temp)));
-        for other in [
-            "",
-            ".version",
-            "+17",
-            "017",
-            "17.bak",
-            "lock",
-            "99999999999999999999",
-        ] {
+        for other in ["", ".version", "+17", "017", "17.bak", "lock", "99999999999999999999"] {
             assert_eq!(parse_name(other), None, "{other:?}");
         }
     }

@@ -50,10 +50,7 @@ impl Batch {
     }
 
     pub fn put<K: Key>(&mut self, value: &K::Value) -> Result<(), StateError> {
-        let bytes = bincode::serialize(value).map_err(|source| StateError::Encode {
-            key: K::NAME,
-            source,
-        })?;
+        let bytes = bincode::serialize(value).map_err(|source| StateError::Encode { key: K::NAME, source })?;
         self.entries.insert(K::NAME.to_owned(), bytes);
         Ok(())
     }
@@ -70,22 +67,13 @@ impl LocalState {
         Self::open_with_clock(dir, system_now_ms)
     }
 
-    pub(super) fn open_with_clock(
-        dir: &Path,
-        clock: fn() -> u64,
-    ) -> Result<LocalState, StateError> {
+    pub(super) fn open_with_clock(dir: &Path, clock: fn() -> u64) -> Result<LocalState, StateError> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| StateError::CreateDir {
-                dir: dir.to_owned(),
-                source,
-            })?;
-        let listing = scan::scan(dir).map_err(|source| StateError::ReadDir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+            .map_err(|source| StateError::CreateDir { dir: dir.to_owned(), source })?;
+        let listing = scan::scan(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?;
 
         let mut newest_good = None;
         let mut defects = Vec::new();
@@ -108,12 +96,7 @@ impl LocalState {
             None => {
                 let count = defects.len();
                 let (newest, reason) = defects.swap_remove(0);
-                return Err(StateError::NoReadableVersion {
-                    dir: dir.to_owned(),
-                    count,
-                    newest,
-                    reason,
-                });
+                return Err(StateError::NoReadableVersion { dir: dir.to_owned(), count, newest, reason });
             }
         };
 
@@ -167,17 +150,10 @@ impl LocalState {
 
     /// Applies several changes and writes them as ONE new version (atomic together). If `f`
     /// fails, nothing is written.
-    pub fn update(
-        &mut self,
-        f: impl FnOnce(&mut Batch) -> Result<(), StateError>,
-    ) -> Result<u64, StateError> {
-        let mut batch = Batch {
-            entries: self.entries.clone(),
-            version: self.version,
-        };
+    pub fn update(&mut self, f: impl FnOnce(&mut Batch) -> Result<(), StateError>) -> Result<u64, StateError> {
+        let mut batch = Batch { entries: self.entries.clone(), version: self.version };
         f(&mut batch)?;
-        let bytes = format::encode(&batch.entries)
-            .map_err(|source| StateError::EncodePayload { source })?;
+        let bytes = format::encode(&batch.entries).map_err(|source| StateError::EncodePayload { source })?;
         let version = next_version(self.highest_seen, (self.clock)());
         // Even a failed attempt may leave a file behind if cleanup fails too; never reuse its name.
         self.highest_seen = Some(version);
@@ -193,42 +169,19 @@ impl LocalState {
 
     fn write_version(&self, version: u64, bytes: &[u8]) -> Result<(), StateError> {
         let dir = &self.dir;
-        let (temp, data, marker) = (
-            temp_path(dir, version),
-            data_path(dir, version),
-            marker_path(dir, version),
-        );
+        let (temp, data, marker) = (temp_path(dir, version), data_path(dir, version), marker_path(dir, version));
         let mut file = self.step(WriteStep::CreateTemp, &temp, version, || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)
+            OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)
         })?;
-        self.step(WriteStep::WriteTemp, &temp, version, || {
-            file.write_all(bytes)
-        })?;
+        self.step(WriteStep::WriteTemp, &temp, version, || file.write_all(bytes))?;
         self.step(WriteStep::SyncTemp, &temp, version, || file.sync_all())?;
         drop(file);
-        self.step(WriteStep::Rename, &data, version, || {
-            fs::rename(&temp, &data)
-        })?;
-        self.step(WriteStep::SyncDirAfterRename, dir, version, || {
-            sync_dir(dir)
-        })?;
+        self.step(WriteStep::Rename, &data, version, || fs::rename(&temp, &data))?;
+        self.step(WriteStep::SyncDirAfterRename, dir, version, || sync_dir(dir))?;
         self.step(WriteStep::CreateMarker, &marker, version, || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&marker)
-                .map(drop)
+            OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&marker).map(drop)
         })?;
-        self.step(WriteStep::SyncDirAfterMarker, dir, version, || {
-            sync_dir(dir)
-        })
+        self.step(WriteStep::SyncDirAfterMarker, dir, version, || sync_dir(dir))
     }
 
     /// Runs one step of the write protocol, attaching its context to a failure.
@@ -248,12 +201,7 @@ impl LocalState {
                 source: io::ErrorKind::StorageFull.into(),
             });
         }
-        op().map_err(|source| StateError::Write {
-            step,
-            path: path.to_owned(),
-            version,
-            source,
-        })
+        op().map_err(|source| StateError::Write { step, path: path.to_owned(), version, source })
     }
 
     /// Deletes every version older than the newest [`KEEP_VERSIONS`] markers. Runs only after
@@ -266,11 +214,7 @@ impl LocalState {
                 return;
             }
         };
-        let mut markers = listing
-            .iter()
-            .rev()
-            .filter(|(_, f)| f.marker)
-            .map(|(&v, _)| v);
+        let mut markers = listing.iter().rev().filter(|(_, f)| f.marker).map(|(&v, _)| v);
         let Some(oldest_kept) = markers.nth(KEEP_VERSIONS - 1) else {
             return;
         };
@@ -283,11 +227,7 @@ impl LocalState {
     /// Removes a version's files, marker first: a crash midway then leaves a data file without
     /// marker (a leftover `open` cleans up), never a marker pointing at nothing.
     fn remove_version_files(&self, version: u64) {
-        for path in [
-            marker_path(&self.dir, version),
-            data_path(&self.dir, version),
-            temp_path(&self.dir, version),
-        ] {
+        for path in [marker_path(&self.dir, version), data_path(&self.dir, version), temp_path(&self.dir, version)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -304,21 +244,16 @@ impl LocalState {
     }
 }
 
-fn decode_value<K: Key>(
-    entries: &Entries,
-    version: Option<u64>,
-) -> Result<Option<K::Value>, StateError> {
+fn decode_value<K: Key>(entries: &Entries, version: Option<u64>) -> Result<Option<K::Value>, StateError> {
     let Some(bytes) = entries.get(K::NAME) else {
         return Ok(None);
     };
-    bincode::deserialize(bytes)
-        .map(Some)
-        .map_err(|source| StateError::Decode {
-            key: K::NAME,
-            ty: std::any::type_name::<K::Value>(),
-            version,
-            source,
-        })
+    bincode::deserialize(bytes).map(Some).map_err(|source| StateError::Decode {
+        key: K::NAME,
+        ty: std::any::type_name::<K::Value>(),
+        version,
+        source,
+    })
 }
 
 /// The name for a new version: the clock, unless that would not be past every existing name.
@@ -331,9 +266,7 @@ pub(super) fn next_version(highest_seen: Option<u64>, now_ms: u64) -> u64 {
 
 fn system_now_ms() -> u64 {
     // A clock before 1970 reads as 0, which next_version bumps past the newest version anyway.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -36,10 +36,7 @@ fn listing(dir: &Path) -> BTreeMap<String, (u64, SystemTime)> {
         .map(|e| {
             let e = e.unwrap();
             let meta = e.metadata().unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                (meta.len(), meta.modified().unwrap()),
-            )
+            (e.file_name().into_string().unwrap(), (meta.len(), meta.modified().unwrap()))
         })
         .collect()
 }
@@ -61,15 +58,9 @@ fn each_key_round_trips_through_a_reopen() {
 
     let reopened = LocalState::open(tmp.path()).unwrap();
     assert_eq!(reopened.version(), Some(last));
-    assert_eq!(
-        reopened.get::<SupervisorId>().unwrap().as_deref(),
-        Some("3f2a-host")
-    );
+    assert_eq!(reopened.get::<SupervisorId>().unwrap().as_deref(), Some("3f2a-host"));
     assert_eq!(reopened.get::<LastSessionId>().unwrap(), Some(-42));
-    assert_eq!(
-        reopened.get::<EarlierSessionIds>().unwrap(),
-        Some(vec![41, 40, 39])
-    );
+    assert_eq!(reopened.get::<EarlierSessionIds>().unwrap(), Some(vec![41, 40, 39]));
 }
 
 #[test]
@@ -80,13 +71,7 @@ fn remove_writes_a_version_without_the_key() {
     let second = state.remove::<LastSessionId>().unwrap();
     assert!(second > first);
     assert_eq!(state.get::<LastSessionId>().unwrap(), None);
-    assert_eq!(
-        LocalState::open(tmp.path())
-            .unwrap()
-            .get::<LastSessionId>()
-            .unwrap(),
-        None
-    );
+    assert_eq!(LocalState::open(tmp.path()).unwrap().get::<LastSessionId>().unwrap(), None);
 }
 
 #[test]
@@ -111,10 +96,7 @@ fn update_writes_several_keys_in_one_version() {
     let reopened = LocalState::open(tmp.path()).unwrap();
     assert_eq!(reopened.get::<LastSessionId>().unwrap(), Some(2));
     assert_eq!(reopened.get::<EarlierSessionIds>().unwrap(), Some(vec![1]));
-    assert_eq!(
-        reopened.get::<SupervisorId>().unwrap().as_deref(),
-        Some("sup")
-    );
+    assert_eq!(reopened.get::<SupervisorId>().unwrap().as_deref(), Some("sup"));
 }
 
 #[test]
@@ -126,9 +108,7 @@ fn failed_update_closure_writes_nothing() {
     let err = state.update(|batch| {
         batch.put::<LastSessionId>(&2)?;
         batch.get::<Mystery>()?;
-        Err(StateError::EncodePayload {
-            source: Box::new(bincode::ErrorKind::SizeLimit),
-        })
+        Err(StateError::EncodePayload { source: Box::new(bincode::ErrorKind::SizeLimit) })
     });
     assert!(err.is_err());
     assert_eq!(state.get::<LastSessionId>().unwrap(), Some(1));
@@ -139,29 +119,13 @@ fn failed_update_closure_writes_nothing() {
 fn only_the_newest_four_versions_are_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let mut state = LocalState::open(tmp.path()).unwrap();
-    let written: Vec<u64> = (0..10)
-        .map(|n| state.put::<LastSessionId>(&n).unwrap())
-        .collect();
+    let written: Vec<u64> = (0..10).map(|n| state.put::<LastSessionId>(&n).unwrap()).collect();
 
-    let on_disk: Vec<u64> = versions(tmp.path())
-        .unwrap()
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let on_disk: Vec<u64> = versions(tmp.path()).unwrap().iter().map(|v| v.version).collect();
     let newest: Vec<u64> = written.iter().rev().take(KEEP_VERSIONS).copied().collect();
     assert_eq!(on_disk, newest);
-    assert_eq!(
-        names(tmp.path()).len(),
-        2 * KEEP_VERSIONS,
-        "a data file and a marker each"
-    );
-    assert_eq!(
-        LocalState::open(tmp.path())
-            .unwrap()
-            .get::<LastSessionId>()
-            .unwrap(),
-        Some(9)
-    );
+    assert_eq!(names(tmp.path()).len(), 2 * KEEP_VERSIONS, "a data file and a marker each");
+    assert_eq!(LocalState::open(tmp.path()).unwrap().get::<LastSessionId>().unwrap(), Some(9));
 }
 
 #[test]
@@ -169,23 +133,11 @@ fn version_is_bumped_when_the_clock_does_not_move_forward() {
     let tmp = tempfile::tempdir().unwrap();
     let mut state = LocalState::open_with_clock(tmp.path(), frozen_clock).unwrap();
     assert_eq!(state.put::<LastSessionId>(&1).unwrap(), 1_000);
-    assert_eq!(
-        state.put::<LastSessionId>(&2).unwrap(),
-        1_001,
-        "clock did not move"
-    );
+    assert_eq!(state.put::<LastSessionId>(&2).unwrap(), 1_001, "clock did not move");
     state.set_clock(rewound_clock);
-    assert_eq!(
-        state.put::<LastSessionId>(&3).unwrap(),
-        1_002,
-        "clock went backwards"
-    );
+    assert_eq!(state.put::<LastSessionId>(&3).unwrap(), 1_002, "clock went backwards");
     state.set_clock(later_clock);
-    assert_eq!(
-        state.put::<LastSessionId>(&4).unwrap(),
-        5_000,
-        "clock moved on"
-    );
+    assert_eq!(state.put::<LastSessionId>(&4).unwrap(), 5_000, "clock moved on");
 
     // A reopened store continues past what is on disk, not from its own clock.
     let mut reopened = LocalState::open_with_clock(tmp.path(), rewound_clock).unwrap();
@@ -220,13 +172,7 @@ fn newest_damaged_falls_back(damage: impl FnOnce(&Path, &Path)) {
 
     let c = reopened.put::<LastSessionId>(&3).unwrap();
     assert!(c > b, "a new write must become the newest version");
-    assert_eq!(
-        LocalState::open(dir)
-            .unwrap()
-            .get::<LastSessionId>()
-            .unwrap(),
-        Some(3)
-    );
+    assert_eq!(LocalState::open(dir).unwrap().get::<LastSessionId>().unwrap(), Some(3));
 }
 
 #[test]
@@ -298,11 +244,7 @@ fn data_without_marker_is_ignored_and_removed() {
     assert_eq!(reopened.version(), Some(a));
     assert_eq!(reopened.get::<LastSessionId>().unwrap(), Some(1));
     let expected = vec![a.to_string(), format!("{a}.version"), "not-ours".to_owned()];
-    assert_eq!(
-        names(dir),
-        expected,
-        "torn leftovers removed, foreign files kept"
-    );
+    assert_eq!(names(dir), expected, "torn leftovers removed, foreign files kept");
 }
 
 #[test]
@@ -322,11 +264,7 @@ fn all_versions_corrupt_is_an_error_not_an_empty_store() {
     assert!(matches!(err, StateError::NoReadableVersion { count: 2, newest, .. } if newest == b));
     let message = err.to_string();
     assert!(message.contains("move the directory away"), "{message}");
-    assert_eq!(
-        listing(dir),
-        before,
-        "a directory we refuse must be left as found"
-    );
+    assert_eq!(listing(dir), before, "a directory we refuse must be left as found");
 }
 
 #[test]
@@ -337,10 +275,7 @@ fn empty_directory_is_a_fresh_store_and_is_created_0700() {
     let state = LocalState::open(&dir).unwrap();
     assert_eq!(state.dir(), dir);
     assert_eq!(state.version(), None);
-    assert_eq!(
-        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
+    assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[test]
@@ -363,30 +298,15 @@ fn failed_write_at_any_step_keeps_memory_and_disk_as_before() {
 
         state.fail_at = Some(step);
         let err = state.put::<LastSessionId>(&2).unwrap_err();
-        assert!(
-            matches!(err, StateError::Write { step: s, .. } if s == step),
-            "{step:?}: {err}"
-        );
+        assert!(matches!(err, StateError::Write { step: s, .. } if s == step), "{step:?}: {err}");
         assert_eq!(state.get::<LastSessionId>().unwrap(), Some(1), "{step:?}");
         assert_eq!(state.version(), Some(a), "{step:?}");
         assert_eq!(listing(dir), before, "{step:?}: partial files removed");
-        assert_eq!(
-            LocalState::open(dir)
-                .unwrap()
-                .get::<LastSessionId>()
-                .unwrap(),
-            Some(1)
-        );
+        assert_eq!(LocalState::open(dir).unwrap().get::<LastSessionId>().unwrap(), Some(1));
 
         state.fail_at = None;
         state.put::<LastSessionId>(&3).unwrap();
-        assert_eq!(
-            LocalState::open(dir)
-                .unwrap()
-                .get::<LastSessionId>()
-                .unwrap(),
-            Some(3)
-        );
+        assert_eq!(LocalState::open(dir).unwrap().get::<LastSessionId>().unwrap(), Some(3));
     }
 }
 
@@ -460,27 +380,15 @@ fn dump_of_a_missing_directory_fails_without_creating_it() {
 fn timestamps_render_as_utc() {
     assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
     assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    assert_eq!(
-        format_unix_ms(1_709_251_199_999),
-        "2024-02-29T23:59:59.999Z"
-    );
-    assert_eq!(
-        format_unix_ms(4_102_444_800_123),
-        "2100-01-01T00:00:00.123Z"
-    );
+    assert_eq!(format_unix_ms(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+    assert_eq!(format_unix_ms(4_102_444_800_123), "2100-01-01T00:00:00.123Z");
 }
 
 #[test]
 fn known_keys_decode_to_json() {
     let keys = known_keys();
-    assert_eq!(
-        keys.keys().copied().collect::<Vec<_>>(),
-        ["earlier-session-ids", "last-session-id", "supervisor-id"]
-    );
+    assert_eq!(keys.keys().copied().collect::<Vec<_>>(), ["earlier-session-ids", "last-session-id", "supervisor-id"]);
     let bytes = bincode::serialize(&vec![3i64, 2]).unwrap();
-    assert_eq!(
-        keys["earlier-session-ids"](&bytes).unwrap(),
-        serde_json::json!([3, 2])
-    );
+    assert_eq!(keys["earlier-session-ids"](&bytes).unwrap(), serde_json::json!([3, 2]));
     assert!(keys["supervisor-id"](&[1]).is_err());
 }

@@ -86,14 +86,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!(id = %id, hostname = %hostname, local_dir = %config.supervisor.local_dir.display(), "supervisor identity");
 
     if previous == PreviousStop::Unclean {
-        lifecycle = transition(lifecycle, Lifecycle::Recovering, "no clean-shutdown marker: the previous agent did not stop cleanly");
+        lifecycle = transition(
+            lifecycle,
+            Lifecycle::Recovering,
+            "no clean-shutdown marker: the previous agent did not stop cleanly",
+        );
         // Nothing runs under this agent yet that would need adopting; worker adoption
         // (pid + start time + boot id) is done here once workers exist.
     }
     systemd.status(lifecycle.as_str());
 
-    let (report_tx, report_rx) =
-        watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
+    let (report_tx, report_rx) = watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
     let identity = Identity {
         id: id.clone(),
         hostname,
@@ -121,13 +124,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (synced_tx, mut synced_rx) = watch::channel(0u64);
     let (sync_queue, sync_task) = spawn_queue(
         "sync-supervisor",
-        jobs::SupervisorSync { membership: zk.commands.clone(), completed: synced_tx, timeout: config.zookeeper.session_timeout },
+        jobs::SupervisorSync {
+            membership: zk.commands.clone(),
+            completed: synced_tx,
+            timeout: config.zookeeper.session_timeout,
+        },
     );
     let (proc_queue, proc_task) = spawn_queue(
         "sync-processes",
         jobs::ProcessSync {
             lock_path: local_dir.lock_path(),
-            lock_inode: local_dir.lock_inode().map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
+            lock_inode: local_dir
+                .lock_inode()
+                .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
             state_dir: local_dir.state_dir(),
         },
     );
