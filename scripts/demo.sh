@@ -40,9 +40,10 @@ echo "== starting ZooKeeper on 127.0.0.1:$port (data in $work/zk)"
 java -Xmx256m -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.ZooKeeperServerMain \
   "$work/zk/zoo.cfg" > "$work/zk/zk.log" 2>&1 &
 zk=$!
-for _ in $(seq 1 120); do
-  if exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
-    echo srvr >&3; if grep -q '^Mode:' <&3; then exec 3<&-; break; fi; exec 3<&-
+# `ruok` answers before the server serves; `srvr` shows a Mode: line only once it does.
+for _ in $(seq 1 240); do
+  if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && echo srvr >&3 && cat <&3" 2>/dev/null | grep -q '^Mode:'; then
+    break
   fi
   sleep 0.25
 done

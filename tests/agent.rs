@@ -235,3 +235,28 @@ async fn killing_the_ensemble_leader_keeps_the_registration() {
     assert!(!log.contains("ERROR"), "{log}");
     assert!(agent.try_status().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_before_zookeeper_registers_when_it_comes_and_stops_cleanly_while_it_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = ZkServer::standalone_stopped(&tmp.path().join("zk"));
+    let config = AgentSpec::new(&server.connect_string(), "/t-late").id("sup-late").write(&tmp.path().join("agent"));
+    let mut agent = Agent::start(&config);
+    agent.wait_log("cannot connect to zookeeper", Duration::from_secs(10));
+    assert!(!agent.log_text().contains("state=running"), "not running without a registration");
+
+    server.start();
+    server.wait_serving();
+    let zk = zk_client(&server.connect_string()).await;
+    wait_running(&zk, "/t-late/supervisors/sup-late").await;
+    drop(zk);
+
+    // ZooKeeper goes away; a stop must still be prompt and clean (requests are bounded).
+    server.kill();
+    agent.wait_log("connection to zookeeper lost", Duration::from_secs(15));
+    agent.signal(Signal::SIGTERM);
+    let signalled = tokio::time::Instant::now();
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), 0, "log:\n{}", agent.log_text());
+    println!("stopped {:?} after SIGTERM with zookeeper down", signalled.elapsed());
+    assert!(tmp.path().join("agent/local/clean-shutdown").exists());
+}

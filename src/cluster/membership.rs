@@ -206,6 +206,7 @@ impl Membership {
 
     /// Runs until `stop` turns true (Ok, session closed) or a fatal identity problem.
     pub async fn run(mut self) -> Result<(), MembershipError> {
+        let mut record_backoff = zk::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             self.status.send_modify(|s| {
                 s.state = "connecting";
@@ -220,12 +221,27 @@ impl Membership {
                 s.session_id = Some(client.session_hex());
                 s.sessions += 1;
             });
-            // Invariant: recorded before any node exists under this session.
+            // Invariant: recorded before any node exists under this session. If it cannot be
+            // recorded (disk full, read-only fs) we do not register at all: a node we could not
+            // later recognise as ours would make our own next start exit 4. Retry instead.
             let log = self.session_log.clone();
-            let known = tokio::task::spawn_blocking(move || log.record(session))
+            let recorded = tokio::task::spawn_blocking(move || log.record(session))
                 .await
-                .map_err(|e| MembershipError::SessionLog(e.to_string()))?
-                .map_err(MembershipError::SessionLog)?;
+                .unwrap_or_else(|e| Err(format!("session log task failed: {e}")));
+            let known = match recorded {
+                Ok(known) => known,
+                Err(e) => {
+                    let delay = record_backoff.next_delay();
+                    error!(error = %MembershipError::SessionLog(e), retry_in_ms = delay.as_millis() as u64,
+                        "not registering until the session id can be recorded");
+                    client.close(Duration::from_secs(2)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = self.stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+            };
+            record_backoff = zk::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
             for s in known {
                 if !self.own_sessions.contains(&s) {
                     self.own_sessions.push(s);
@@ -464,7 +480,11 @@ impl Membership {
         let info = self.build_info();
         let due = match &self.last_written {
             None => true,
-            Some((last, at)) => !last.same_content(&info) || at.elapsed() >= self.config.heartbeat_refresh,
+            // Half a heartbeat of slack: the ticks fall where they fall, and without it an
+            // unchanged node would be rewritten every refresh + one heartbeat.
+            Some((last, at)) => {
+                !last.same_content(&info) || at.elapsed() + self.config.heartbeat / 2 >= self.config.heartbeat_refresh
+            }
         };
         if !due {
             return Ok(());

@@ -24,6 +24,35 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
+/// Bound on every request. The client queues requests made while it is disconnected until it
+/// reconnects or the session expires (up to ~1.4× the session timeout); the agent must not
+/// hang that long in one call (it would stop noticing shutdown and session events), so a
+/// request that takes longer is reported as a connection loss and retried by the caller.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Awaits a request with [`OP_TIMEOUT`]. While the client is disconnected nothing is sent:
+/// the request would only wait in the client's queue; the caller retries later.
+///
+/// `request` is a closure because the client sends (queues) a request when its future is
+/// created, not when it is polled: checking the state first must come before that.
+async fn bounded<T, F>(
+    client: &zk::Client,
+    op: &'static str,
+    path: &str,
+    request: impl FnOnce() -> F,
+) -> Result<T, ZkError>
+where
+    F: std::future::Future<Output = Result<T, zk::Error>>,
+{
+    if client.state() == zk::SessionState::Disconnected {
+        return Err(ZkError::new(op, path, zk::Error::ConnectionLoss));
+    }
+    match tokio::time::timeout(OP_TIMEOUT, request()).await {
+        Ok(result) => result.map_err(|e| ZkError::new(op, path, e)),
+        Err(_) => Err(ZkError::new(op, path, zk::Error::Timeout)),
+    }
+}
+
 /// What the caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -290,9 +319,11 @@ impl ZkClient {
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             prefix.push('/');
             prefix.push_str(segment);
-            match self.client.create(&prefix, &[], &zk::CreateMode::Persistent.with_acls(self.acls())).await {
-                Ok(_) | Err(zk::Error::NodeExists) => {}
-                Err(err) => return Err(ZkError::new("create", &prefix, err)),
+            let options = zk::CreateMode::Persistent.with_acls(self.acls());
+            match bounded(&self.client, "create", &prefix, || self.client.create(&prefix, &[], &options)).await {
+                Ok(_) => {}
+                Err(err) if err.class() == ErrorClass::NodeExists => {}
+                Err(err) => return Err(err),
             }
         }
         Ok(())
@@ -300,45 +331,44 @@ impl ZkClient {
 
     pub async fn create_ephemeral(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
         let options = zk::CreateMode::Ephemeral.with_acls(self.acls());
-        let (stat, _) = self.client.create(path, data, &options).await.map_err(|e| ZkError::new("create", path, e))?;
+        let (stat, _) = bounded(&self.client, "create", path, || self.client.create(path, data, &options)).await?;
         Ok(NodeStat::from(&stat))
     }
 
     pub async fn stat(&self, path: &str) -> Result<Option<NodeStat>, ZkError> {
-        let stat = self.client.check_stat(path).await.map_err(|e| ZkError::new("stat", path, e))?;
+        let stat = bounded(&self.client, "stat", path, || self.client.check_stat(path)).await?;
         Ok(stat.as_ref().map(NodeStat::from))
     }
 
     pub async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, NodeStat)>, ZkError> {
-        match self.client.get_data(path).await {
+        match bounded(&self.client, "get", path, || self.client.get_data(path)).await {
             Ok((data, stat)) => Ok(Some((data, NodeStat::from(&stat)))),
-            Err(zk::Error::NoNode) => Ok(None),
-            Err(err) => Err(ZkError::new("get", path, err)),
+            Err(err) if err.class() == ErrorClass::NoNode => Ok(None),
+            Err(err) => Err(err),
         }
     }
 
     pub async fn set(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<NodeStat, ZkError> {
-        let stat = self.client.set_data(path, data, version).await.map_err(|e| ZkError::new("set", path, e))?;
+        let stat = bounded(&self.client, "set", path, || self.client.set_data(path, data, version)).await?;
         Ok(NodeStat::from(&stat))
     }
 
     pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
-        self.client.delete(path, version).await.map_err(|e| ZkError::new("delete", path, e))
+        bounded(&self.client, "delete", path, || self.client.delete(path, version)).await
     }
 
     /// Children names of `path`; a missing `path` has none.
     pub async fn children(&self, path: &str) -> Result<Vec<String>, ZkError> {
-        match self.client.list_children(path).await {
+        match bounded(&self.client, "list", path, || self.client.list_children(path)).await {
             Ok(children) => Ok(children),
-            Err(zk::Error::NoNode) => Ok(Vec::new()),
-            Err(err) => Err(ZkError::new("list", path, err)),
+            Err(err) if err.class() == ErrorClass::NoNode => Ok(Vec::new()),
+            Err(err) => Err(err),
         }
     }
 
     /// Stat of `path` (if it exists) and a one-shot watch for its next change.
     pub async fn watch_node(&self, path: &str) -> Result<(Option<NodeStat>, NodeWatch), ZkError> {
-        let (stat, watcher) =
-            self.client.check_and_watch_stat(path).await.map_err(|e| ZkError::new("watch", path, e))?;
+        let (stat, watcher) = bounded(&self.client, "watch", path, || self.client.check_and_watch_stat(path)).await?;
         Ok((stat.as_ref().map(NodeStat::from), NodeWatch(watcher)))
     }
 
@@ -347,8 +377,16 @@ impl ZkClient {
     pub async fn close(self, timeout: Duration) -> bool {
         let mut states = self.client.state_watcher();
         let session = self.session_hex();
-        if states.state().is_terminated() {
-            return true;
+        match states.state() {
+            s if s.is_terminated() => return true,
+            zk::SessionState::Disconnected => {
+                // CloseSession can only be sent once reconnected, which may never happen;
+                // do not wait for it. The server expires the session on its own.
+                drop(self);
+                tracing::info!(session = %session, "zookeeper unreachable: leaving the session to expire");
+                return false;
+            }
+            _ => {}
         }
         // Dropping the last clone closes the request channel; the session task then sends
         // CloseSession and reports Closed.

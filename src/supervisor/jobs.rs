@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cluster::membership::Command;
+use crate::cluster::membership::{Command, ZkStatus};
 use crate::event::{Job, JobError, JobHandler};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,6 +47,8 @@ impl Job for ProcessJob {
 #[derive(Debug)]
 pub struct SupervisorSync {
     pub membership: mpsc::Sender<Command>,
+    /// To fail at once, not after `timeout`, while there is no session.
+    pub zk_status: watch::Receiver<ZkStatus>,
     /// Counts completed syncs; the daemon waits for the first before it reports `running`.
     pub completed: watch::Sender<u64>,
     /// How long one sync may wait for the ZooKeeper session.
@@ -57,6 +59,13 @@ impl JobHandler<SupervisorJob> for SupervisorSync {
     async fn run(&mut self, job: SupervisorJob) -> Result<(), JobError> {
         match job {
             SupervisorJob::Sync => {
+                {
+                    let zk = self.zk_status.borrow();
+                    if !zk.registered || zk.state != "connected" {
+                        // A full sync is requested again once the session is back.
+                        return Err(format!("no usable zookeeper session (state {})", zk.state).into());
+                    }
+                }
                 let (tx, rx) = oneshot::channel();
                 let ask = async {
                     self.membership.send(Command::Verify(tx)).await.map_err(|_| "membership task has stopped")?;

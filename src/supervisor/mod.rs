@@ -126,8 +126,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "sync-supervisor",
         jobs::SupervisorSync {
             membership: zk.commands.clone(),
+            zk_status: zk.status.clone(),
             completed: synced_tx,
-            timeout: config.zookeeper.session_timeout,
+            timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
         },
     );
     let (proc_queue, proc_task) = spawn_queue(
@@ -194,8 +195,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     sync_queue.close();
     proc_queue.close();
-    let _ = sync_task.await;
-    let _ = proc_task.await;
+    // A running job finishes (jobs are bounded: every ZooKeeper request times out), but a
+    // stop must not hang on one: give them a grace period, then go on.
+    let aborts = [sync_task.abort_handle(), proc_task.abort_handle()];
+    let grace = Duration::from_secs(10);
+    if tokio::time::timeout(grace, async {
+        let _ = sync_task.await;
+        let _ = proc_task.await;
+    })
+    .await
+    .is_err()
+    {
+        warn!("event queues did not finish their running jobs in {}s; stopping anyway", grace.as_secs());
+        aborts.iter().for_each(tokio::task::AbortHandle::abort);
+    }
     let _ = zk_stop_tx.send(true);
     if !membership_task.is_finished() {
         match tokio::time::timeout(Duration::from_secs(10), &mut membership_task).await {

@@ -68,17 +68,22 @@ pub struct ZkServer {
 impl ZkServer {
     /// A standalone server on a free port with a fresh data dir under `dir`.
     pub fn standalone(dir: &Path) -> ZkServer {
+        let mut server = ZkServer::standalone_stopped(dir);
+        server.start();
+        server
+    }
+
+    /// Like [`ZkServer::standalone`], not started yet (nothing listens on its port).
+    pub fn standalone_stopped(dir: &Path) -> ZkServer {
         let port = free_port();
         let cfg = write_cfg(dir, port, "");
-        let mut server = ZkServer {
+        ZkServer {
             dir: dir.to_owned(),
             port,
             cfg,
             main_class: "org.apache.zookeeper.server.ZooKeeperServerMain",
             watchdog: None,
-        };
-        server.start();
-        server
+        }
     }
 
     /// Starts (or restarts, on the same data dir and port) the server process.
@@ -104,6 +109,8 @@ exit 0"#,
             .arg(self.dir.join("zk.log"))
             .arg(self.dir.join("zk.pid"))
             .stdin(Stdio::null())
+            // Only bash's job-control chatter ("Killed") would land here; java logs to zk.log.
+            .stderr(Stdio::null())
             .spawn()
             .expect("bash");
         self.watchdog = Some(child);
@@ -328,11 +335,16 @@ pub struct Agent {
 impl Agent {
     /// Starts `gale run --config <config>`, stderr appended to `<config dir>/agent-<n>.log`.
     pub fn start(config: &Path) -> Agent {
+        Agent::start_binary(config, env!("CARGO_BIN_EXE_gale"))
+    }
+
+    /// Like [`Agent::start`] with another build of the binary (benches use release).
+    pub fn start_binary(config: &Path, binary: &str) -> Agent {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = config.parent().unwrap().join(format!("agent-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gale"))
+        let child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(config)
