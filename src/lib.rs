@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod local_dir;
 pub mod local_state;
 pub mod logging;
+pub mod proc_identity;
 pub mod supervisor;
 
 pub use supervisor::{RunError, run};

@@ -116,7 +116,7 @@ async fn sigterm_closes_the_session_at_once_and_the_next_start_is_clean() {
     .await;
     println!("re-registered {:?} after restart (session timeout 10 s)", restarted.elapsed());
     assert_ne!(new.ephemeral_owner, old.ephemeral_owner);
-    agent.wait_log("removing the registration left by this agent's previous session", Duration::from_secs(1));
+    agent.wait_log("left by the previous agent on this host, which is no longer running", Duration::from_secs(1));
 
     // `gale state dump` shows the id and the session ids, daemon up.
     let dump = std::process::Command::new(env!("CARGO_BIN_EXE_gale"))
@@ -259,4 +259,93 @@ async fn an_agent_started_before_zookeeper_registers_when_it_comes_and_stops_cle
     assert_eq!(agent.wait_exit(Duration::from_secs(20)), 0, "log:\n{}", agent.log_text());
     println!("stopped {:?} after SIGTERM with zookeeper down", signalled.elapsed());
     assert!(tmp.path().join("agent/local/clean-shutdown").exists());
+}
+
+/// A copy of a running agent's local dir (a cloned disk, a copied directory) carries its
+/// session ids. The copy must refuse to start, and must never take the registration from the
+/// live original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_local_dir_refuses_to_start_and_never_steals_the_registration() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = AgentSpec::new(&zk_server.connect_string(), "/t-clone");
+    let original_cfg = spec.write(&tmp.path().join("a"));
+    let zk = zk_client(&zk_server.connect_string()).await;
+    let mut original = Agent::start(&original_cfg);
+    original.wait_log("registered in zookeeper", Duration::from_secs(20));
+    let id = eventually("the generated id in zookeeper", Duration::from_secs(10), || async {
+        zk.list_children("/t-clone/supervisors").await.ok().and_then(|c| c.into_iter().next())
+    })
+    .await;
+    let path = format!("/t-clone/supervisors/{id}");
+    let (_, before) = wait_running(&zk, &path).await;
+
+    let copy_state = |dir: &str| {
+        let dst = tmp.path().join(dir).join("local/state");
+        std::fs::create_dir_all(&dst).unwrap();
+        for entry in std::fs::read_dir(tmp.path().join("a/local/state")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+        }
+        spec.write(&tmp.path().join(dir))
+    };
+
+    // Copied on this host: the recorded agent is provably alive here. Refused at once.
+    let mut copy = Agent::start(&copy_state("b"));
+    assert_eq!(copy.wait_exit(Duration::from_secs(20)), 4, "log:\n{}", copy.log_text());
+    assert!(copy.log_text().contains("cloned disk"), "{}", copy.log_text());
+
+    // Copied to "another machine": the recorded agent's boot is not ours, so nothing can be
+    // proven; the copy waits for the session to expire, sees it alive, and refuses.
+    let cfg = copy_state("c");
+    {
+        let mut state = gale::local_state::LocalState::open(&tmp.path().join("c/local/state")).unwrap();
+        let mut owner = state.get::<gale::local_state::SessionOwner>().unwrap().expect("owner recorded");
+        owner.boot_id = "another-machine".into();
+        state.put::<gale::local_state::SessionOwner>(&owner).unwrap();
+    }
+    let mut copy = Agent::start(&cfg);
+    copy.wait_log("waiting for that session to expire", Duration::from_secs(20));
+    assert_eq!(copy.wait_exit(Duration::from_secs(40)), 4, "log:\n{}", copy.log_text());
+    assert!(copy.log_text().contains("still alive"), "{}", copy.log_text());
+
+    let (info, after) = read_node(&zk, &path).await.expect("the original keeps its registration");
+    assert_eq!(after.ephemeral_owner, before.ephemeral_owner, "never replaced");
+    assert_eq!(after.czxid, before.czxid, "never re-created");
+    assert_eq!(info["state"], "running");
+    assert!(original.try_status().is_none(), "the original keeps running");
+    assert_eq!(original.log_text().matches("registered in zookeeper").count(), 1, "{}", original.log_text());
+}
+
+/// After a reboot (the recorded agent's boot is not this one) nothing proves the old session
+/// dead, so the agent waits for it to expire, then registers under the same id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_the_old_registration_is_waited_out_then_replaced() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = AgentSpec::new(&zk_server.connect_string(), "/t-reboot").id("sup-reboot");
+    spec.session_timeout_ms = 6000;
+    let config = spec.write(tmp.path());
+    let path = "/t-reboot/supervisors/sup-reboot";
+    let zk = zk_client(&zk_server.connect_string()).await;
+    let mut agent = Agent::start(&config);
+    let (_, old) = wait_running(&zk, path).await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit_signal();
+    {
+        let mut state = gale::local_state::LocalState::open(&tmp.path().join("local/state")).unwrap();
+        let mut owner = state.get::<gale::local_state::SessionOwner>().unwrap().expect("owner recorded");
+        owner.boot_id = "the-boot-before-the-reboot".into();
+        state.put::<gale::local_state::SessionOwner>(&owner).unwrap();
+    }
+    let restarted = tokio::time::Instant::now();
+    let mut agent = Agent::start(&config);
+    agent.wait_log("waiting for that session to expire", Duration::from_secs(20));
+    let (_, new) = eventually("registration after the old session expired", Duration::from_secs(30), || async {
+        read_node(&zk, path).await.filter(|(v, s)| s.ephemeral_owner != old.ephemeral_owner && v["state"] == "running")
+    })
+    .await;
+    println!("registered {:?} after restart (old session timeout 6 s)", restarted.elapsed());
+    assert_ne!(new.ephemeral_owner, 0);
+    assert!(agent.try_status().is_none(), "{}", agent.log_text());
 }

@@ -15,7 +15,13 @@ pub fn run(config_path: &Path) -> Result<ExitCode, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::new(ExitCode::Failure, format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(crate::run(config, shutdown_signal()));
+    let result = runtime.block_on(async {
+        // Install the handlers before anything else happens: a SIGTERM during start-up must
+        // be a clean stop too, not the default action (death, then `recovering` next time).
+        let signals = ShutdownSignals::install()
+            .map_err(|e| crate::RunError::Internal(format!("cannot install SIGTERM/SIGINT handlers: {e}")))?;
+        crate::run(config, signals.recv()).await
+    });
     // Do not wait for stray blocking tasks (a stuck fsync) on the way out.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
@@ -27,16 +33,24 @@ pub fn run(config_path: &Path) -> Result<ExitCode, CliError> {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install SIGTERM/SIGINT handlers; stop the agent with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutdown requested");
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<ShutdownSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// Completes on the first of them.
+    async fn recv(mut self) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    }
 }

@@ -1,19 +1,20 @@
 //! The membership task: owns the ZooKeeper session, registers the agent, heartbeats.
 //!
 //! ```text
-//!            +--------------------------(session expired / closed)-------------------+
-//!            v                                                                        |
+//!            +----------------------(session expired / closed, after a short backoff)----+
+//!            v                                                                            |
 //! connecting --(session)--> record session id --> registering --(node created)--> registered
 //!     ^  (backoff+jitter)       (LocalState)          |  ^                             |  |
-//!     |                                               |  +--(node deleted under us)----+  |
-//!     |                                  (live foreign owner)                             |
+//!     |                                               |  +--(node deleted / replaced)--+  |
+//!     |                          (live foreign owner, or ours that will not expire)       |
 //!     |                                               v                                   |
 //!     |                                   IdentityConflict: exit 4        (stop) --> close session
 //! ```
 //!
-//! Registration (SPEC §3.1): create the EPHEMERAL `<root>/supervisors/<id>`. If it exists:
-//! owned by a session this agent had (the ids are kept in LocalState), delete it and create
-//! ours; owned by any other live session, another process uses this id: refuse (exit 4).
+//! Registration (SPEC §3.1): create the EPHEMERAL `<root>/supervisors/<id>`. If it exists,
+//! [`ownership::decide`] says whose it is: ours (keep), a leftover of ours (delete, create),
+//! possibly ours (wait for it to expire, as a dead agent's session does; refuse if it does
+//! not), or another live session's (refuse: exit 4).
 //!
 //! Architecture Invariant: the new session's id is written to LocalState BEFORE the node is
 //! created under it, so a crash at any point leaves a node whose owner the next start
@@ -21,8 +22,13 @@
 //!
 //! Heartbeat: a timer every `heartbeat_secs` (and every change of the published report)
 //! rebuilds SupervisorInfo; it is written when anything but `time_ms` changed, and otherwise
-//! every `heartbeat_refresh_secs`. Connection loss inside the session changes nothing visible:
-//! the node stays, writes that failed are retried at the next tick.
+//! every `heartbeat_refresh_secs`. Writes carry the node version we last saw, so a node
+//! replaced under us fails the write and is re-checked. Connection loss inside the session
+//! changes nothing visible: the node stays; nothing is sent while disconnected; the next tick
+//! retries.
+//!
+//! Every action runs in a `select!` with the stop signal, so a stop is honoured even while a
+//! registration waits for an old session to expire.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +39,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::model::{self, Health, SupervisorInfo, WorkerInfo};
+use super::ownership::{self, Decision, KnownSessions};
 use super::zk::{self, ConnectOptions, ErrorClass, NodeEvent, SessionState, ZkClient, ZkError};
 use crate::config::Capacity;
 use crate::lifecycle::Lifecycle;
@@ -68,7 +75,7 @@ pub struct MembershipConfig {
 /// The ZooKeeper side as others see it (status, readiness, metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZkStatus {
-    /// `connecting` until the first session, then the session state.
+    /// `connecting` until a session exists, then the session state.
     pub state: &'static str,
     pub session_id: Option<String>,
     pub registered: bool,
@@ -93,19 +100,19 @@ pub enum Command {
     Verify(oneshot::Sender<Result<(), String>>),
 }
 
-/// Persists the session ids this agent has had; returns all ids known to be its own.
+/// Persists the session ids this agent opens (with the identity of this process).
 pub trait SessionLog: Send + Sync + 'static {
-    fn record(&self, session: i64) -> Result<Vec<i64>, String>;
+    fn record(&self, session: i64) -> Result<(), String>;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
     #[error(
-        "supervisor id {id} is already registered at {path} by another live zookeeper session ({owner}{host}); \
+        "supervisor id {id} is already registered at {path} by another live zookeeper session ({owner}{host}){detail}; \
          another agent uses this id, likely a cloned disk or a copied local dir: give this host its own id \
          (move its local_dir state away, or set supervisor.id) and start again"
     )]
-    IdentityConflict { id: String, path: String, owner: String, host: String },
+    IdentityConflict { id: String, path: String, owner: String, host: String, detail: String },
     #[error("{path} exists as a persistent node; delete it (it should be an agent's ephemeral node) and start again")]
     PersistentNodeInTheWay { path: String },
     #[error("cannot record the zookeeper session id in the local state: {0}")]
@@ -149,9 +156,11 @@ pub struct Membership {
     events: mpsc::UnboundedSender<SessionEvent>,
     status: watch::Sender<ZkStatus>,
     stop: watch::Receiver<bool>,
-    own_sessions: Vec<i64>,
-    /// Last payload written and when; `None` forces the next write.
-    last_written: Option<(SupervisorInfo, Instant)>,
+    known: KnownSessions,
+    /// Last payload written, when, and the node version it produced; `None` forces a write.
+    last_written: Option<(SupervisorInfo, Instant, i32)>,
+    /// The one-shot watch on our node, when armed.
+    watch: Option<WatchFuture>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -169,10 +178,13 @@ pub struct MembershipHandles {
 }
 
 impl Membership {
+    /// `previous`: the sessions earlier agent processes recorded, and whether their process
+    /// still runs, read from LocalState before this process recorded anything.
     pub fn new(
         config: MembershipConfig,
         identity: Identity,
         session_log: Arc<dyn SessionLog>,
+        previous: KnownSessions,
         report: watch::Receiver<NodeReport>,
         stop: watch::Receiver<bool>,
     ) -> (Membership, MembershipHandles) {
@@ -194,8 +206,9 @@ impl Membership {
             events: ev_tx,
             status: st_tx,
             stop,
-            own_sessions: Vec::new(),
+            known: KnownSessions { this_process: Vec::new(), ..previous },
             last_written: None,
+            watch: None,
         };
         (membership, MembershipHandles { commands: cmd_tx, events: ev_rx, status: st_rx })
     }
@@ -206,8 +219,19 @@ impl Membership {
 
     /// Runs until `stop` turns true (Ok, session closed) or a fatal identity problem.
     pub async fn run(mut self) -> Result<(), MembershipError> {
-        let mut record_backoff = zk::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        // After a lost session, or when the session id cannot be recorded, wait a little
+        // before the next session, so a persistent failure is not a tight loop of sessions.
+        let mut retry = zk::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut first = true;
         loop {
+            if !first {
+                let delay = retry.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+            first = false;
             self.status.send_modify(|s| {
                 s.state = "connecting";
                 s.registered = false;
@@ -228,26 +252,20 @@ impl Membership {
             let recorded = tokio::task::spawn_blocking(move || log.record(session))
                 .await
                 .unwrap_or_else(|e| Err(format!("session log task failed: {e}")));
-            let known = match recorded {
-                Ok(known) => known,
-                Err(e) => {
-                    let delay = record_backoff.next_delay();
-                    error!(error = %MembershipError::SessionLog(e), retry_in_ms = delay.as_millis() as u64,
-                        "not registering until the session id can be recorded");
-                    client.close(Duration::from_secs(2)).await;
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => continue,
-                        _ = self.stop.wait_for(|s| *s) => return Ok(()),
-                    }
-                }
-            };
-            record_backoff = zk::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-            for s in known {
-                if !self.own_sessions.contains(&s) {
-                    self.own_sessions.push(s);
-                }
+            if let Err(e) = recorded {
+                error!(error = %MembershipError::SessionLog(e), "not registering until the session id can be recorded");
+                client.close(Duration::from_secs(2)).await;
+                continue;
             }
-            match self.serve_session(&client).await {
+            self.known.this_process.push(session);
+            let mut stop = self.stop.clone();
+            let end = tokio::select! {
+                end = self.serve_session(&client) => end,
+                _ = stop.wait_for(|s| *s) => Ok(SessionEnd::Stop),
+            };
+            self.watch = None;
+            self.last_written = None;
+            match end {
                 Ok(SessionEnd::Stop) => {
                     client.close(Duration::from_secs(5)).await;
                     self.status.send_modify(|s| {
@@ -258,6 +276,7 @@ impl Membership {
                 }
                 Ok(SessionEnd::Lost) => {
                     warn!(session = %client.session_hex(), "zookeeper session lost; starting a new one");
+                    self.status.send_modify(|s| s.registered = false);
                     drop(client);
                 }
                 Err(fatal) => {
@@ -268,13 +287,14 @@ impl Membership {
         }
     }
 
+    /// Registers, then serves heartbeats, watch events and commands until the session ends.
+    /// The caller races this against the stop signal.
     async fn serve_session(&mut self, client: &ZkClient) -> Result<SessionEnd, MembershipError> {
         let mut states = client.state_watcher();
-        // Register, retrying transient errors on this session until it works or ends.
         let mut backoff = zk::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut watch = loop {
+        loop {
             match self.register(client).await {
-                Ok(watch) => break watch,
+                Ok(()) => break,
                 Err(RegisterError::Fatal(e)) => return Err(e),
                 Err(RegisterError::Zk(e)) if e.class() == ErrorClass::SessionGone => return Ok(SessionEnd::Lost),
                 Err(RegisterError::Zk(e)) => {
@@ -283,17 +303,17 @@ impl Membership {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         state = states.changed() => if state.is_terminal() { return Ok(SessionEnd::Lost) },
-                        _ = self.stop.wait_for(|s| *s) => return Ok(SessionEnd::Stop),
                     }
                 }
             }
-        };
+        }
         let _ = self.events.send(SessionEvent::Registered { session: client.session_id() });
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Wait for one thing, then act on it below, where `watch` can be borrowed freely.
+            // Wait for one thing, then act on it below, where `self` can be borrowed freely.
+            let watch = &mut self.watch;
             let wake = tokio::select! {
                 _ = self.stop.wait_for(|s| *s) => Wake::Stop,
                 state = states.changed() => Wake::State(state),
@@ -302,29 +322,25 @@ impl Membership {
                 changed = self.report.changed() => if changed.is_ok() { Wake::Tick } else { Wake::Stop },
                 Some(cmd) = self.commands.recv() => Wake::Command(cmd),
             };
-            match wake {
+            let result = match wake {
                 Wake::Stop => return Ok(SessionEnd::Stop),
                 Wake::State(state) => {
                     self.status.send_modify(|s| s.state = state.as_str());
                     match state {
-                        SessionState::Disconnected => warn!(
-                            session = %client.session_hex(),
-                            "connection to zookeeper lost; reconnecting inside the session, registration is kept"
-                        ),
+                        SessionState::Disconnected => {
+                            warn!(
+                                session = %client.session_hex(),
+                                "connection to zookeeper lost; reconnecting inside the session, registration is kept"
+                            );
+                            Ok(())
+                        }
                         SessionState::Connected | SessionState::ConnectedReadOnly => {
                             info!(session = %client.session_hex(), "reconnected to zookeeper");
                             let _ = self.events.send(SessionEvent::Reconnected);
                             // Re-read: the node may have been deleted while we were away.
-                            match self.verify(client, &mut watch).await {
-                                Ok(()) => {}
-                                Err(RegisterError::Fatal(e)) => return Err(e),
-                                Err(RegisterError::Zk(e)) => {
-                                    warn!(error = %e, "cannot verify the registration after reconnecting")
-                                }
-                            }
+                            self.verify(client).await
                         }
                         SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
-                            self.status.send_modify(|s| s.registered = false);
                             if state == SessionState::AuthFailed {
                                 error!("zookeeper authentication failed; check zookeeper.auth credentials");
                             }
@@ -334,50 +350,41 @@ impl Membership {
                 }
                 Wake::Watch(event) => {
                     // A one-shot watch future is spent once it fired.
-                    watch = None;
+                    self.watch = None;
                     match event {
                         NodeEvent::Session(state) if state.is_terminal() => return Ok(SessionEnd::Lost),
                         NodeEvent::Deleted => {
                             warn!(path = %self.node_path(), "our registration was deleted; registering again");
-                            if let Err(e) = self.verify(client, &mut watch).await {
-                                match e {
-                                    RegisterError::Fatal(e) => return Err(e),
-                                    RegisterError::Zk(e) => {
-                                        warn!(error = %e, "re-registration failed; retrying at the next heartbeat")
-                                    }
-                                }
-                            }
+                            self.verify(client).await
                         }
-                        _ => watch = self.arm(client).await,
+                        // Our own writes fire DataChanged; a Created means someone else made
+                        // our path. Either way: check the owner and re-arm.
+                        _ => self.verify(client).await,
                     }
                 }
                 Wake::Tick => {
-                    let result = if watch.is_none() {
+                    if self.watch.is_none() {
                         // The watch could not be armed: check the node the slow way.
-                        self.verify(client, &mut watch).await
+                        self.verify(client).await
                     } else {
-                        self.heartbeat(client, &mut watch).await
-                    };
-                    match result {
-                        Ok(()) => {}
-                        Err(RegisterError::Fatal(e)) => return Err(e),
-                        Err(RegisterError::Zk(e)) => {
-                            warn!(error = %e, "heartbeat write failed; retrying at the next tick")
-                        }
+                        self.heartbeat(client).await
                     }
                 }
-                Wake::Command(Command::Verify(reply)) => match self.verify(client, &mut watch).await {
-                    Ok(()) => {
-                        let _ = reply.send(Ok(()));
-                    }
-                    Err(RegisterError::Zk(e)) => {
-                        let _ = reply.send(Err(e.to_string()));
-                    }
-                    Err(RegisterError::Fatal(e)) => {
-                        let _ = reply.send(Err(e.to_string()));
-                        return Err(e);
-                    }
-                },
+                Wake::Command(Command::Verify(reply)) => {
+                    let result = self.verify(client).await;
+                    let _ = reply.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(RegisterError::Zk(e)) => Err(e.to_string()),
+                        Err(RegisterError::Fatal(e)) => Err(e.to_string()),
+                    });
+                    result
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(RegisterError::Fatal(e)) => return Err(e),
+                Err(RegisterError::Zk(e)) if e.class() == ErrorClass::SessionGone => return Ok(SessionEnd::Lost),
+                Err(RegisterError::Zk(e)) => warn!(error = %e, "zookeeper request failed; retrying at the next tick"),
             }
         }
     }
@@ -404,59 +411,74 @@ impl Membership {
         }
     }
 
-    /// Creates our ephemeral node, clearing one left by an earlier session of ours.
-    async fn register(&mut self, client: &ZkClient) -> Result<Option<WatchFuture>, RegisterError> {
+    fn registered(&mut self, client: &ZkClient, info: SupervisorInfo, version: i32, how: &str) {
+        self.last_written = Some((info, Instant::now(), version));
+        self.status.send_modify(|s| {
+            s.registered = true;
+            s.registrations += 1;
+        });
+        info!(path = %self.node_path(), session = %client.session_hex(), state = %self.report.borrow().lifecycle, how,
+            "registered in zookeeper");
+    }
+
+    /// Creates our ephemeral node (handling one that exists, see [`ownership::decide`]) and
+    /// arms the watch on it.
+    async fn register(&mut self, client: &ZkClient) -> Result<(), RegisterError> {
         let path = self.node_path();
         client.ensure_path(&format!("{}/supervisors", self.config.root)).await?;
-        let ours = client.session_id();
+        let current = client.session_id();
+        let mut waited = false;
         for _ in 0..10 {
             let info = self.build_info();
             match client.create_ephemeral(&path, &info.to_json()).await {
-                Ok(_) => {
-                    self.last_written = Some((info, Instant::now()));
-                    self.status.send_modify(|s| {
-                        s.registered = true;
-                        s.registrations += 1;
-                    });
-                    info!(path = %path, session = %client.session_hex(), state = %self.report.borrow().lifecycle, "registered in zookeeper");
-                    return Ok(self.arm(client).await);
+                Ok(stat) => {
+                    self.registered(client, info, stat.version, "created");
+                    return self.arm(client).await;
                 }
                 Err(e) if e.class() == ErrorClass::NodeExists => {}
                 Err(e) => return Err(e.into()),
             }
             let Some((data, stat)) = client.get(&path).await? else { continue };
-            if stat.ephemeral_owner == ours {
-                // A create that succeeded before a connection loss: it is ours already.
-                let info = self.build_info();
-                client.set(&path, &info.to_json(), None).await?;
-                self.last_written = Some((info, Instant::now()));
-                self.status.send_modify(|s| {
-                    s.registered = true;
-                    s.registrations += 1;
-                });
-                return Ok(self.arm(client).await);
-            }
-            if stat.ephemeral_owner == 0 {
-                return Err(RegisterError::Fatal(MembershipError::PersistentNodeInTheWay { path }));
-            }
-            if self.own_sessions.contains(&stat.ephemeral_owner) {
-                info!(path = %path, old_session = %format!("{:#x}", stat.ephemeral_owner),
-                    "removing the registration left by this agent's previous session");
-                match client.delete(&path, Some(stat.version)).await {
-                    Ok(()) => continue,
-                    Err(e) if matches!(e.class(), ErrorClass::NoNode | ErrorClass::BadVersion) => continue,
-                    Err(e) => return Err(e.into()),
+            let owner = format!("{:#x}", stat.ephemeral_owner);
+            match ownership::decide(stat.ephemeral_owner, current, &self.known) {
+                Decision::Ours => {
+                    // A create that went through before a connection loss: ours already.
+                    let stat = client.set(&path, &info.to_json(), Some(stat.version)).await?;
+                    self.registered(client, info, stat.version, "found ours");
+                    return self.arm(client).await;
+                }
+                Decision::Replace(why) => {
+                    info!(path = %path, old_session = %owner, why, "replacing a leftover registration");
+                    match client.delete(&path, Some(stat.version)).await {
+                        Ok(()) => continue,
+                        Err(e) if matches!(e.class(), ErrorClass::NoNode | ErrorClass::BadVersion) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Decision::WaitForExpiry if !waited => {
+                    waited = true;
+                    // 1.4x is when a client gives up; the server expires within the timeout.
+                    let limit = client.session_timeout().mul_f64(1.5) + Duration::from_secs(2);
+                    warn!(path = %path, old_session = %owner, wait_s = limit.as_secs(),
+                        "a registration under a session this local state recorded still exists, and its \
+                         agent cannot be proven dead (other boot or host): waiting for that session to expire");
+                    if Self::wait_gone(client, &path, stat.version, limit).await? {
+                        continue;
+                    }
+                    return Err(self.conflict(
+                        &path,
+                        &data,
+                        owner,
+                        format!(", still alive after {}s", limit.as_secs()),
+                    ));
+                }
+                Decision::WaitForExpiry | Decision::Conflict => {
+                    return Err(self.conflict(&path, &data, owner, String::new()));
+                }
+                Decision::Persistent => {
+                    return Err(RegisterError::Fatal(MembershipError::PersistentNodeInTheWay { path }));
                 }
             }
-            let host = model::decode::<SupervisorInfo>(&path, &data)
-                .map(|i| format!(", host {}", i.hostname))
-                .unwrap_or_default();
-            return Err(RegisterError::Fatal(MembershipError::IdentityConflict {
-                id: self.identity.id.clone(),
-                path,
-                owner: format!("session {:#x}", stat.ephemeral_owner),
-                host,
-            }));
         }
         Err(RegisterError::Zk(ZkError {
             op: "register",
@@ -465,55 +487,102 @@ impl Membership {
         }))
     }
 
-    async fn arm(&self, client: &ZkClient) -> Option<WatchFuture> {
-        match client.watch_node(&self.node_path()).await {
-            Ok((_, w)) => Some(Box::pin(w.changed())),
-            Err(e) => {
-                debug!(error = %e, "cannot watch our registration; the heartbeat will notice a deletion");
-                None
+    fn conflict(&self, path: &str, data: &[u8], owner: String, detail: String) -> RegisterError {
+        let host =
+            model::decode::<SupervisorInfo>(path, data).map(|i| format!(", host {}", i.hostname)).unwrap_or_default();
+        RegisterError::Fatal(MembershipError::IdentityConflict {
+            id: self.identity.id.clone(),
+            path: path.to_owned(),
+            owner: format!("session {owner}"),
+            host,
+            detail,
+        })
+    }
+
+    /// Waits up to `limit` for the node at `path` to go. A write to it (its owner is alive and
+    /// heartbeating) ends the wait at once: it will not expire.
+    async fn wait_gone(client: &ZkClient, path: &str, version: i32, limit: Duration) -> Result<bool, ZkError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (stat, watch) = client.watch_node(path).await?;
+            match stat {
+                None => return Ok(true),
+                Some(s) if s.version != version => return Ok(false),
+                Some(_) => {}
+            }
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Err(_) => return Ok(client.stat(path).await?.is_none()),
+                Ok(NodeEvent::Deleted) => return Ok(true),
+                Ok(NodeEvent::DataChanged) => return Ok(false),
+                Ok(NodeEvent::Session(s)) if s.is_terminal() => {
+                    return Err(ZkError {
+                        op: "watch",
+                        path: path.to_owned(),
+                        source: zookeeper_client::Error::SessionExpired,
+                    });
+                }
+                Ok(_) => {}
             }
         }
     }
 
+    /// Arms the watch on our node and checks it is still ours.
+    async fn arm(&mut self, client: &ZkClient) -> Result<(), RegisterError> {
+        let (stat, watch) = client.watch_node(&self.node_path()).await?;
+        self.watch = Some(Box::pin(watch.changed()));
+        match stat {
+            Some(s) if s.ephemeral_owner == client.session_id() => Ok(()),
+            // Gone or replaced between our write and the watch: the watch (an exists watch
+            // now, or a data watch on someone else's node) would not tell us. Act now.
+            _ => Box::pin(self.register(client)).await,
+        }
+    }
+
     /// Writes SupervisorInfo when its content changed or the refresh interval passed.
-    async fn heartbeat(&mut self, client: &ZkClient, watch: &mut Option<WatchFuture>) -> Result<(), RegisterError> {
+    async fn heartbeat(&mut self, client: &ZkClient) -> Result<(), RegisterError> {
         let info = self.build_info();
-        let due = match &self.last_written {
-            None => true,
+        let (due, version) = match &self.last_written {
+            None => (true, None),
             // Half a heartbeat of slack: the ticks fall where they fall, and without it an
             // unchanged node would be rewritten every refresh + one heartbeat.
-            Some((last, at)) => {
-                !last.same_content(&info) || at.elapsed() + self.config.heartbeat / 2 >= self.config.heartbeat_refresh
-            }
+            Some((last, at, version)) => (
+                !last.same_content(&info) || at.elapsed() + self.config.heartbeat / 2 >= self.config.heartbeat_refresh,
+                Some(*version),
+            ),
         };
         if !due {
             return Ok(());
         }
         let path = self.node_path();
-        match client.set(&path, &info.to_json(), None).await {
-            Ok(_) => {
-                debug!(path = %path, "supervisor info written");
-                self.last_written = Some((info, Instant::now()));
+        match client.set(&path, &info.to_json(), version).await {
+            Ok(stat) => {
+                debug!(path = %path, version = stat.version, "supervisor info written");
+                self.last_written = Some((info, Instant::now(), stat.version));
                 Ok(())
             }
-            Err(e) if e.class() == ErrorClass::NoNode => {
-                warn!(path = %path, "our registration is gone; registering again");
-                *watch = self.register(client).await?;
-                Ok(())
+            Err(e) if matches!(e.class(), ErrorClass::NoNode | ErrorClass::BadVersion) => {
+                // Deleted, or written by someone else: find out whose it is now.
+                warn!(path = %path, error = %e, "our registration changed under us; checking it");
+                self.verify(client).await
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The safety net: our node exists, is owned by this session, and is up to date.
-    async fn verify(&mut self, client: &ZkClient, watch: &mut Option<WatchFuture>) -> Result<(), RegisterError> {
-        let path = self.node_path();
-        match client.stat(&path).await? {
-            Some(stat) if stat.ephemeral_owner == client.session_id() => self.heartbeat(client, watch).await,
+    /// The safety net: our node exists, is owned by this session, is watched and up to date.
+    async fn verify(&mut self, client: &ZkClient) -> Result<(), RegisterError> {
+        let (stat, watch) = client.watch_node(&self.node_path()).await?;
+        self.watch = Some(Box::pin(watch.changed()));
+        match stat {
+            Some(stat) if stat.ephemeral_owner == client.session_id() => {
+                if let Some((_, _, version)) = &mut self.last_written {
+                    *version = stat.version;
+                }
+                Box::pin(self.heartbeat(client)).await
+            }
             _ => {
                 self.last_written = None;
-                *watch = self.register(client).await?;
-                Ok(())
+                Box::pin(self.register(client)).await
             }
         }
     }

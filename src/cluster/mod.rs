@@ -6,10 +6,12 @@
 //!   error classification, node operations used by the agent.
 //! - [`membership`]: the task that owns the session: registration of the ephemeral
 //!   `/supervisors/<id>` node, the heartbeat, reconnects and session expiry.
+//! - [`ownership`]: the pure decision of whose an existing registration node is.
 //!
 //! Architecture Invariant: one task ([`membership::Membership`]) owns the ZooKeeper session.
 //! Other code asks it for things or reads what it publishes; nobody else holds a client.
 
 pub mod membership;
 pub mod model;
+pub mod ownership;
 pub mod zk;

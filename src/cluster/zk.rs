@@ -13,11 +13,17 @@
 //!   its session task send `CloseSession` (so our ephemeral nodes vanish at once); we then
 //!   wait for the state watcher to report `Closed`, bounded by a timeout.
 //!
-//! Client behaviour relied on (read in the crate's source, 0.11): requests in flight when a
-//! connection drops fail with `ConnectionLoss`; the client reconnects by itself inside the
-//! session and reports `Disconnected` then `SyncConnected`; it declares the session `Expired`
-//! on its own when it cannot reconnect in time (~1.4× the negotiated timeout), after which
-//! every request fails and a new client is needed.
+//! Client behaviour relied on (read in the crate's source, 0.11): a request is sent (queued)
+//! when its future is created, not when polled; requests in flight when a connection drops
+//! fail with the error that ended the connection (`ConnectionLoss`, or an I/O error classed
+//! `Other` here; callers retry both alike); requests made while disconnected wait in the
+//! client until it reconnects or the session ends, and one abandoned by our timeout is not
+//! cancelled (it may still run after a reconnect, in order; every write the agent makes is
+//! safe to repeat or to land late); the client reconnects by itself inside the session and
+//! reports `Disconnected` then `SyncConnected`; it declares the session `Expired` on its own
+//! when it cannot reconnect in time (~1.4× the negotiated timeout), after which every request
+//! fails and a new client is needed; one-shot watches are re-set on the server after a
+//! reconnect and see only terminal session events.
 
 use std::time::Duration;
 
@@ -319,6 +325,11 @@ impl ZkClient {
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             prefix.push('/');
             prefix.push_str(segment);
+            // Look before creating: with auth, another agent's parent node may deny us CREATE,
+            // and ZooKeeper checks that before it would answer "node exists".
+            if self.stat(&prefix).await?.is_some() {
+                continue;
+            }
             let options = zk::CreateMode::Persistent.with_acls(self.acls());
             match bounded(&self.client, "create", &prefix, || self.client.create(&prefix, &[], &options)).await {
                 Ok(_) => {}

@@ -54,7 +54,10 @@ state_keys! {
     SupervisorId: String = "supervisor-id";
     /// The ZooKeeper session id of the agent's latest registration.
     LastSessionId: i64 = "last-session-id";
-    /// Up to 3 older session ids of this agent, newest first, so that ephemeral nodes left by
-    /// earlier sessions can be recognised as ours.
+    /// Older session ids of this agent (up to 15), newest first, so that ephemeral nodes left
+    /// by earlier sessions can be recognised as ours.
     EarlierSessionIds: Vec<i64> = "earlier-session-ids";
+    /// The agent process that recorded the session ids (pid, start time, boot id): tells the
+    /// next agent whether the owner of a leftover registration is provably dead.
+    SessionOwner: crate::proc_identity::ProcessIdentity = "session-owner";
 }

@@ -74,5 +74,5 @@ mod tests;
 pub use dump::{VersionInfo, VersionStatus, dump, versions};
 pub use error::{StateError, WriteStep};
 pub use format::{Defect, Entries, FORMAT_VERSION};
-pub use keys::{EarlierSessionIds, Key, LastSessionId, SupervisorId, ToJson, known_keys};
+pub use keys::{EarlierSessionIds, Key, LastSessionId, SessionOwner, SupervisorId, ToJson, known_keys};
 pub use store::{Batch, KEEP_VERSIONS, LocalState};

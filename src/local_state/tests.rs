@@ -387,7 +387,10 @@ fn timestamps_render_as_utc() {
 #[test]
 fn known_keys_decode_to_json() {
     let keys = known_keys();
-    assert_eq!(keys.keys().copied().collect::<Vec<_>>(), ["earlier-session-ids", "last-session-id", "supervisor-id"]);
+    assert_eq!(
+        keys.keys().copied().collect::<Vec<_>>(),
+        ["earlier-session-ids", "last-session-id", "session-owner", "supervisor-id"]
+    );
     let bytes = bincode::serialize(&vec![3i64, 2]).unwrap();
     assert_eq!(keys["earlier-session-ids"](&bytes).unwrap(), serde_json::json!([3, 2]));
     assert!(keys["supervisor-id"](&[1]).is_err());

@@ -34,6 +34,7 @@ use crate::event::{spawn_queue, spawn_timer};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
 use crate::local_state::{self, LocalState, StateError};
+use crate::proc_identity::ProcessIdentity;
 
 /// Why the daemon stopped other than cleanly. `main` maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +118,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         heartbeat_refresh: config.supervisor.heartbeat_refresh,
     };
     let (zk_stop_tx, zk_stop_rx) = watch::channel(false);
-    let session_log = Arc::new(session_log::StateSessionLog::new(state.clone()));
-    let (membership, mut zk) = Membership::new(membership_config, identity, session_log, report_rx, zk_stop_rx);
+    let me = ProcessIdentity::current()
+        .map_err(|e| RunError::Internal(format!("cannot read this process's identity from /proc: {e}")))?;
+    let previous = session_log::previous_sessions(&state.lock().unwrap())?;
+    let session_log = Arc::new(session_log::StateSessionLog::new(state.clone(), me));
+    let (membership, mut zk) =
+        Membership::new(membership_config, identity, session_log, previous, report_rx, zk_stop_rx);
     let mut membership_task = tokio::spawn(membership.run());
 
     let (synced_tx, mut synced_rx) = watch::channel(0u64);

@@ -1,0 +1,103 @@
+//! Proving which process a pid is: pid + process start time + boot id (STYLE habit 7).
+//!
+//! A pid alone means nothing after a reboot or once the pid is reused. The start time (in
+//! clock ticks since boot, field 22 of `/proc/<pid>/stat`) and the kernel's boot id
+//! (`/proc/sys/kernel/random/boot_id`) pin down one process on one boot. The agent records its
+//! own identity with its ZooKeeper session ids, so that the next agent on this host can tell
+//! "the previous agent here is dead" (replace its registration at once) from "that agent may
+//! be alive somewhere" (a copied local dir: wait for the session to expire, else refuse).
+//! Workers will be adopted by the same proof.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22).
+    pub start_ticks: u64,
+    pub boot_id: String,
+}
+
+/// What can be said about a recorded process now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Liveness {
+    /// The same process (pid, start time, boot) is running on this host.
+    Alive,
+    /// Same boot, and no process with that pid and start time exists: it is gone.
+    Dead,
+    /// Recorded on another boot or another host: nothing can be proven from here.
+    #[default]
+    Unknown,
+}
+
+impl ProcessIdentity {
+    /// This process.
+    pub fn current() -> std::io::Result<ProcessIdentity> {
+        ProcessIdentity::of(std::process::id())
+    }
+
+    /// The process running as `pid` now.
+    pub fn of(pid: u32) -> std::io::Result<ProcessIdentity> {
+        Ok(ProcessIdentity { pid, start_ticks: start_ticks(pid)?, boot_id: boot_id()? })
+    }
+
+    pub fn liveness(&self) -> Liveness {
+        match boot_id() {
+            Ok(boot) if boot == self.boot_id => {}
+            _ => return Liveness::Unknown,
+        }
+        match start_ticks(self.pid) {
+            Ok(ticks) if ticks == self.start_ticks => Liveness::Alive,
+            Ok(_) => Liveness::Dead,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Liveness::Dead,
+            Err(_) => Liveness::Unknown,
+        }
+    }
+}
+
+pub fn boot_id() -> std::io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned())
+}
+
+/// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after the last `)`.
+pub fn start_ticks(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_ticks(&stat).ok_or_else(|| std::io::Error::other(format!("unexpected /proc/{pid}/stat format")))
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts at field 3 (state); field 22 is the 20th after it.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_start_time_after_a_command_name_with_spaces_and_parens() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(987654));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_made_up_one_is_dead_or_unknown() {
+        let me = ProcessIdentity::current().unwrap();
+        assert_eq!(me.liveness(), Liveness::Alive);
+        let restarted = ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() };
+        assert_eq!(restarted.liveness(), Liveness::Dead, "same pid, other start time: not the same process");
+        let other_boot = ProcessIdentity { boot_id: "not-this-boot".into(), ..me };
+        assert_eq!(other_boot.liveness(), Liveness::Unknown);
+    }
+
+    #[test]
+    fn an_exited_child_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let id = ProcessIdentity::of(child.id()).unwrap();
+        child.wait().unwrap();
+        assert_eq!(id.liveness(), Liveness::Dead);
+    }
+}
