@@ -20,6 +20,14 @@ fn mntr(port: u16, key: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()).map(|v| v as u64))
 }
 
+/// Packets ZooKeeper received on the connection of session `sid` (from `cons`).
+fn session_packets(port: u16, sid: i64) -> Option<u64> {
+    let needle = format!("sid={sid:#x}");
+    let cons = four_letter(port, "cons");
+    let line = cons.lines().find(|l| l.contains(&needle))?;
+    line.split(['(', ',', ')']).find_map(|f| f.strip_prefix("recved=")).and_then(|v| v.parse().ok())
+}
+
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -71,12 +79,14 @@ async fn main() {
     let pid = agent.child.id();
     let updates0 = mntr(server.port, "zk_cnt_updatelatency");
     let packets0 = mntr(server.port, "zk_packets_received").unwrap_or(0);
+    let own0 = session_packets(server.port, settled.ephemeral_owner);
     let cpu0 = cpu_ticks(pid);
     let rss_start = rss_kb(pid);
     tokio::time::sleep(window).await;
     let (_, end) = zk.get_data(path).await.unwrap();
     let updates1 = mntr(server.port, "zk_cnt_updatelatency");
     let packets1 = mntr(server.port, "zk_packets_received").unwrap_or(0);
+    let own1 = session_packets(server.port, settled.ephemeral_owner);
     let cpu1 = cpu_ticks(pid);
     let minutes = window.as_secs_f64() / 60.0;
 
@@ -97,6 +107,9 @@ async fn main() {
         "requests+pings received by ZooKeeper (all clients incl. this bench's): {:.1}/min",
         (packets1 - packets0) as f64 / minutes
     );
+    if let (Some(a), Some(b)) = (own0, own1) {
+        println!("requests+pings from the agent's own session (cons): {:.1}/min", (b - a) as f64 / minutes);
+    }
     println!("agent CPU: {} ticks in {:.0} s", cpu1 - cpu0, window.as_secs_f64());
     let _ = first;
     drop(agent);

@@ -11,6 +11,7 @@
 //! Architecture Invariant: one task ([`membership::Membership`]) owns the ZooKeeper session.
 //! Other code asks it for things or reads what it publishes; nobody else holds a client.
 
+pub mod assignment;
 pub mod membership;
 pub mod model;
 pub mod ownership;
