@@ -19,6 +19,9 @@ pub mod local_dir;
 pub mod local_state;
 pub mod logging;
 pub mod proc_identity;
+pub mod slot;
 pub mod supervisor;
+mod sys;
+pub mod worker;
 
 pub use supervisor::{RunError, run};

@@ -6,6 +6,7 @@
 mod cluster;
 mod daemon;
 mod state;
+mod topology;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,9 @@ pub enum Command {
     /// What ZooKeeper says about the cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Assignments in ZooKeeper: submit, kill, list, show
+    #[command(subcommand)]
+    Topology(TopologyCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +56,24 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Validate an assignment file (SPEC §3.2) and write it to ZooKeeper, creating or updating it
+    Submit {
+        /// The assignment, as JSON
+        file: PathBuf,
+        /// Replace `workers` with N free slots on live supervisors, spread across hosts
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65535))]
+        auto_place: Option<u32>,
+    },
+    /// Delete a topology's assignment (its workers stop on every host)
+    Kill { id: String },
+    /// One line per topology: id, number of workers, supervisors
+    List,
+    /// Print a topology's assignment as pretty JSON
+    Show { id: String },
 }
 
 /// A command's failure: the one-line message and the exit code it maps to.
@@ -80,6 +102,12 @@ pub fn main(args: Args) -> ExitCode {
         Command::CheckConfig => check_config(&config_path(&args)),
         Command::State(StateCommand::Dump) => state::dump(&config_path(&args)),
         Command::Cluster(ClusterCommand::Supervisors { json }) => cluster::supervisors(&config_path(&args), *json),
+        Command::Topology(TopologyCommand::Submit { file, auto_place }) => {
+            topology::submit(&config_path(&args), file, *auto_place)
+        }
+        Command::Topology(TopologyCommand::Kill { id }) => topology::kill(&config_path(&args), id),
+        Command::Topology(TopologyCommand::List) => topology::list(&config_path(&args)),
+        Command::Topology(TopologyCommand::Show { id }) => topology::show(&config_path(&args), id),
     };
     match result {
         Ok(code) => code,

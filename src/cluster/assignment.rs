@@ -5,10 +5,18 @@
 //! a process argument or a number the agent acts on: [`Assignment::validate`] rejects a
 //! hostile or broken payload with an error naming the topology and the field, before any of
 //! it is used.
+//!
+//! Placeholders: a `{…}` in a command argument whose inside looks like a name (letters, digits,
+//! `_`, `.`, `-`, `:`) is a placeholder and must be one the agent substitutes, so a typo such as
+//! `{prot}` is caught at submit time instead of reaching a worker's argv; any other brace (JSON
+//! text, `{}`) is literal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+use crate::cluster::model::{self, MAX_PAYLOAD_BYTES, PayloadError, SCHEMA};
+use crate::ident::{self, IdentError};
 
 /// How the agent decides a worker is alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -22,7 +30,8 @@ pub enum LivenessMode {
     Heartbeat,
 }
 
-/// How to start one worker of the topology.
+/// How to start one worker of the topology. (No `skip_serializing_if` here or below: these
+/// types are also stored with bincode in the local state, which needs every field written.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     /// argv, never run through a shell; placeholders `{port}`, `{worker_id}`, `{topology_id}`,
@@ -32,15 +41,15 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub liveness: LivenessMode,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub start_timeout_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub heartbeat_timeout_secs: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub memory_mb: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub cpu_percent: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub user: Option<String>,
 }
 
@@ -77,3 +86,249 @@ pub struct Assignment {
     #[serde(default)]
     pub workers: Vec<WorkerPlacement>,
 }
+
+/// Placeholders the agent substitutes in `launch.command`, besides `{blob:NAME}`.
+pub const PLACEHOLDERS: [&str; 5] = ["port", "worker_id", "topology_id", "supervisor_id", "worker_dir"];
+/// Bounds on what a worker's argv and environment may hold; far above any real topology and
+/// far below what would make `execve` fail (E2BIG) or a payload near ZooKeeper's limit.
+pub const MAX_ARGS: usize = 256;
+pub const MAX_ARG_BYTES: usize = 4096;
+pub const MAX_ENV: usize = 256;
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+
+/// Why an assignment cannot be used. Every variant names the topology (or, when the id itself
+/// is bad, where the payload came from) and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignmentError {
+    /// Too large, not JSON, unknown schema: names the path.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("{at}: topology_id: {source}")]
+    TopologyId {
+        /// The path it was read from, or `assignment` when validated without one.
+        at: String,
+        #[source]
+        source: IdentError,
+    },
+    #[error("{path}: topology_id `{topology_id}` does not match the node name `{name}`")]
+    NodeName { path: String, topology_id: String, name: String },
+    #[error("topology {topology}: {field}: {reason}")]
+    Field { topology: String, field: String, reason: String },
+}
+
+impl Assignment {
+    /// Decodes and validates the payload of `path`. When `path` is `…/assignments/<name>`, the
+    /// payload's `topology_id` must be `<name>`: agents key workers by the id, operators find
+    /// topologies by the node name, and the two must not disagree.
+    pub fn decode(path: &str, bytes: &[u8]) -> Result<Assignment, AssignmentError> {
+        let assignment: Assignment = model::decode(path, bytes)?;
+        ident::validate("identifier", &assignment.topology_id)
+            .map_err(|source| AssignmentError::TopologyId { at: path.to_owned(), source })?;
+        if let Some(name) = node_name(path).filter(|name| *name != assignment.topology_id) {
+            return Err(AssignmentError::NodeName {
+                path: path.to_owned(),
+                topology_id: assignment.topology_id,
+                name: name.to_owned(),
+            });
+        }
+        assignment.validate()?;
+        Ok(assignment)
+    }
+
+    /// Checks every rule of SPEC §3.2 that this payload alone can break. What depends on the
+    /// host (timeout caps, users, ports of this supervisor) is checked by the agent that runs it.
+    pub fn validate(&self) -> Result<(), AssignmentError> {
+        ident::validate("identifier", &self.topology_id)
+            .map_err(|source| AssignmentError::TopologyId { at: "assignment".to_owned(), source })?;
+        if self.schema != SCHEMA {
+            return Err(self.invalid("schema", format!("{} is not the supported schema {SCHEMA}", self.schema)));
+        }
+        let blob_names = self.check_blobs()?;
+        self.check_command(&blob_names)?;
+        self.check_env()?;
+        self.check_launch_limits()?;
+        self.check_workers()?;
+        // Last: the bounds above keep this from serializing something huge for nothing.
+        let size = self.to_json().len();
+        if size > MAX_PAYLOAD_BYTES {
+            let reason = format!("{size} bytes as JSON, more than the {MAX_PAYLOAD_BYTES} allowed");
+            return Err(self.invalid("payload", reason));
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("Assignment always serializes")
+    }
+
+    /// The ports this topology wants on `supervisor_id`.
+    pub fn slots_for<'a>(&'a self, supervisor_id: &'a str) -> impl Iterator<Item = u16> + 'a {
+        self.workers.iter().filter(move |w| w.supervisor_id == supervisor_id).map(|w| w.port)
+    }
+
+    fn invalid(&self, field: impl Into<String>, reason: impl Into<String>) -> AssignmentError {
+        AssignmentError::Field { topology: self.topology_id.clone(), field: field.into(), reason: reason.into() }
+    }
+
+    /// Returns the declared blob names (what `{blob:NAME}` may refer to).
+    fn check_blobs(&self) -> Result<BTreeSet<&str>, AssignmentError> {
+        let mut names = BTreeSet::new();
+        for (i, blob) in self.blobs.iter().enumerate() {
+            ident::validate("identifier", &blob.key)
+                .map_err(|e| self.invalid(format!("blobs[{i}].key"), e.to_string()))?;
+            ident::validate("identifier", &blob.name)
+                .map_err(|e| self.invalid(format!("blobs[{i}].name"), e.to_string()))?;
+            if !names.insert(blob.name.as_str()) {
+                return Err(self.invalid(format!("blobs[{i}].name"), format!("`{}` is declared twice", blob.name)));
+            }
+        }
+        Ok(names)
+    }
+
+    fn check_command(&self, blob_names: &BTreeSet<&str>) -> Result<(), AssignmentError> {
+        let command = &self.launch.command;
+        if command.is_empty() {
+            return Err(self.invalid("launch.command", "is empty; it needs at least the program to run"));
+        }
+        if command.len() > MAX_ARGS {
+            return Err(
+                self.invalid("launch.command", format!("has {} arguments, more than {MAX_ARGS}", command.len()))
+            );
+        }
+        for (i, arg) in command.iter().enumerate() {
+            let field = || format!("launch.command[{i}]");
+            if arg.len() > MAX_ARG_BYTES {
+                return Err(self.invalid(field(), format!("is {} bytes, more than {MAX_ARG_BYTES}", arg.len())));
+            }
+            if arg.contains('\0') {
+                return Err(self.invalid(field(), format!("{arg:?} contains a NUL byte")));
+            }
+            for placeholder in placeholders(arg) {
+                if PLACEHOLDERS.contains(&placeholder) {
+                    continue;
+                }
+                let reason = match placeholder.strip_prefix("blob:") {
+                    Some(name) if blob_names.contains(name) => continue,
+                    Some(name) => format!("{{blob:{name}}} names no blob in `blobs` (declared: {})", list(blob_names)),
+                    None => format!(
+                        "unknown placeholder {{{placeholder}}} (known: {{port}}, {{worker_id}}, {{topology_id}}, \
+                         {{supervisor_id}}, {{worker_dir}}, {{blob:NAME}})"
+                    ),
+                };
+                return Err(self.invalid(field(), reason));
+            }
+        }
+        // argv[0] is resolved by the agent without PATH lookup or a cwd, so it must say exactly
+        // where the program is; the placeholder check above has vouched for a blob prefix.
+        let program = &command[0];
+        let in_blob = program.strip_prefix("{blob:").and_then(|rest| rest.split_once("}/")).is_some();
+        if !program.starts_with('/') && !in_blob {
+            let reason = format!("{program:?} must be an absolute path or start with {{blob:NAME}}/");
+            return Err(self.invalid("launch.command[0]", reason));
+        }
+        Ok(())
+    }
+
+    fn check_env(&self) -> Result<(), AssignmentError> {
+        let env = &self.launch.env;
+        if env.len() > MAX_ENV {
+            return Err(self.invalid("launch.env", format!("has {} variables, more than {MAX_ENV}", env.len())));
+        }
+        for (name, value) in env {
+            if !is_env_name(name) {
+                return Err(self.invalid("launch.env", format!("name {name:?} must match [A-Za-z_][A-Za-z0-9_]*")));
+            }
+            let field = || format!("launch.env.{name}");
+            if name.starts_with("GALE_") {
+                return Err(self.invalid(field(), "GALE_ variables are set by the agent (SPEC §4); rename it"));
+            }
+            if value.len() > MAX_ENV_VALUE_BYTES {
+                let reason = format!("value is {} bytes, more than {MAX_ENV_VALUE_BYTES}", value.len());
+                return Err(self.invalid(field(), reason));
+            }
+            if value.contains('\0') {
+                return Err(self.invalid(field(), "value contains a NUL byte"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_launch_limits(&self) -> Result<(), AssignmentError> {
+        let launch = &self.launch;
+        let positive = [
+            ("launch.start_timeout_secs", launch.start_timeout_secs),
+            ("launch.heartbeat_timeout_secs", launch.heartbeat_timeout_secs),
+            ("launch.memory_mb", launch.memory_mb),
+            ("launch.cpu_percent", launch.cpu_percent.map(u64::from)),
+        ];
+        for (field, value) in positive {
+            if value == Some(0) {
+                return Err(self.invalid(field, "must be more than 0 (leave it out for the agent's default)"));
+            }
+        }
+        if let Some(user) = &launch.user {
+            if !is_user_name(user) {
+                return Err(self
+                    .invalid("launch.user", format!("{user:?} is not a user name ([A-Za-z_][A-Za-z0-9._-]{{0,31}})")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_workers(&self) -> Result<(), AssignmentError> {
+        let mut seen = BTreeMap::new();
+        for (i, worker) in self.workers.iter().enumerate() {
+            ident::validate("identifier", &worker.supervisor_id)
+                .map_err(|e| self.invalid(format!("workers[{i}].supervisor_id"), e.to_string()))?;
+            if worker.port == 0 {
+                return Err(self.invalid(format!("workers[{i}].port"), "0 is not a port; use 1 to 65535"));
+            }
+            if let Some(first) = seen.insert((worker.supervisor_id.as_str(), worker.port), i) {
+                let reason = format!(
+                    "supervisor {} port {} is already used by workers[{first}]",
+                    worker.supervisor_id, worker.port
+                );
+                return Err(self.invalid(format!("workers[{i}]"), reason));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `<name>` when `path` is `…/assignments/<name>`.
+fn node_name(path: &str) -> Option<&str> {
+    let (parent, name) = path.rsplit_once('/')?;
+    (parent.rsplit('/').next() == Some("assignments")).then_some(name)
+}
+
+/// The placeholder names in `arg` (see the module docs for what counts as one).
+fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':');
+    arg.match_indices('{').filter_map(move |(open, _)| {
+        let rest = &arg[open + 1..];
+        let inner = &rest[..rest.find('}')?];
+        (!inner.is_empty() && inner.chars().all(name_char)).then_some(inner)
+    })
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// POSIX portable user names, as `useradd` accepts them (at most 32 bytes, no leading `-`).
+fn is_user_name(user: &str) -> bool {
+    let mut chars = user.chars();
+    user.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn list(names: &BTreeSet<&str>) -> String {
+    if names.is_empty() { "none".to_owned() } else { names.iter().copied().collect::<Vec<_>>().join(", ") }
+}
+
+// Unit tests (every rule, round trip) live in `assignment/tests.rs`.
+#[cfg(test)]
+mod tests;

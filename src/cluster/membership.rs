@@ -155,6 +155,7 @@ pub struct Membership {
     commands: mpsc::Receiver<Command>,
     events: mpsc::UnboundedSender<SessionEvent>,
     status: watch::Sender<ZkStatus>,
+    client: watch::Sender<Option<ZkClient>>,
     stop: watch::Receiver<bool>,
     known: KnownSessions,
     /// Last payload written, when, and the node version it produced; `None` forces a write.
@@ -175,6 +176,9 @@ pub struct MembershipHandles {
     pub commands: mpsc::Sender<Command>,
     pub events: mpsc::UnboundedReceiver<SessionEvent>,
     pub status: watch::Receiver<ZkStatus>,
+    /// The session, while registered, for readers (assignment sync). Take a clone for one
+    /// job and drop it: the session closes only when every clone is gone.
+    pub client: watch::Receiver<Option<ZkClient>>,
 }
 
 impl Membership {
@@ -197,6 +201,7 @@ impl Membership {
             registrations: 0,
             sessions: 0,
         });
+        let (client_tx, client_rx) = watch::channel(None);
         let membership = Membership {
             config,
             identity,
@@ -205,12 +210,13 @@ impl Membership {
             commands: cmd_rx,
             events: ev_tx,
             status: st_tx,
+            client: client_tx,
             stop,
             known: KnownSessions { this_process: Vec::new(), ..previous },
             last_written: None,
             watch: None,
         };
-        (membership, MembershipHandles { commands: cmd_tx, events: ev_rx, status: st_rx })
+        (membership, MembershipHandles { commands: cmd_tx, events: ev_rx, status: st_rx, client: client_rx })
     }
 
     fn node_path(&self) -> String {
@@ -265,6 +271,8 @@ impl Membership {
             };
             self.watch = None;
             self.last_written = None;
+            // Take back the clone handed out, so that dropping ours closes the session.
+            self.client.send_replace(None);
             match end {
                 Ok(SessionEnd::Stop) => {
                     client.close(Duration::from_secs(5)).await;
@@ -307,6 +315,7 @@ impl Membership {
                 }
             }
         }
+        self.client.send_replace(Some(client.clone()));
         let _ = self.events.send(SessionEvent::Registered { session: client.session_id() });
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);

@@ -151,11 +151,18 @@ pub struct NodeStat {
     /// Session id owning an ephemeral node; 0 for a persistent one.
     pub ephemeral_owner: i64,
     pub mtime_ms: i64,
+    /// zxid of the last change of the node's data.
+    pub mzxid: i64,
 }
 
 impl From<&zk::Stat> for NodeStat {
     fn from(stat: &zk::Stat) -> NodeStat {
-        NodeStat { version: stat.version, ephemeral_owner: stat.ephemeral_owner, mtime_ms: stat.mtime }
+        NodeStat {
+            version: stat.version,
+            ephemeral_owner: stat.ephemeral_owner,
+            mtime_ms: stat.mtime,
+            mzxid: stat.mzxid,
+        }
     }
 }
 
@@ -187,6 +194,34 @@ impl NodeWatch {
     }
 }
 
+/// A persistent recursive watch on a subtree (ZooKeeper ≥ 3.6). It sees every change below
+/// its path but may miss some during a reconnect (ZOOKEEPER-4698): re-read after reconnecting.
+#[derive(Debug)]
+pub struct TreeWatch {
+    watcher: zk::PersistentWatcher,
+    ended: bool,
+}
+
+impl TreeWatch {
+    /// The next event: `Some(path)` of a changed node, or `None` once the session ended (then
+    /// the watch is dead and never returns again).
+    pub async fn changed(&mut self) -> Option<String> {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let event = self.watcher.changed().await;
+        match event.event_type {
+            zk::EventType::Session if event.session_state.is_terminated() => {
+                // The crate panics if polled after a terminal event.
+                self.ended = true;
+                None
+            }
+            zk::EventType::Session => Some(String::new()),
+            _ => Some(event.path),
+        }
+    }
+}
+
 /// Session-state changes of one client.
 #[derive(Debug)]
 pub struct StateWatcher(zk::StateWatcher);
@@ -209,8 +244,10 @@ pub struct ConnectOptions {
     pub digest: Option<String>,
 }
 
-/// A connected session.
-#[derive(Debug)]
+/// A connected session. Clones share the session; it is closed when the last clone is
+/// dropped (see [`ZkClient::close`]), so clones handed out by the membership task must be
+/// short-lived (held for one job, not stored).
+#[derive(Debug, Clone)]
 pub struct ZkClient {
     client: zk::Client,
     /// Digest auth is in force: create nodes with [`CREATOR_ALL_WORLD_READ`].
@@ -375,6 +412,24 @@ impl ZkClient {
             Err(err) if err.class() == ErrorClass::NoNode => Ok(Vec::new()),
             Err(err) => Err(err),
         }
+    }
+
+    /// Creates or overwrites a persistent node (parents must exist).
+    pub async fn put_persistent(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
+        let options = zk::CreateMode::Persistent.with_acls(self.acls());
+        match bounded(&self.client, "create", path, || self.client.create(path, data, &options)).await {
+            Ok((stat, _)) => Ok(NodeStat::from(&stat)),
+            Err(e) if e.class() == ErrorClass::NodeExists => self.set(path, data, None).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A persistent recursive watch on `path` and everything below it.
+    pub async fn watch_tree(&self, path: &str) -> Result<TreeWatch, ZkError> {
+        let watcher =
+            bounded(&self.client, "watch", path, || self.client.watch(path, zk::AddWatchMode::PersistentRecursive))
+                .await?;
+        Ok(TreeWatch { watcher, ended: false })
     }
 
     /// Stat of `path` (if it exists) and a one-shot watch for its next change.

@@ -14,5 +14,5 @@
 mod queue;
 mod timer;
 
-pub use queue::{Job, JobError, JobHandler, QueueHandle, QueueStats, spawn_queue};
+pub use queue::{Job, JobError, JobHandler, QueueHandle, QueueStats, new_queue, run_queue, spawn_queue};
 pub use timer::spawn_timer;

@@ -108,16 +108,31 @@ impl<J: Job> QueueHandle<J> {
 
 /// Spawns the queue task. The returned `JoinHandle` yields the handler once the queue is
 /// closed and its running job (if any) has finished.
-pub fn spawn_queue<J: Job, H: JobHandler<J>>(name: &'static str, mut handler: H) -> (QueueHandle<J>, JoinHandle<H>) {
-    let shared = Arc::new(Shared {
-        name,
-        pending: Mutex::new(BTreeSet::new()),
-        wake: Notify::new(),
-        closed: AtomicBool::new(false),
-        stats: QueueStats::default(),
-    });
-    let handle = QueueHandle { shared: shared.clone() };
-    let task = tokio::spawn(
+pub fn spawn_queue<J: Job, H: JobHandler<J>>(name: &'static str, handler: H) -> (QueueHandle<J>, JoinHandle<H>) {
+    let handle = new_queue(name);
+    let task = run_queue(&handle, handler);
+    (handle, task)
+}
+
+/// A queue without its task yet: for a handler that needs the handle (to give to the tasks it
+/// starts) before it runs. Requests made before [`run_queue`] wait for it.
+pub fn new_queue<J: Job>(name: &'static str) -> QueueHandle<J> {
+    QueueHandle {
+        shared: Arc::new(Shared {
+            name,
+            pending: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+            stats: QueueStats::default(),
+        }),
+    }
+}
+
+/// Starts the task that runs `handle`'s jobs with `handler` (once per queue).
+pub fn run_queue<J: Job, H: JobHandler<J>>(handle: &QueueHandle<J>, mut handler: H) -> JoinHandle<H> {
+    let shared = handle.shared.clone();
+    let name = shared.name;
+    tokio::spawn(
         async move {
             loop {
                 if shared.closed.load(Ordering::Acquire) {
@@ -143,8 +158,7 @@ pub fn spawn_queue<J: Job, H: JobHandler<J>>(name: &'static str, mut handler: H)
             handler
         }
         .instrument(tracing::info_span!("queue", queue = name)),
-    );
-    (handle, task)
+    )
 }
 
 fn record_run(stats: &QueueStats, took: Duration) {

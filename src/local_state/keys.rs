@@ -60,4 +60,9 @@ state_keys! {
     /// The agent process that recorded the session ids (pid, start time, boot id): tells the
     /// next agent whether the owner of a leftover registration is provably dead.
     SessionOwner: crate::proc_identity::ProcessIdentity = "session-owner";
+    /// The jobs assigned to this agent's ports, as last read from ZooKeeper: what the workers
+    /// found running after a restart are checked against, before the first sync.
+    LocalAssignmentsKey: crate::supervisor::records::LocalAssignments = "local-assignments";
+    /// Every worker process the agent started and has not yet seen exit.
+    Workers: crate::supervisor::records::WorkerRecords = "workers";
 }

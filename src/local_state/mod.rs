@@ -74,5 +74,7 @@ mod tests;
 pub use dump::{VersionInfo, VersionStatus, dump, versions};
 pub use error::{StateError, WriteStep};
 pub use format::{Defect, Entries, FORMAT_VERSION};
-pub use keys::{EarlierSessionIds, Key, LastSessionId, SessionOwner, SupervisorId, ToJson, known_keys};
+pub use keys::{
+    EarlierSessionIds, Key, LastSessionId, LocalAssignmentsKey, SessionOwner, SupervisorId, ToJson, Workers, known_keys,
+};
 pub use store::{Batch, KEEP_VERSIONS, LocalState};

@@ -14,7 +14,10 @@
 //!
 //! Workers are never touched by any of this: they outlive the agent (SPEC §4).
 
+pub mod assignments;
 mod jobs;
+pub mod processes;
+pub mod records;
 mod session_log;
 
 use std::future::Future;
@@ -24,17 +27,21 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-pub use jobs::{ProcessJob, SupervisorJob};
+pub use jobs::SupervisorJob;
+pub use processes::ProcessJob;
 
 use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipError, NodeReport, SessionEvent};
 use crate::cluster::model::{Health, unix_ms};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::Config;
-use crate::event::{spawn_queue, spawn_timer};
+use crate::config::OnSessionLoss;
+use crate::event::{new_queue, run_queue, spawn_queue, spawn_timer};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
 use crate::local_state::{self, LocalState, StateError};
 use crate::proc_identity::ProcessIdentity;
+use assignments::AssignmentSync;
+use processes::{LocalDirCheck, ProcessConfig, Processes};
 
 /// Why the daemon stopped other than cleanly. `main` maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +99,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Lifecycle::Recovering,
             "no clean-shutdown marker: the previous agent did not stop cleanly",
         );
-        // Nothing runs under this agent yet that would need adopting; worker adoption
-        // (pid + start time + boot id) is done here once workers exist.
     }
     systemd.status(lifecycle.as_str());
 
     let (report_tx, report_rx) = watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
+    let report_tx = Arc::new(report_tx);
     let identity = Identity {
         id: id.clone(),
         hostname,
@@ -126,19 +132,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Membership::new(membership_config, identity, session_log, previous, report_rx, zk_stop_rx);
     let mut membership_task = tokio::spawn(membership.run());
 
-    let (synced_tx, mut synced_rx) = watch::channel(0u64);
-    let (sync_queue, sync_task) = spawn_queue(
-        "sync-supervisor",
-        jobs::SupervisorSync {
-            membership: zk.commands.clone(),
-            zk_status: zk.status.clone(),
-            completed: synced_tx,
-            timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
+    // The process side first: adopt the workers that kept running while no agent was here,
+    // before anything could decide about their ports.
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (deadline_tx, deadline_rx) = watch::channel(None);
+    let (hints_tx, mut hints_rx) = tokio::sync::mpsc::channel::<String>(256);
+    let proc_queue = new_queue::<ProcessJob>("sync-processes");
+    let mut processes = Processes::new(
+        ProcessConfig {
+            supervisor_id: id.clone(),
+            local_dir: config.supervisor.local_dir.clone(),
+            log_dir: config.supervisor.log_dir.clone(),
+            slots: config.supervisor.slots.clone(),
+            policy: crate::slot::Policy::from_config(&config.worker, &config.restart),
+            start_timeout: config.worker.start_timeout,
+            heartbeat_timeout: config.worker.heartbeat_timeout,
+            max_timeout: config.worker.max_timeout,
+            node_budget_per_min: config.restart.node_budget_per_min,
+            stop_workers_after: (config.zookeeper.on_session_loss == OnSessionLoss::StopWorkers)
+                .then_some(config.zookeeper.stop_workers_after),
         },
-    );
-    let (proc_queue, proc_task) = spawn_queue(
-        "sync-processes",
-        jobs::ProcessSync {
+        state.clone(),
+        desired_rx.clone(),
+        report_tx.clone(),
+        deadline_tx,
+        hints_tx,
+        zk.status.clone(),
+        LocalDirCheck {
             lock_path: local_dir.lock_path(),
             lock_inode: local_dir
                 .lock_inode()
@@ -146,10 +166,60 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             state_dir: local_dir.state_dir(),
         },
     );
+    processes.set_queue(proc_queue.clone());
+    let assigned = state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
+    if let Err(e) = processes.recover(&assigned).await {
+        error!(error = %e, "cannot recover the recorded workers");
+    }
+    let proc_task = run_queue(&proc_queue, processes);
+
+    let (synced_tx, mut synced_rx) = watch::channel(0u64);
+    let (sync_queue, sync_task) = spawn_queue(
+        "sync-supervisor",
+        jobs::SupervisorSync {
+            membership: zk.commands.clone(),
+            zk_status: zk.status.clone(),
+            client: zk.client.clone(),
+            assignments: AssignmentSync::new(
+                &config.zookeeper.root,
+                &id,
+                &config.supervisor.slots,
+                state.clone(),
+                desired_tx,
+            ),
+            completed: synced_tx,
+            timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
+        },
+    );
     let (timers_stop_tx, timers_stop_rx) = watch::channel(false);
     let timers = [
         spawn_timer(sync_queue.clone(), SupervisorJob::Sync, config.supervisor.sync, timers_stop_rx.clone()),
         spawn_timer(proc_queue.clone(), ProcessJob::Monitor, config.supervisor.monitor, timers_stop_rx.clone()),
+        tokio::spawn(processes::deadline_timer(deadline_rx, proc_queue.clone(), timers_stop_rx.clone())),
+        tokio::spawn(assignments::watch_assignments(
+            config.zookeeper.root.clone(),
+            zk.client.clone(),
+            timers_stop_rx.clone(),
+            {
+                let q = sync_queue.clone();
+                move || {
+                    q.request(SupervisorJob::Assignments);
+                }
+            },
+        )),
+        // Sources that only need to wake the process queue: a new assignment view, heartbeat hints.
+        tokio::spawn({
+            let (q, mut desired, mut stop) = (proc_queue.clone(), desired_rx, timers_stop_rx.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        res = desired.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
+                        Some(_) = hints_rx.recv() => { q.request(ProcessJob::Reconcile); }
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+        }),
     ];
     proc_queue.request(ProcessJob::Monitor);
 

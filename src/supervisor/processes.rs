@@ -1,0 +1,621 @@
+//! The process side: one [`Slot`] state machine per port, and the executor that feeds them
+//! inputs and performs their actions. Runs as the `sync-processes` queue's handler, so all
+//! slot state has one owner and one job at a time touches it.
+//!
+//! Inputs arrive as [`ProcEvent`]s on a channel (worker exits seen by wait tasks, heartbeat
+//! file changes) plus the latest [`AssignmentView`] and the clock; each job drains them,
+//! steps the slots, performs the actions (launch, signal, forget) and publishes the workers
+//! for SupervisorInfo. A deadline timer requests a job when the earliest slot deadline
+//! (grace period, backoff, start timeout) is due, so timing does not depend on the monitor
+//! tick.
+//!
+//! Invariants:
+//! - a worker is recorded in LocalState (`workers`) right after it is spawned, before the slot
+//!   hears of it; it is forgotten only after its exit was seen;
+//! - a process is signalled only after its identity (pid + start time + boot id) is proven;
+//! - before the first assignment sync, slots get no assignment input: workers found running
+//!   after a restart are adopted and kept, never stopped for lack of information.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::assignments::AssignmentView;
+use super::records::{LocalAssignments, PortJob, WorkerRecord, WorkerRecords};
+use crate::cluster::assignment::LivenessMode;
+use crate::cluster::membership::{NodeReport, ZkStatus};
+use crate::cluster::model::{ExitReason, LastExit, WorkerInfo, unix_ms};
+use crate::event::{JobError, QueueHandle};
+use crate::local_state::{LocalState, Workers};
+use crate::proc_identity::{Liveness, ProcessIdentity};
+use crate::slot::{Action, Env, Input, Policy, Signal, Slot, SlotJob, Worker, step};
+use crate::worker;
+
+/// Something that happened to a worker, reported by the tasks that watch them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcEvent {
+    Exited { port: u16, worker_id: String, code: Option<i32>, signal: Option<i32> },
+    Heartbeat { port: u16, worker_id: String },
+}
+
+/// Settings of the process side, from the config.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub supervisor_id: String,
+    pub local_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub slots: Vec<u16>,
+    pub policy: Policy,
+    pub start_timeout: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_timeout: Duration,
+    pub node_budget_per_min: u32,
+    /// `zookeeper.on_session_loss = "stop_workers"`: stop every worker after this long without
+    /// a ZooKeeper session; `None` keeps them (`keep_workers`).
+    pub stop_workers_after: Option<Duration>,
+}
+
+/// The `sync-processes` job kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProcessJob {
+    /// Drain events, apply the assignment, step every slot, perform the actions.
+    Reconcile,
+    /// The `monitor_secs` timer: a reconcile plus the checks that need no event (heartbeat
+    /// files, the local dir's integrity, the session-loss policy).
+    Monitor,
+}
+
+impl crate::event::Job for ProcessJob {
+    fn name(&self) -> &'static str {
+        match self {
+            ProcessJob::Reconcile => "sync-processes",
+            ProcessJob::Monitor => "monitor",
+        }
+    }
+}
+
+/// Node-wide restart budget: at most `per_min` relaunches in any 60 s window.
+#[derive(Debug)]
+struct RestartBudget {
+    per_min: u32,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartBudget {
+    /// `Ok` and counted, or the time the next restart is allowed.
+    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() < self.per_min as usize {
+            self.recent.push_back(now);
+            Ok(())
+        } else {
+            Err(self.recent[0] + Duration::from_secs(60))
+        }
+    }
+}
+
+/// The executor: owns the slots and the worker records.
+pub struct Processes {
+    config: ProcessConfig,
+    slots: BTreeMap<u16, Slot>,
+    /// The `Arc<SlotJob>` given to each port, reused while the job is equal.
+    jobs: BTreeMap<u16, Arc<SlotJob>>,
+    desired: watch::Receiver<Option<Arc<AssignmentView>>>,
+    events: mpsc::UnboundedReceiver<ProcEvent>,
+    events_tx: mpsc::UnboundedSender<ProcEvent>,
+    queue: Option<QueueHandle<ProcessJob>>,
+    state: Arc<Mutex<LocalState>>,
+    records: WorkerRecords,
+    /// Last heartbeat-file mtime seen per worker id (the inotify fallback).
+    heartbeats: BTreeMap<String, std::time::SystemTime>,
+    budget: RestartBudget,
+    report: Arc<watch::Sender<NodeReport>>,
+    deadline: watch::Sender<Option<Instant>>,
+    /// inotify watchers of heartbeat-liveness workers, by worker id.
+    heartbeat_watchers: BTreeMap<String, worker::HeartbeatWatcher>,
+    hints: mpsc::Sender<String>,
+    zk_status: watch::Receiver<ZkStatus>,
+    /// Since when there has been no usable ZooKeeper session (for `stop_workers`).
+    session_lost_since: Option<Instant>,
+    local_dir_check: LocalDirCheck,
+}
+
+/// The local dir the agent depends on must stay the one it locked.
+#[derive(Debug, Clone)]
+pub struct LocalDirCheck {
+    /// `<local_dir>/lock` and the inode we hold the flock on: if the file at that path is
+    /// another inode (the dir was removed or replaced under us), a second agent could start.
+    pub lock_path: PathBuf,
+    pub lock_inode: u64,
+    pub state_dir: PathBuf,
+}
+
+impl LocalDirCheck {
+    fn check(&self) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let lock = std::fs::metadata(&self.lock_path)
+            .map_err(|e| format!("local dir lock {} is gone: {e}", self.lock_path.display()))?;
+        if lock.ino() != self.lock_inode {
+            return Err(format!(
+                "local dir lock {} was replaced under the running agent; another agent could start on this dir",
+                self.lock_path.display()
+            ));
+        }
+        std::fs::metadata(&self.state_dir)
+            .map_err(|e| format!("state dir {} is gone: {e}", self.state_dir.display()))?;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Processes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processes").field("slots", &self.slots.len()).finish_non_exhaustive()
+    }
+}
+
+impl Processes {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: ProcessConfig,
+        state: Arc<Mutex<LocalState>>,
+        desired: watch::Receiver<Option<Arc<AssignmentView>>>,
+        report: Arc<watch::Sender<NodeReport>>,
+        deadline: watch::Sender<Option<Instant>>,
+        hints: mpsc::Sender<String>,
+        zk_status: watch::Receiver<ZkStatus>,
+        local_dir_check: LocalDirCheck,
+    ) -> Processes {
+        let now = Instant::now();
+        let wall = unix_ms();
+        let slots = config.slots.iter().map(|&p| (p, Slot::new(p, now, wall))).collect();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let budget = RestartBudget { per_min: config.node_budget_per_min, recent: VecDeque::new() };
+        Processes {
+            config,
+            slots,
+            jobs: BTreeMap::new(),
+            desired,
+            events,
+            events_tx,
+            queue: None,
+            state,
+            records: WorkerRecords::new(),
+            heartbeats: BTreeMap::new(),
+            budget,
+            report,
+            deadline,
+            heartbeat_watchers: BTreeMap::new(),
+            hints,
+            zk_status,
+            session_lost_since: None,
+            local_dir_check,
+        }
+    }
+
+    /// The queue this executor runs on, so watch tasks can request a job after an event.
+    pub fn set_queue(&mut self, queue: QueueHandle<ProcessJob>) {
+        self.queue = Some(queue);
+    }
+
+    pub fn events(&self) -> mpsc::UnboundedSender<ProcEvent> {
+        self.events_tx.clone()
+    }
+
+    fn job_for(&mut self, port: u16, job: &PortJob) -> Arc<SlotJob> {
+        let cap = |t: Option<u64>, default: Duration| {
+            t.map(Duration::from_secs).unwrap_or(default).min(self.config.max_timeout)
+        };
+        let wanted = SlotJob {
+            topology_id: job.topology_id.clone(),
+            launch: job.launch.clone(),
+            blobs: job.blobs.clone(),
+            start_timeout: cap(job.launch.start_timeout_secs, self.config.start_timeout),
+            heartbeat_timeout: cap(job.launch.heartbeat_timeout_secs, self.config.heartbeat_timeout),
+        };
+        match self.jobs.get(&port) {
+            Some(existing) if **existing == wanted => existing.clone(),
+            _ => {
+                let job = Arc::new(wanted);
+                self.jobs.insert(port, job.clone());
+                job
+            }
+        }
+    }
+
+    /// After a start: adopt every recorded worker that is provably still running, forget the
+    /// rest, and stop workers that were spawned but never recorded (the agent died between
+    /// the two). Runs once, before the first job.
+    pub async fn recover(&mut self, assigned: &LocalAssignments) -> Result<(), String> {
+        let state = self.state.clone();
+        let records = tokio::task::spawn_blocking(move || state.lock().unwrap().get::<Workers>())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let now = Instant::now();
+        let wall = unix_ms();
+        let mut kept = WorkerRecords::new();
+        for (id, record) in records {
+            let liveness = record.process.liveness();
+            let job = assigned.get(&record.port).filter(|j| j.topology_id == record.topology_id).cloned();
+            match (liveness, job, self.slots.contains_key(&record.port)) {
+                (Liveness::Alive, Some(job), true) if self.slots[&record.port].worker().is_none() => {
+                    let job = self.job_for(record.port, &job);
+                    let w = Worker { worker_id: id.clone(), pid: record.process.pid };
+                    info!(port = record.port, topology = %record.topology_id, worker = %id, pid = record.process.pid,
+                        "adopted a worker that kept running while the agent was down");
+                    let heartbeat = job.launch.liveness == LivenessMode::Heartbeat;
+                    self.feed(record.port, Input::Adopt { worker: w, job }, now, wall).await;
+                    self.watch_adopted(&record);
+                    if heartbeat {
+                        self.watch_heartbeat(&id);
+                    }
+                    kept.insert(id, record);
+                }
+                (Liveness::Alive, _, _) => {
+                    // Running, proven ours, but nothing here wants it any more: stop it.
+                    warn!(port = record.port, worker = %id, pid = record.process.pid,
+                        "a recorded worker runs without a matching local assignment; stopping it");
+                    let _ = worker::signal_group(&record.process, nix::sys::signal::Signal::SIGTERM);
+                    kept.insert(id, record.clone());
+                    self.watch_adopted(&record);
+                }
+                (_, _, _) => {
+                    info!(port = record.port, worker = %id, pid = record.process.pid,
+                        "a recorded worker ended while the agent was down");
+                    if let Some(slot) = self.slots.get_mut(&record.port) {
+                        slot.last_exit =
+                            Some(LastExit { code: None, signal: None, reason: ExitReason::Lost, at_ms: wall });
+                    }
+                    self.remove_worker_dir(&id);
+                }
+            }
+        }
+        self.records = kept.clone();
+        self.persist_records().await?;
+        self.sweep_orphans(&kept);
+        Ok(())
+    }
+
+    /// Worker dirs without a record are leftovers; a process still running in one was spawned
+    /// by an agent that died before recording it: stop it (its cwd proves where it came from).
+    fn sweep_orphans(&self, kept: &WorkerRecords) {
+        let dir = self.config.local_dir.join("workers");
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if kept.contains_key(&name) {
+                continue;
+            }
+            for pid in pids_with_cwd(&entry.path()) {
+                if let Ok(identity) = ProcessIdentity::of(pid) {
+                    warn!(worker = %name, pid, "stopping an unrecorded worker process (its agent died before recording it)");
+                    let _ = worker::signal_group(&identity, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            self.remove_worker_dir(&name);
+        }
+    }
+
+    fn remove_worker_dir(&self, worker_id: &str) {
+        if crate::ident::validate("worker id", worker_id).is_err() {
+            return;
+        }
+        let path = self.config.local_dir.join("workers").join(worker_id);
+        if let Err(e) = std::fs::remove_dir_all(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %path.display(), error = %e, "cannot remove a worker dir");
+        }
+    }
+
+    async fn persist_records(&self) -> Result<(), String> {
+        let state = self.state.clone();
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || state.lock().unwrap().put::<Workers>(&records).map(drop))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// inotify on the worker dir: a hint to read the heartbeat file now (the mtime poll on
+    /// every job is the fallback).
+    fn watch_heartbeat(&mut self, worker_id: &str) {
+        let dir = self.config.local_dir.join("workers").join(worker_id);
+        match worker::HeartbeatWatcher::start(worker_id, &dir, self.hints.clone()) {
+            Ok(w) => {
+                self.heartbeat_watchers.insert(worker_id.to_owned(), w);
+            }
+            Err(e) => warn!(worker = %worker_id, error = %e, "cannot watch the heartbeat file; polling it instead"),
+        }
+    }
+
+    fn watch_adopted(&self, record: &WorkerRecord) {
+        let events = self.events_tx.clone();
+        let queue = self.queue.clone();
+        let identity = record.process.clone();
+        let (port, worker_id) = (record.port, record.worker_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = worker::wait_adopted(&identity).await {
+                warn!(pid = identity.pid, error = %e, "cannot watch an adopted worker; the monitor will notice its exit");
+                return;
+            }
+            let _ = events.send(ProcEvent::Exited { port, worker_id, code: None, signal: None });
+            if let Some(q) = queue {
+                q.request(ProcessJob::Reconcile);
+            }
+        });
+    }
+
+    /// Steps one slot with one input and performs the resulting actions (which may feed more
+    /// inputs, e.g. `Launched`), until it settles.
+    async fn feed(&mut self, port: u16, input: Input, now: Instant, wall: u64) {
+        let mut pending = VecDeque::from([input]);
+        while let Some(input) = pending.pop_front() {
+            let Some(slot) = self.slots.remove(&port) else { return };
+            let env = Env { now, wall_ms: wall, jitter: fastrand::f64() };
+            let (slot, actions) = step(slot, input, &env, &self.config.policy);
+            self.slots.insert(port, slot);
+            for action in actions {
+                if let Some(next) = self.perform(port, action, now).await {
+                    pending.push_back(next);
+                }
+            }
+        }
+    }
+
+    async fn perform(&mut self, port: u16, action: Action, now: Instant) -> Option<Input> {
+        match action {
+            Action::Launch { job, restart } => {
+                if restart && let Err(until) = self.budget.take(now) {
+                    warn!(port, "node restart budget exhausted; the relaunch waits");
+                    return Some(Input::Deferred { until });
+                }
+                Some(self.launch(port, &job).await)
+            }
+            Action::Signal { worker, signal } => {
+                let Some(record) = self.records.get(&worker.worker_id) else {
+                    debug!(port, worker = %worker.worker_id, "no record for a worker to signal");
+                    return None;
+                };
+                let sig = match signal {
+                    Signal::Term => nix::sys::signal::Signal::SIGTERM,
+                    Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+                };
+                match worker::signal_group(&record.process, sig) {
+                    Ok(outcome) => debug!(port, worker = %worker.worker_id, ?sig, ?outcome, "signalled"),
+                    Err(e) => warn!(port, worker = %worker.worker_id, error = %e, "cannot signal a worker"),
+                }
+                None
+            }
+            Action::Forget { worker_id } => {
+                if self.records.remove(&worker_id).is_some()
+                    && let Err(e) = self.persist_records().await
+                {
+                    error!(error = %e, "cannot persist worker records");
+                }
+                self.heartbeats.remove(&worker_id);
+                self.heartbeat_watchers.remove(&worker_id);
+                self.remove_worker_dir(&worker_id);
+                None
+            }
+        }
+    }
+
+    /// Spawns a worker for `job` on `port`, records it, and starts watching it.
+    async fn launch(&mut self, port: u16, job: &SlotJob) -> Input {
+        let worker_id = uuid::Uuid::new_v4().to_string();
+        let worker_dir = self.config.local_dir.join("workers").join(&worker_id);
+        let spec = worker::LaunchSpec {
+            topology_id: job.topology_id.clone(),
+            worker_id: worker_id.clone(),
+            port,
+            supervisor_id: self.config.supervisor_id.clone(),
+            command: job.launch.command.clone(),
+            env: job.launch.env.clone(),
+            blob_dir: worker_dir.join("blobs"),
+            worker_dir,
+            log_file: worker::worker_log_path(&self.config.log_dir, &job.topology_id, port),
+            blobs: BTreeMap::new(),
+        };
+        let spawned = match worker::spawn(&spec) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                warn!(port, topology = %job.topology_id, error = %e, "cannot launch a worker");
+                self.remove_worker_dir(&worker_id);
+                return Input::LaunchFailed(e.to_string());
+            }
+        };
+        let record = WorkerRecord {
+            worker_id: worker_id.clone(),
+            port,
+            topology_id: job.topology_id.clone(),
+            process: spawned.identity.clone(),
+            launched_at_ms: unix_ms(),
+        };
+        self.records.insert(worker_id.clone(), record);
+        if let Err(e) = self.persist_records().await {
+            // The worker runs but is not recorded: after an agent crash only the orphan sweep
+            // (by cwd) could find it. Keep going; it is watched as usual.
+            error!(port, worker = %worker_id, error = %e, "cannot record a launched worker");
+        }
+        info!(port, topology = %job.topology_id, worker = %worker_id, pid = spawned.pid, "worker launched");
+        if job.launch.liveness == LivenessMode::Heartbeat {
+            self.watch_heartbeat(&worker_id);
+        }
+        let events = self.events_tx.clone();
+        let queue = self.queue.clone();
+        let mut child = spawned.child;
+        let id = worker_id.clone();
+        tokio::spawn(async move {
+            let (code, signal) = match child.wait().await {
+                Ok(status) => worker::describe(status),
+                Err(_) => (None, None),
+            };
+            let _ = events.send(ProcEvent::Exited { port, worker_id: id, code, signal });
+            if let Some(q) = queue {
+                q.request(ProcessJob::Reconcile);
+            }
+        });
+        Input::Launched(Worker { worker_id, pid: spawned.pid })
+    }
+
+    /// The heartbeat-file fallback: an mtime newer than the last one seen is a heartbeat.
+    fn poll_heartbeats(&mut self) -> Vec<(u16, String)> {
+        let mut beats = Vec::new();
+        for (port, slot) in &self.slots {
+            let (Some(w), Some(job)) = (slot.worker(), slot.job()) else { continue };
+            if job.launch.liveness != LivenessMode::Heartbeat {
+                continue;
+            }
+            let file = self.config.local_dir.join("workers").join(&w.worker_id).join("heartbeat");
+            if let Some(mtime) = worker::last_heartbeat(&file)
+                && self.heartbeats.get(&w.worker_id).is_none_or(|seen| mtime > *seen)
+            {
+                self.heartbeats.insert(w.worker_id.clone(), mtime);
+                beats.push((*port, w.worker_id.clone()));
+            }
+        }
+        beats
+    }
+
+    fn publish(&self) {
+        let workers: Vec<WorkerInfo> = self.slots.values().filter_map(Slot::to_worker_info).collect();
+        self.report.send_if_modified(|r| {
+            if r.workers == workers {
+                false
+            } else {
+                r.workers = workers;
+                true
+            }
+        });
+        let next = self.slots.values().filter_map(Slot::next_deadline).min();
+        self.deadline.send_if_modified(|d| {
+            if *d == next {
+                false
+            } else {
+                *d = next;
+                true
+            }
+        });
+    }
+}
+
+impl crate::event::JobHandler<ProcessJob> for Processes {
+    async fn run(&mut self, job: ProcessJob) -> Result<(), JobError> {
+        let now = Instant::now();
+        let wall = unix_ms();
+        while let Ok(event) = self.events.try_recv() {
+            let (port, input) = match event {
+                ProcEvent::Exited { port, worker_id, code, signal } => {
+                    (port, Input::Exited { worker_id, code, signal })
+                }
+                ProcEvent::Heartbeat { port, worker_id } => (port, Input::Heartbeat { worker_id }),
+            };
+            self.feed(port, input, now, wall).await;
+        }
+        for (port, worker_id) in self.poll_heartbeats() {
+            self.feed(port, Input::Heartbeat { worker_id }, now, wall).await;
+        }
+        let view = self.desired_now(now);
+        if let Some(view) = view {
+            let ports: Vec<u16> = self.slots.keys().copied().collect();
+            for port in ports {
+                let job = view.jobs.get(&port).map(|j| self.job_for(port, j));
+                self.feed(port, Input::Assign(job), now, wall).await;
+            }
+        }
+        let ports: Vec<u16> = self.slots.keys().copied().collect();
+        for port in ports {
+            // Blob delivery is not built yet: a job's blobs count as present, and a
+            // `{blob:NAME}` in its command fails the launch with a reported reason.
+            if let crate::slot::SlotState::WaitingForBlobs { job } = &self.slots[&port].state {
+                let job = job.clone();
+                self.feed(port, Input::BlobsReady(job), now, wall).await;
+            }
+            self.feed(port, Input::Tick, now, wall).await;
+        }
+        self.publish();
+        if job == ProcessJob::Monitor {
+            self.local_dir_check.check()?;
+        }
+        Ok(())
+    }
+}
+
+impl Processes {
+    /// The assignment to apply now: the latest synced view, or nothing at all once the
+    /// session has been gone longer than `stop_workers_after` (`on_session_loss =
+    /// "stop_workers"`). `None` before the first sync: apply nothing, change nothing.
+    fn desired_now(&mut self, now: Instant) -> Option<Arc<AssignmentView>> {
+        let connected = {
+            let zk = self.zk_status.borrow();
+            zk.registered && zk.state == "connected"
+        };
+        if connected {
+            self.session_lost_since = None;
+        } else if self.session_lost_since.is_none() {
+            self.session_lost_since = Some(now);
+        }
+        if let (Some(limit), Some(since)) = (self.config.stop_workers_after, self.session_lost_since)
+            && now.duration_since(since) >= limit
+        {
+            if self.slots.values().any(|s| s.worker().is_some()) {
+                warn!(
+                    lost_for_s = now.duration_since(since).as_secs(),
+                    "no zookeeper session for longer than stop_workers_after_secs: stopping workers (on_session_loss = \"stop_workers\")"
+                );
+            }
+            return Some(Arc::new(AssignmentView::default()));
+        }
+        self.desired.borrow().clone()
+    }
+}
+
+/// Requests a `sync-processes` job whenever the earliest slot deadline is reached.
+pub async fn deadline_timer(
+    mut deadline: watch::Receiver<Option<Instant>>,
+    queue: QueueHandle<ProcessJob>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let next = *deadline.borrow_and_update();
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let due = tokio::select! {
+            () = sleep => true,
+            res = deadline.changed() => if res.is_err() { return } else { false },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if due {
+            queue.request(ProcessJob::Reconcile);
+            // Wait for the job to publish a new deadline rather than spinning on this one; the
+            // monitor timer covers a deadline that stays put.
+            tokio::select! {
+                res = deadline.changed() => if res.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// Processes whose working directory is `dir` (read from `/proc/<pid>/cwd`).
+fn pids_with_cwd(dir: &std::path::Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .collect()
+}

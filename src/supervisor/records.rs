@@ -1,0 +1,38 @@
+//! What the agent persists about its work (LocalState keys `local-assignments`, `workers`).
+//!
+//! Architecture Invariant: a worker is recorded (id, port, topology, pid, start time, boot id)
+//! before anything else is done with it, and forgotten only once its exit was seen. After a
+//! crash of the agent these records are the only way to find, prove and adopt its workers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::assignment::{BlobRef, Launch};
+use crate::proc_identity::ProcessIdentity;
+
+/// The job assigned to one of our ports, as last read from ZooKeeper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortJob {
+    pub topology_id: String,
+    /// `mzxid` of the assignment node it was read from (for status and logs).
+    pub zxid: i64,
+    pub launch: Launch,
+    pub blobs: Vec<BlobRef>,
+}
+
+/// `local-assignments`: port -> job.
+pub type LocalAssignments = BTreeMap<u16, PortJob>;
+
+/// One worker process the agent started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    pub port: u16,
+    pub topology_id: String,
+    pub process: ProcessIdentity,
+    pub launched_at_ms: u64,
+}
+
+/// `workers`: worker id -> record.
+pub type WorkerRecords = BTreeMap<String, WorkerRecord>;

@@ -1,0 +1,62 @@
+//! The one place where the crate needs `unsafe`: code that runs in a forked child between
+//! `fork` and `exec`, and handing a descriptor to tokio's reactor.
+//!
+//! The rest of the crate is `#![deny(unsafe_code)]` (Cargo.toml lints); this module allows it
+//! so that the unsafe surface is one function that can be read in a minute. Everything else
+//! that touches the kernel goes through safe wrappers (`nix`, `rustix`, `tokio`).
+//!
+//! Invariant: the closure handed to `pre_exec` only makes async-signal-safe system calls. It
+//! allocates nothing, takes no lock and touches no state shared with the parent, because after
+//! `fork` in a multi-threaded process only the forking thread exists and any lock another
+//! thread held stays held forever.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// Makes the child of `command` the leader of a new session and a new process group
+/// (`setsid`), and marks every inherited descriptor above stderr close-on-exec.
+///
+/// Why a new session: a worker must outlive the agent and must not receive signals meant for
+/// the agent's terminal or process group (a Ctrl-C on `gale` in a foreground shell, systemd's
+/// `KillMode=mixed` signal to the main process's group). Being its own group leader is also
+/// what lets the agent stop the worker and everything it forked with one `killpg`.
+///
+/// Why the extra close-on-exec pass: Rust and tokio open every descriptor with `O_CLOEXEC`,
+/// but a C library linked into the agent may not. `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`
+/// (Linux ≥ 5.11) flags rather than closes, so the pipe std uses to report a failed `exec`
+/// (already close-on-exec) keeps working. On an older kernel the call fails with `EINVAL` or
+/// `ENOSYS` and is ignored: Rust's own descriptors are still close-on-exec.
+pub fn new_session_on_exec(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before `exec`. It only calls `setsid(2)`
+    // and `close_range(2)`, both async-signal-safe raw system calls; it allocates nothing
+    // (the error from `setsid` is an errno wrapped in `io::Error`'s `Os` variant, which does
+    // not allocate), takes no lock and reads no memory shared with other threads.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3 as nix::libc::c_uint,
+                nix::libc::c_uint::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// Registers `fd` with the tokio reactor for readiness `interest`. Must be called inside a
+/// tokio runtime. Used for pidfds, which become readable when their process exits.
+pub fn register_owned_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: tokio requires the descriptor to stay open and to be the same one for the whole
+    // life of the `AsyncFd`. The `OwnedFd` is moved into the `AsyncFd`, which is then its only
+    // owner: nothing else can close it, and `OwnedFd::as_raw_fd` always returns the number it
+    // was made with. It is closed only when the `AsyncFd` drops it, after deregistering.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}

@@ -1,0 +1,167 @@
+//! Learning that a worker exited, at once and without polling.
+//!
+//! Two cases, one answer ([`ExitWatch::wait`]):
+//! - a worker this agent started is its child: `tokio::process::Child::wait` reaps it and gives
+//!   the exit status ([`describe`] splits it into code and signal);
+//! - a worker adopted after an agent restart is not our child, so its status is not ours to
+//!   read (its parent is init or a subreaper). [`wait_adopted`] waits on a pidfd, which the
+//!   kernel makes readable when the process exits, registered with tokio's reactor.
+//!
+//! Invariant (STYLE habit 7): [`wait_adopted`] proves the identity (start time, boot id) only
+//! AFTER opening the pidfd. A pidfd refers to one process for its whole life, so if the pid was
+//! reused between the recorded check and `pidfd_open`, the check after the open sees another
+//! start time and reports the recorded process as exited instead of watching a stranger.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+use tokio::io::Interest;
+
+use crate::proc_identity::{self, ProcessIdentity};
+
+/// `(exit code, terminating signal)`: exactly one is `Some` for a process that exited, both are
+/// `None` for a status that is neither (a stopped or continued process, never seen from `wait`).
+pub fn describe(status: ExitStatus) -> (Option<i32>, Option<i32>) {
+    (status.code(), status.signal())
+}
+
+/// `9` → `"SIGKILL"`; a number with no name (real-time signals) → `"signal 40"`.
+pub fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(signal) => signal.as_str().to_owned(),
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
+/// How a worker ended, as far as the agent can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExitReport {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitReport {
+    pub fn from_status(status: ExitStatus) -> ExitReport {
+        let (code, signal) = describe(status);
+        ExitReport { code, signal }
+    }
+
+    /// An adopted worker exited: it was not our child, so neither code nor signal is known.
+    pub const UNKNOWN: ExitReport = ExitReport { code: None, signal: None };
+}
+
+/// Waits for the end of one worker, started or adopted. `wait` may be called again after it
+/// returned (it returns the same report) and is cancel-safe, so it can sit in a `select!`.
+#[derive(Debug)]
+pub struct ExitWatch {
+    inner: Watched,
+}
+
+#[derive(Debug)]
+enum Watched {
+    Child(tokio::process::Child),
+    Adopted(ProcessIdentity),
+    #[cfg(test)]
+    Fake(tokio::sync::oneshot::Receiver<ExitReport>),
+    Exited(ExitReport),
+}
+
+impl ExitWatch {
+    /// A worker this agent spawned.
+    pub fn child(child: tokio::process::Child) -> ExitWatch {
+        ExitWatch { inner: Watched::Child(child) }
+    }
+
+    /// A worker found running at start (not our child).
+    pub fn adopted(identity: ProcessIdentity) -> ExitWatch {
+        ExitWatch { inner: Watched::Adopted(identity) }
+    }
+
+    /// For [`super::fake::FakeProcessControl`]: exits when the sender sends.
+    #[cfg(test)]
+    pub(crate) fn fake(exit: tokio::sync::oneshot::Receiver<ExitReport>) -> ExitWatch {
+        ExitWatch { inner: Watched::Fake(exit) }
+    }
+
+    pub async fn wait(&mut self) -> io::Result<ExitReport> {
+        let report = match &mut self.inner {
+            Watched::Child(child) => ExitReport::from_status(child.wait().await?),
+            Watched::Adopted(identity) => {
+                wait_adopted(identity).await?;
+                ExitReport::UNKNOWN
+            }
+            #[cfg(test)]
+            Watched::Fake(exit) => exit.await.map_err(|_| io::Error::other("the fake process control was dropped"))?,
+            Watched::Exited(report) => return Ok(*report),
+        };
+        self.inner = Watched::Exited(report);
+        Ok(report)
+    }
+}
+
+/// How often an adopted worker is checked when the kernel has no `pidfd_open` (before 5.3).
+const POLL_WITHOUT_PIDFD: Duration = Duration::from_secs(1);
+
+/// Completes when the process `identity` names has exited: at once if it is already gone, if
+/// its pid now belongs to another process, or if it was recorded on another boot.
+pub async fn wait_adopted(identity: &ProcessIdentity) -> io::Result<()> {
+    let pid = i32::try_from(identity.pid).ok().and_then(Pid::from_raw).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("pid {} is not a valid process id", identity.pid))
+    })?;
+    let pidfd = match pidfd_open(pid, PidfdFlags::NONBLOCK) {
+        Ok(fd) => Some(fd),
+        Err(Errno::SRCH) => return Ok(()),
+        Err(Errno::NOSYS) => None,
+        Err(e) => return Err(e.into()),
+    };
+    // After the open (module invariant): from here on the pidfd cannot follow a reused pid.
+    if !is_same_process(identity)? {
+        return Ok(());
+    }
+    let Some(pidfd) = pidfd else {
+        while is_same_process(identity)? {
+            tokio::time::sleep(POLL_WITHOUT_PIDFD).await;
+        }
+        return Ok(());
+    };
+    let pidfd = crate::sys::register_owned_fd(pidfd, Interest::READABLE)?;
+    // Readable means exited; the guard is not cleared because the state never goes back.
+    let _ready = pidfd.readable().await?;
+    Ok(())
+}
+
+/// Same boot and same start time at that pid. `Ok(false)` for gone, reused or another boot;
+/// an error only when `/proc` cannot be read, which must not be mistaken for "exited".
+fn is_same_process(identity: &ProcessIdentity) -> io::Result<bool> {
+    if proc_identity::boot_id()? != identity.boot_id {
+        return Ok(false);
+    }
+    match proc_identity::start_ticks(identity.pid) {
+        Ok(ticks) => Ok(ticks == identity.start_ticks),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_signals() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(40), "signal 40");
+    }
+
+    #[test]
+    fn describes_codes_and_signals() {
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), (Some(3), None));
+        assert_eq!(describe(ExitStatus::from_raw(9)), (None, Some(9)));
+        assert_eq!(ExitReport::from_status(ExitStatus::from_raw(0)), ExitReport { code: Some(0), signal: None });
+    }
+}

@@ -1,0 +1,386 @@
+//! Starting a worker process the way SPEC §4 promises: expanded argv (never a shell), its own
+//! session and process group, cwd `<local_dir>/workers/<worker-id>/`, stdin `/dev/null`,
+//! stdout and stderr appended to its log file, and the `GALE_*` variables.
+//!
+//! Design: [`expand`] is pure (argv template + values → argv) so every placeholder rule is unit
+//! tested without a process; [`spawn`] is the I/O edge and makes no decision beyond "did each
+//! step work". Every failure names the topology, the port, the step and the path, because the
+//! operator reads it in `gale status` long after the fact.
+//!
+//! Invariants:
+//! - The log is a plain file opened with `O_APPEND`, never a pipe to the agent: a worker must
+//!   keep running, and logging, while the agent is stopped or restarting (SPEC §4).
+//! - The `GALE_*` variables are set last, so an assignment's `env` cannot override them.
+//! - Placeholder values are inserted verbatim and never rescanned, so a blob path or id that
+//!   contains `{` cannot inject another placeholder.
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use super::heartbeat::heartbeat_file;
+use crate::ident::{self, IdentError};
+use crate::proc_identity::ProcessIdentity;
+
+/// `<local_dir>/workers/<worker_id>`: a worker's cwd.
+pub fn worker_dir(local_dir: &Path, worker_id: &str) -> PathBuf {
+    local_dir.join("workers").join(worker_id)
+}
+
+/// The values the placeholders of a launch command expand to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholders {
+    pub port: u16,
+    pub worker_id: String,
+    pub topology_id: String,
+    pub supervisor_id: String,
+    pub worker_dir: PathBuf,
+    /// Blob name → path of that blob's local copy, for `{blob:NAME}`.
+    pub blobs: BTreeMap<String, PathBuf>,
+}
+
+/// Everything needed to start one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub topology_id: String,
+    pub worker_id: String,
+    pub port: u16,
+    pub supervisor_id: String,
+    /// The assignment's argv template, placeholders not yet expanded.
+    pub command: Vec<String>,
+    /// The assignment's `env`.
+    pub env: BTreeMap<String, String>,
+    /// `<local_dir>/workers/<worker_id>` (see [`worker_dir`]).
+    pub worker_dir: PathBuf,
+    /// `<log_dir>/workers/<topology>/<port>/worker.log` (see [`super::logfile::worker_log_path`]).
+    pub log_file: PathBuf,
+    /// `$GALE_BLOB_DIR`: one entry per blob name.
+    pub blob_dir: PathBuf,
+    /// Blob name → local path, for `{blob:NAME}`.
+    pub blobs: BTreeMap<String, PathBuf>,
+}
+
+/// A worker that was just started.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: u32,
+    /// Read right after the spawn, while the child cannot have been reaped yet (we hold it).
+    pub identity: ProcessIdentity,
+    /// Await `child.wait()` to learn of the exit at once (see [`super::exit::describe`]).
+    pub child: tokio::process::Child,
+}
+
+/// The I/O step of [`spawn`] that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchStep {
+    CreateWorkerDir,
+    CreateLogDir,
+    OpenLog,
+    Exec,
+    ReadIdentity,
+}
+
+impl std::fmt::Display for LaunchStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LaunchStep::CreateWorkerDir => "create the worker directory",
+            LaunchStep::CreateLogDir => "create the log directory",
+            LaunchStep::OpenLog => "open the log file",
+            LaunchStep::Exec => "execute",
+            LaunchStep::ReadIdentity => "read the start time of the new process from",
+        })
+    }
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("topology {topology} port {port}: the launch command is empty")]
+    EmptyCommand { topology: String, port: u16 },
+    #[error(
+        "topology {topology} port {port}: unknown placeholder `{{{name}}}` in argument `{arg}`: known are {{port}}, {{worker_id}}, {{topology_id}}, {{supervisor_id}}, {{worker_dir}}, {{blob:NAME}}"
+    )]
+    UnknownPlaceholder { topology: String, port: u16, name: String, arg: String },
+    #[error(
+        "topology {topology} port {port}: argument `{arg}` opens a placeholder with `{{` and never closes it (literal braces are not supported)"
+    )]
+    UnterminatedPlaceholder { topology: String, port: u16, arg: String },
+    #[error("topology {topology} port {port}: `{{blob:{name}}}` in argument `{arg}` names no blob of the assignment")]
+    UnknownBlob { topology: String, port: u16, name: String, arg: String },
+    #[error(
+        "topology {topology} port {port}: program `{program}` is not an absolute path: start the command with `/` or `{{blob:NAME}}/`"
+    )]
+    RelativeProgram { topology: String, port: u16, program: String },
+    #[error("topology {topology} port {port}: path {} is not valid UTF-8 and cannot become an argument", .path.display())]
+    NonUtf8Path { topology: String, port: u16, path: PathBuf },
+    #[error("topology {topology} port {port}: refusing to use an invalid id as a path")]
+    InvalidId { topology: String, port: u16, source: IdentError },
+    #[error("topology {topology} port {port}: cannot {step} {}", .path.display())]
+    Io { topology: String, port: u16, step: LaunchStep, path: PathBuf, source: io::Error },
+}
+
+/// Expands the placeholders of `command` (SPEC §3.2). A placeholder may stand anywhere inside
+/// an argument (`--dir={worker_dir}/data`). `{{`/`}}` escapes are not supported: a `{` always
+/// opens a placeholder, a `}` outside one is literal. After expansion `command[0]` must be an
+/// absolute path (so a worker never depends on the agent's `PATH`).
+pub fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>, LaunchError> {
+    let argv = command.iter().map(|arg| expand_arg(arg, p)).collect::<Result<Vec<_>, _>>()?;
+    let Some(program) = argv.first() else {
+        return Err(LaunchError::EmptyCommand { topology: p.topology_id.clone(), port: p.port });
+    };
+    if !Path::new(program).is_absolute() {
+        return Err(LaunchError::RelativeProgram {
+            topology: p.topology_id.clone(),
+            port: p.port,
+            program: program.clone(),
+        });
+    }
+    Ok(argv)
+}
+
+fn expand_arg(arg: &str, p: &Placeholders) -> Result<String, LaunchError> {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(LaunchError::UnterminatedPlaceholder {
+                topology: p.topology_id.clone(),
+                port: p.port,
+                arg: arg.to_owned(),
+            });
+        };
+        out.push_str(&placeholder_value(&after[..close], arg, p)?);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn placeholder_value(name: &str, arg: &str, p: &Placeholders) -> Result<String, LaunchError> {
+    let path_str = |path: &Path| {
+        path.to_str().map(str::to_owned).ok_or_else(|| LaunchError::NonUtf8Path {
+            topology: p.topology_id.clone(),
+            port: p.port,
+            path: path.to_owned(),
+        })
+    };
+    match name {
+        "port" => Ok(p.port.to_string()),
+        "worker_id" => Ok(p.worker_id.clone()),
+        "topology_id" => Ok(p.topology_id.clone()),
+        "supervisor_id" => Ok(p.supervisor_id.clone()),
+        "worker_dir" => path_str(&p.worker_dir),
+        _ => match name.strip_prefix("blob:") {
+            Some(blob) => match p.blobs.get(blob) {
+                Some(path) => path_str(path),
+                None => Err(LaunchError::UnknownBlob {
+                    topology: p.topology_id.clone(),
+                    port: p.port,
+                    name: blob.to_owned(),
+                    arg: arg.to_owned(),
+                }),
+            },
+            None => Err(LaunchError::UnknownPlaceholder {
+                topology: p.topology_id.clone(),
+                port: p.port,
+                name: name.to_owned(),
+                arg: arg.to_owned(),
+            }),
+        },
+    }
+}
+
+/// Variables set by the agent itself and addressed to its own main pid (systemd notify socket,
+/// watchdog, socket activation). A worker inheriting them could speak to systemd as if it were
+/// the agent, so they are removed from the worker's environment.
+const AGENT_ONLY_ENV: &[&str] =
+    &["NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+
+/// Starts the worker described by `spec`. Must run inside a tokio runtime (the child is a
+/// `tokio::process::Child`). Does not wait for anything but `exec`: a worker that exits at
+/// once is reported by its `child.wait()`, not here.
+pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
+    let (topology, port) = (&spec.topology_id, spec.port);
+    let io_err = |step, path: &Path, source| LaunchError::Io {
+        topology: topology.clone(),
+        port,
+        step,
+        path: path.to_owned(),
+        source,
+    };
+    // Ids become directory names; assignment validation already checked them, this keeps a
+    // caller bug from ever turning into a path outside the local dir.
+    for (kind, value) in [("topology id", topology), ("worker id", &spec.worker_id)] {
+        ident::validate(kind, value).map_err(|source| LaunchError::InvalidId {
+            topology: topology.clone(),
+            port,
+            source,
+        })?;
+    }
+    let argv = expand(
+        &spec.command,
+        &Placeholders {
+            port,
+            worker_id: spec.worker_id.clone(),
+            topology_id: topology.clone(),
+            supervisor_id: spec.supervisor_id.clone(),
+            worker_dir: spec.worker_dir.clone(),
+            blobs: spec.blobs.clone(),
+        },
+    )?;
+
+    let mut dirs = DirBuilder::new();
+    dirs.recursive(true).mode(0o755);
+    dirs.create(&spec.worker_dir).map_err(|e| io_err(LaunchStep::CreateWorkerDir, &spec.worker_dir, e))?;
+    if let Some(log_dir) = spec.log_file.parent() {
+        dirs.create(log_dir).map_err(|e| io_err(LaunchStep::CreateLogDir, log_dir, e))?;
+    }
+    // std opens it with O_CLOEXEC: the only way the worker gets this descriptor is as its
+    // stdout and stderr below.
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(&spec.log_file)
+        .map_err(|e| io_err(LaunchStep::OpenLog, &spec.log_file, e))?;
+    let log_for_stderr = log.try_clone().map_err(|e| io_err(LaunchStep::OpenLog, &spec.log_file, e))?;
+
+    let mut command = std::process::Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .current_dir(&spec.worker_dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_for_stderr)
+        .envs(&spec.env)
+        .env("GALE_TOPOLOGY_ID", topology)
+        .env("GALE_WORKER_ID", &spec.worker_id)
+        .env("GALE_PORT", port.to_string())
+        .env("GALE_SUPERVISOR_ID", &spec.supervisor_id)
+        .env("GALE_WORKER_DIR", &spec.worker_dir)
+        .env("GALE_HEARTBEAT_FILE", heartbeat_file(&spec.worker_dir))
+        .env("GALE_BLOB_DIR", &spec.blob_dir);
+    for name in AGENT_ONLY_ENV {
+        command.env_remove(name);
+    }
+    crate::sys::new_session_on_exec(&mut command);
+    // kill_on_drop stays false (the default): dropping the handle, or the agent stopping,
+    // must never stop a worker.
+    let mut child =
+        tokio::process::Command::from(command).spawn().map_err(|e| io_err(LaunchStep::Exec, Path::new(&argv[0]), e))?;
+    let pid = child.id().expect("a child that was never awaited has a pid");
+    match ProcessIdentity::of(pid) {
+        Ok(identity) => Ok(Spawned { pid, identity, child }),
+        Err(source) => {
+            // A worker we cannot prove is ours could never be stopped safely (STYLE habit 7):
+            // kill it now, while its pid is still certainly this child's.
+            let _ = child.start_kill();
+            Err(io_err(LaunchStep::ReadIdentity, Path::new(&format!("/proc/{pid}/stat")), source))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> Placeholders {
+        Placeholders {
+            port: 6700,
+            worker_id: "w-1".into(),
+            topology_id: "wordcount".into(),
+            supervisor_id: "sup-9".into(),
+            worker_dir: "/var/lib/gale/workers/w-1".into(),
+            blobs: BTreeMap::from([("code".to_owned(), PathBuf::from("/var/lib/gale/blobs/ab12"))]),
+        }
+    }
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn expands_every_placeholder_anywhere_inside_an_argument() {
+        let got = expand(
+            &argv(&[
+                "/usr/bin/java",
+                "--port={port}",
+                "{worker_id}",
+                "t={topology_id},s={supervisor_id}",
+                "{worker_dir}/data",
+                "{port}{port}",
+                "plain } brace",
+            ]),
+            &values(),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            argv(&[
+                "/usr/bin/java",
+                "--port=6700",
+                "w-1",
+                "t=wordcount,s=sup-9",
+                "/var/lib/gale/workers/w-1/data",
+                "67006700",
+                "plain } brace",
+            ])
+        );
+    }
+
+    #[test]
+    fn a_blob_placeholder_may_be_the_program() {
+        let got = expand(&argv(&["{blob:code}/bin/worker", "{blob:code}"]), &values()).unwrap();
+        assert_eq!(got, argv(&["/var/lib/gale/blobs/ab12/bin/worker", "/var/lib/gale/blobs/ab12"]));
+    }
+
+    #[test]
+    fn expanded_values_are_not_rescanned() {
+        let mut p = values();
+        p.worker_id = "{port}".into();
+        assert_eq!(expand(&argv(&["/w", "{worker_id}"]), &p).unwrap(), argv(&["/w", "{port}"]));
+    }
+
+    #[test]
+    fn an_unknown_placeholder_is_named() {
+        let err = expand(&argv(&["/w", "--x={host}"]), &values()).unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::UnknownPlaceholder { name, arg, port: 6700, .. } if name == "host" && arg == "--x={host}"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`{host}`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_blob_is_named() {
+        let err = expand(&argv(&["/w", "{blob:data}/x"]), &values()).unwrap_err();
+        assert!(matches!(&err, LaunchError::UnknownBlob { name, .. } if name == "data"), "{err:?}");
+        assert!(err.to_string().contains("{blob:data}"), "{err}");
+    }
+
+    #[test]
+    fn an_unclosed_brace_is_an_error() {
+        let err = expand(&argv(&["/w", "{\"json\": 1"]), &values()).unwrap_err();
+        assert!(matches!(err, LaunchError::UnterminatedPlaceholder { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_program_must_be_absolute_after_expansion() {
+        for relative in [&["java", "-jar"][..], &["./run"], &["{worker_id}/run"]] {
+            let err = expand(&argv(relative), &values()).unwrap_err();
+            assert!(matches!(err, LaunchError::RelativeProgram { .. }), "{relative:?}: {err:?}");
+        }
+        let err = expand(&[], &values()).unwrap_err();
+        assert!(matches!(err, LaunchError::EmptyCommand { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn worker_dir_is_under_local_dir() {
+        assert_eq!(worker_dir(Path::new("/var/lib/gale"), "w-1"), PathBuf::from("/var/lib/gale/workers/w-1"));
+    }
+}

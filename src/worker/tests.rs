@@ -1,0 +1,244 @@
+//! Real-process tests of the worker edge: what a spawned worker sees (argv, cwd, env, stdin,
+//! session), group signalling with the identity proof, and exit detection for adopted
+//! processes. Each test is bounded by a deadline; nothing sleeps where it can poll.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use super::*;
+use crate::proc_identity::{Liveness, ProcessIdentity};
+
+const DEADLINE: Duration = Duration::from_secs(5);
+
+fn spec(root: &Path, command: &[&str]) -> LaunchSpec {
+    let worker_dir = launch::worker_dir(&root.join("local"), "w-1");
+    LaunchSpec {
+        topology_id: "wordcount".into(),
+        worker_id: "w-1".into(),
+        port: 6700,
+        supervisor_id: "sup-9".into(),
+        command: command.iter().map(|a| a.to_string()).collect(),
+        env: BTreeMap::from([
+            ("WORDCOUNT_MODE".to_owned(), "fast".to_owned()),
+            // The contract's variables win over the assignment's.
+            ("GALE_PORT".to_owned(), "1".to_owned()),
+        ]),
+        log_file: worker_log_path(&root.join("log"), "wordcount", 6700),
+        blob_dir: root.join("local/blobs-of-w-1"),
+        blobs: BTreeMap::from([("code".to_owned(), root.join("local/blobs/ab12"))]),
+        worker_dir,
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` from field 3 (state) on; `None` once the pid is gone.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Running means present and not a zombie (an orphan's zombie waits for init to reap it).
+fn is_running(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f[0] != "Z" && f[0] != "X")
+}
+
+async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_bounded(exit: &mut ExitWatch) -> ExitReport {
+    tokio::time::timeout(DEADLINE, exit.wait()).await.expect("the worker exits in time").unwrap()
+}
+
+#[tokio::test]
+async fn a_worker_gets_the_contract_argv_cwd_env_stdin_session_and_log() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = spec(
+        root.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            r#"echo out; echo err >&2; pwd; env | grep ^GALE_ | sort; echo "args $0 $1 $2"; echo "mode $WORDCOUNT_MODE"; echo "stdin $(readlink /proc/$$/fd/0)"; exit 3"#,
+            "{worker_id}",
+            "--port={port}",
+            "{blob:code}/x",
+        ],
+    );
+    // A previous generation's output must survive: the log is appended to.
+    std::fs::create_dir_all(spec.log_file.parent().unwrap()).unwrap();
+    std::fs::write(&spec.log_file, "previous run\n").unwrap();
+
+    let spawned = spawn(&spec).unwrap();
+    assert_eq!(spawned.identity, ProcessIdentity::of(spawned.pid).unwrap());
+    // Our child stays in /proc (as a zombie at worst) until it is awaited.
+    let stat = stat_fields(spawned.pid).unwrap();
+    assert_eq!(stat[2], spawned.pid.to_string(), "process group leader");
+    assert_eq!(stat[3], spawned.pid.to_string(), "session leader");
+    let mut exit = ExitWatch::child(spawned.child);
+    assert_eq!(wait_bounded(&mut exit).await, ExitReport { code: Some(3), signal: None });
+
+    let log = std::fs::read_to_string(&spec.log_file).unwrap();
+    let wd = spec.worker_dir.display();
+    let expected = [
+        "previous run".to_owned(),
+        "out".to_owned(),
+        "err".to_owned(),
+        wd.to_string(),
+        format!("GALE_BLOB_DIR={}", spec.blob_dir.display()),
+        format!("GALE_HEARTBEAT_FILE={wd}/heartbeat"),
+        "GALE_PORT=6700".to_owned(),
+        "GALE_SUPERVISOR_ID=sup-9".to_owned(),
+        "GALE_TOPOLOGY_ID=wordcount".to_owned(),
+        format!("GALE_WORKER_DIR={wd}"),
+        "GALE_WORKER_ID=w-1".to_owned(),
+        format!("args w-1 --port=6700 {}/local/blobs/ab12/x", root.path().display()),
+        "mode fast".to_owned(),
+        "stdin /dev/null".to_owned(),
+    ];
+    let lines: Vec<&str> = log.lines().collect();
+    for line in &expected {
+        assert!(lines.contains(&line.as_str()), "log lacks {line:?}:\n{log}");
+    }
+    assert_eq!(lines[0], "previous run", "{log}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&spec.worker_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777 & !0o755, 0, "worker dir no more open than 0755: {mode:o}");
+}
+
+#[tokio::test]
+async fn a_descriptor_opened_without_cloexec_does_not_reach_the_worker() {
+    use std::os::fd::AsRawFd;
+    let leaky = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDONLY, nix::sys::stat::Mode::empty()).unwrap();
+    let fd = leaky.as_raw_fd();
+    let root = tempfile::tempdir().unwrap();
+    let script = format!("if [ -e /proc/$$/fd/{fd} ]; then echo leaked; else echo closed; fi");
+    let spec = spec(root.path(), &["/bin/sh", "-c", &script]);
+    let mut exit = RealProcessControl.spawn(&spec).unwrap().exit;
+    assert_eq!(wait_bounded(&mut exit).await.code, Some(0));
+    assert_eq!(std::fs::read_to_string(&spec.log_file).unwrap(), "closed\n");
+}
+
+#[tokio::test]
+async fn launch_failures_name_the_step_and_path() {
+    let root = tempfile::tempdir().unwrap();
+    let err = spawn(&spec(root.path(), &["/nonexistent/bin/worker"])).unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::Io { step: LaunchStep::Exec, path, .. } if path == Path::new("/nonexistent/bin/worker")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("topology wordcount port 6700"), "{err}");
+
+    let mut bad_id = spec(root.path(), &["/bin/true"]);
+    bad_id.worker_id = "../escape".into();
+    assert!(matches!(spawn(&bad_id), Err(LaunchError::InvalidId { .. })));
+
+    let mut blocked = spec(root.path(), &["/bin/true"]);
+    std::fs::write(root.path().join("file"), "").unwrap();
+    blocked.log_file = root.path().join("file/sub/worker.log");
+    let err = spawn(&blocked).unwrap_err();
+    assert!(matches!(err, LaunchError::Io { step: LaunchStep::CreateLogDir, .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn signal_group_kills_the_worker_and_what_it_forked() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = spec(
+        root.path(),
+        &["/bin/sh", "-c", "sleep 1000 & echo $! > grandchild.pid.tmp; mv grandchild.pid.tmp grandchild.pid; wait"],
+    );
+    let spawned = spawn(&spec).unwrap();
+    let pid_file: PathBuf = spec.worker_dir.join("grandchild.pid");
+    let grandchild: u32 =
+        eventually("the grandchild's pid", || std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()).await;
+    assert!(is_running(grandchild));
+
+    assert_eq!(signal_group(&spawned.identity, Signal::SIGKILL).unwrap(), SignalOutcome::Signalled);
+    let mut exit = ExitWatch::child(spawned.child);
+    assert_eq!(wait_bounded(&mut exit).await, ExitReport { code: None, signal: Some(9) });
+    eventually("the grandchild to die", || (!is_running(grandchild)).then_some(())).await;
+    // Reaped: nothing by that identity exists any more.
+    assert_eq!(signal_group(&spawned.identity, Signal::SIGKILL).unwrap(), SignalOutcome::Gone);
+}
+
+#[tokio::test]
+async fn a_process_that_is_not_provably_ours_is_not_signalled() {
+    let root = tempfile::tempdir().unwrap();
+    let spawned = spawn(&spec(root.path(), &["/bin/sleep", "100"])).unwrap();
+    let real = spawned.identity.clone();
+    let restarted = ProcessIdentity { start_ticks: real.start_ticks + 1, ..real.clone() };
+    let other_boot = ProcessIdentity { boot_id: "another-boot".into(), ..real.clone() };
+    for stranger in [&restarted, &other_boot] {
+        assert_eq!(signal_group(stranger, Signal::SIGKILL).unwrap(), SignalOutcome::NotOurs);
+        assert_eq!(RealProcessControl.signal_group(stranger, Signal::SIGKILL).unwrap(), SignalOutcome::NotOurs);
+    }
+    assert!(is_running(real.pid), "the refused signal was not sent");
+    assert_eq!(RealProcessControl.liveness(&real), Liveness::Alive);
+
+    assert_eq!(signal_group(&real, Signal::SIGTERM).unwrap(), SignalOutcome::Signalled);
+    let mut exit = ExitWatch::child(spawned.child);
+    assert_eq!(wait_bounded(&mut exit).await.signal, Some(Signal::SIGTERM as i32));
+    assert_eq!(RealProcessControl.liveness(&real), Liveness::Dead);
+}
+
+/// Starts `sleep` through a shell that exits at once, so the sleep is not our child (as with a
+/// worker found running after an agent restart).
+fn orphan_sleep(secs: &str) -> ProcessIdentity {
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("sleep {secs} >/dev/null 2>&1 & echo $!")])
+        .output()
+        .unwrap();
+    let pid: u32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+    ProcessIdentity::of(pid).unwrap()
+}
+
+#[tokio::test]
+async fn wait_adopted_returns_when_a_process_that_is_not_our_child_exits() {
+    let orphan = orphan_sleep("0.5");
+    let started = Instant::now();
+    let mut exit = RealProcessControl.adopt(&orphan);
+    assert_eq!(wait_bounded(&mut exit).await, ExitReport::UNKNOWN);
+    assert!(!is_running(orphan.pid), "wait_adopted returned while the process still ran");
+    assert!(started.elapsed() < Duration::from_millis(1500), "exit seen late: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn wait_adopted_returns_at_once_for_a_gone_or_reused_pid() {
+    let mut reaped = std::process::Command::new("/bin/true").spawn().unwrap();
+    let gone = ProcessIdentity::of(reaped.id()).unwrap();
+    reaped.wait().unwrap();
+    // This test process is alive, but not with these start ticks: a reused pid.
+    let me = ProcessIdentity::current().unwrap();
+    let reused = ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() };
+    let other_boot = ProcessIdentity { boot_id: "another-boot".into(), ..me };
+    for identity in [gone, reused, other_boot] {
+        tokio::time::timeout(Duration::from_secs(1), wait_adopted(&identity))
+            .await
+            .unwrap_or_else(|_| panic!("{identity:?} is not running, yet the wait blocked"))
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_sees_a_worker_touch_its_heartbeat_file() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = spec(root.path(), &["/bin/sh", "-c", r#"touch "$GALE_HEARTBEAT_FILE""#]);
+    std::fs::create_dir_all(&spec.worker_dir).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let _watcher = HeartbeatWatcher::start(&spec.worker_id, &spec.worker_dir, tx).unwrap();
+    let mut exit = RealProcessControl.spawn(&spec).unwrap().exit;
+    let hint = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.expect("a hint within a second");
+    assert_eq!(hint.as_deref(), Some("w-1"));
+    assert!(last_heartbeat(&heartbeat_file(&spec.worker_dir)).is_some());
+    assert_eq!(wait_bounded(&mut exit).await.code, Some(0));
+}
