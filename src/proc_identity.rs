@@ -46,8 +46,9 @@ impl ProcessIdentity {
             Ok(boot) if boot == self.boot_id => {}
             _ => return Liveness::Unknown,
         }
-        match start_ticks(self.pid) {
-            Ok(ticks) if ticks == self.start_ticks => Liveness::Alive,
+        match read_stat(self.pid) {
+            // A zombie has exited; only its parent has not reaped it yet.
+            Ok((ticks, state)) if ticks == self.start_ticks && !matches!(state, 'Z' | 'X') => Liveness::Alive,
             Ok(_) => Liveness::Dead,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Liveness::Dead,
             Err(_) => Liveness::Unknown,
@@ -62,14 +63,21 @@ pub fn boot_id() -> std::io::Result<String> {
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted after the last `)`.
 pub fn start_ticks(pid: u32) -> std::io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_start_ticks(&stat).ok_or_else(|| std::io::Error::other(format!("unexpected /proc/{pid}/stat format")))
+    read_stat(pid).map(|(ticks, _)| ticks)
 }
 
-fn parse_start_ticks(stat: &str) -> Option<u64> {
+/// Start ticks and state letter (`R`, `S`, `Z`…) of `pid`.
+fn read_stat(pid: u32) -> std::io::Result<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&stat).ok_or_else(|| std::io::Error::other(format!("unexpected /proc/{pid}/stat format")))
+}
+
+fn parse_stat(stat: &str) -> Option<(u64, char)> {
     let (_, rest) = stat.rsplit_once(')')?;
     // rest starts at field 3 (state); field 22 is the 20th after it.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((fields.nth(18)?.parse().ok()?, state))
 }
 
 #[cfg(test)]
@@ -79,8 +87,8 @@ mod tests {
     #[test]
     fn parses_start_time_after_a_command_name_with_spaces_and_parens() {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_ticks(stat), Some(987654));
-        assert_eq!(parse_start_ticks("garbage"), None);
+        assert_eq!(parse_stat(stat), Some((987654, 'S')));
+        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[test]
@@ -91,6 +99,20 @@ mod tests {
         assert_eq!(restarted.liveness(), Liveness::Dead, "same pid, other start time: not the same process");
         let other_boot = ProcessIdentity { boot_id: "not-this-boot".into(), ..me };
         assert_eq!(other_boot.liveness(), Liveness::Unknown);
+    }
+
+    #[test]
+    fn a_zombie_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let id = ProcessIdentity::of(child.id()).unwrap();
+        // Not reaped yet: a zombie with the same pid and start time.
+        let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        while read_stat(child.id()).map(|(_, s)| s).ok() != Some('Z') {
+            assert!(std::time::SystemTime::now() < deadline, "child never became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(id.liveness(), Liveness::Dead);
+        child.wait().unwrap();
     }
 
     #[test]
