@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The demo: a local ZooKeeper, one gale agent, and a live view of its registration.
+# The demo: a local ZooKeeper, one gale agent, and the example `wordcount` topology whose
+# two workers you can watch.
 #
-#   scripts/demo.sh            # Ctrl-C stops everything (the agent stops cleanly)
+#   scripts/demo.sh            # Ctrl-C stops everything: topology, workers, agent, ZooKeeper
 #
-# Everything lives under one temp dir (printed at start) and goes away at the end, except
-# the agent log, which is copied next to it for a look afterwards.
+# Everything lives under one temp dir (printed at start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,14 @@ cleanup() {
   trap - EXIT INT TERM
   echo
   if [ -n "${agent:-}" ] && kill -0 "$agent" 2>/dev/null; then
+    # Workers outlive the agent by design, so take the topology away first: the agent stops
+    # its workers (SIGTERM) and we wait until they are gone.
+    echo "== killing the topology (the agent stops its workers)"
+    "$GALE" topology kill wordcount >/dev/null 2>&1 || true
+    for _ in $(seq 1 100); do
+      [ -z "$(ls -A "$work/local/workers" 2>/dev/null)" ] && break
+      sleep 0.1
+    done
     echo "== stopping the agent (SIGTERM: clean stop, ephemeral node removed at once)"
     kill -TERM "$agent"; wait "$agent" || true
   fi
@@ -37,7 +45,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== starting ZooKeeper on 127.0.0.1:$port (data in $work/zk)"
-java -Xmx256m -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.ZooKeeperServerMain \
+setsid java -Xmx256m -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.ZooKeeperServerMain \
   "$work/zk/zoo.cfg" > "$work/zk/zk.log" 2>&1 &
 zk=$!
 # `ruok` answers before the server serves; `srvr` shows a Mode: line only once it does.
@@ -71,19 +79,32 @@ echo "== effective config (gale check-config)"
 "$GALE" check-config | sed -n '1,12p'; echo "   ..."
 
 echo "== starting the agent (log: $work/agent.log)"
-"$GALE" run > "$work/agent.log" 2>&1 &
+# Its own session, so that Ctrl-C reaches only this script, which then stops things in order.
+setsid "$GALE" run > "$work/agent.log" 2>&1 &
 agent=$!
 
 for _ in $(seq 1 100); do grep -q 'state=running' "$work/agent.log" && break; sleep 0.1; done
 echo "== agent log so far"
 cat "$work/agent.log"
 echo
+echo "== submitting the example topology (gale topology submit examples/wordcount.json --auto-place 2)"
+sed "s|@GALE_EXAMPLES@|$PWD/examples|" examples/wordcount.json > "$work/wordcount.json"
+"$GALE" topology submit "$work/wordcount.json" --auto-place 2
+for _ in $(seq 1 100); do [ -s "$work/logs/workers/wordcount/6701/worker.log" ] && break; sleep 0.1; done
+echo
 echo "== the local state (gale state dump)"
-"$GALE" state dump
-echo "== live supervisors, refreshed every 5 s (gale cluster supervisors). Ctrl-C to stop."
+"$GALE" state dump | awk '/^version/ { n++ } n <= 1' | cut -c 1-160
+echo "== workers, refreshed every 5 s. Try: kill -9 <pid> (restarted at once). Ctrl-C to stop."
 while kill -0 "$agent" 2>/dev/null; do
   date +%T
   "$GALE" cluster supervisors
-  "$GALE" cluster supervisors --json | python3 -c 'import json,sys; [print("   time_ms", s["time_ms"], "state", s["state"], "slots", s["slots"]) for s in json.load(sys.stdin)]'
+  "$GALE" cluster supervisors --json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    for w in s["workers"]:
+        print("   port %(port)s  %(state)-8s pid %(pid)s  restarts %(restarts)s  last_exit %(last_exit)s" % w)'
+  for port in 6700 6701; do
+    printf '   %s: ' "$port"; tail -n 1 "$work/logs/workers/wordcount/$port/worker.log" 2>/dev/null || echo
+  done
   sleep 5
 done

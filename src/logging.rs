@@ -15,7 +15,11 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => EnvFilter::try_new(&env).map_err(|e| format!("RUST_LOG: {e}"))?,
-        _ => EnvFilter::try_new(level).map_err(|e| format!("logs.level: {e}"))?,
+        // The ZooKeeper client logs every reconnect attempt (and a spurious "session expired"
+        // while closing a session on purpose); gale logs the session's story itself, so the
+        // client's own lines are shown only for errors unless the filter names it.
+        _ if level.contains("zookeeper_client") => EnvFilter::try_new(level).map_err(|e| format!("logs.level: {e}"))?,
+        _ => EnvFilter::try_new(format!("{level},zookeeper_client=error")).map_err(|e| format!("logs.level: {e}"))?,
     };
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

@@ -390,7 +390,8 @@ impl Processes {
                     Signal::Kill => nix::sys::signal::Signal::SIGKILL,
                 };
                 match worker::signal_group(&record.process, sig) {
-                    Ok(outcome) => debug!(port, worker = %worker.worker_id, ?sig, ?outcome, "signalled"),
+                    Ok(outcome) => info!(port, worker = %worker.worker_id, pid = worker.pid, signal = %sig, ?outcome,
+                        state = ?self.slots.get(&port).map(Slot::state_name), "stopping worker"),
                     Err(e) => warn!(port, worker = %worker.worker_id, error = %e, "cannot signal a worker"),
                 }
                 None
@@ -515,6 +516,7 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         while let Ok(event) = self.events.try_recv() {
             let (port, input) = match event {
                 ProcEvent::Exited { port, worker_id, code, signal } => {
+                    info!(port, worker = %worker_id, code, signal = signal.map(worker::signal_name), "worker exited");
                     (port, Input::Exited { worker_id, code, signal })
                 }
                 ProcEvent::Heartbeat { port, worker_id } => (port, Input::Heartbeat { worker_id }),
