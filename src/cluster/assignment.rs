@@ -303,12 +303,18 @@ fn node_name(path: &str) -> Option<&str> {
 
 /// The placeholder names in `arg` (see the module docs for what counts as one).
 fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
+    arg.match_indices('{').filter_map(move |(open, _)| placeholder_name(&arg[open + 1..]))
+}
+
+/// The one rule for what is a placeholder, shared by validation and the launcher: given the
+/// text right after a `{`, the name when it is `name}` with a non-empty name of letters,
+/// digits, `_ . - :`. Any other brace is literal text (JSON in an argument, `${HOME}`-like
+/// strings are not touched; `${...}` is rejected by validation as an unknown placeholder only
+/// when its inside is name-like).
+pub fn placeholder_name(after_open: &str) -> Option<&str> {
     let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':');
-    arg.match_indices('{').filter_map(move |(open, _)| {
-        let rest = &arg[open + 1..];
-        let inner = &rest[..rest.find('}')?];
-        (!inner.is_empty() && inner.chars().all(name_char)).then_some(inner)
-    })
+    let inner = &after_open[..after_open.find('}')?];
+    (!inner.is_empty() && inner.chars().all(name_char)).then_some(inner)
 }
 
 fn is_env_name(name: &str) -> bool {

@@ -65,6 +65,8 @@ pub struct AssignmentSync {
     state: Arc<Mutex<LocalState>>,
     persisted: Option<LocalAssignments>,
     publish: watch::Sender<Option<Arc<AssignmentView>>>,
+    /// Problems already logged, so each is logged once (again when it changes).
+    reported: BTreeMap<String, String>,
 }
 
 impl AssignmentSync {
@@ -83,6 +85,7 @@ impl AssignmentSync {
             state,
             persisted: None,
             publish,
+            reported: BTreeMap::new(),
         }
     }
 
@@ -127,6 +130,15 @@ impl AssignmentSync {
             self.cache.insert(name, entry);
         }
         let view = self.view();
+        for (topology, problem) in &view.problems {
+            if self.reported.get(topology) != Some(problem) {
+                warn!(topology = %topology, problem = %problem, "assignment problem");
+            }
+        }
+        for topology in self.reported.keys().filter(|t| !view.problems.contains_key(*t)) {
+            info!(topology = %topology, "assignment problem resolved");
+        }
+        self.reported = view.problems.clone();
         if self.persisted.as_ref() != Some(&view.jobs) {
             let jobs = view.jobs.clone();
             let state = self.state.clone();

@@ -125,6 +125,9 @@ pub struct Processes {
     /// Since when there has been no usable ZooKeeper session (for `stop_workers`).
     session_lost_since: Option<Instant>,
     local_dir_check: LocalDirCheck,
+    /// Workers found dead at start, by port: shown as the slot's `last_exit` (`lost`) once the
+    /// same topology runs there again.
+    lost: BTreeMap<u16, (String, LastExit)>,
 }
 
 /// The local dir the agent depends on must stay the one it locked.
@@ -196,6 +199,7 @@ impl Processes {
             zk_status,
             session_lost_since: None,
             local_dir_check,
+            lost: BTreeMap::new(),
         }
     }
 
@@ -243,40 +247,42 @@ impl Processes {
         let wall = unix_ms();
         let mut kept = WorkerRecords::new();
         for (id, record) in records {
-            let liveness = record.process.liveness();
-            let job = assigned.get(&record.port).filter(|j| j.topology_id == record.topology_id).cloned();
-            match (liveness, job, self.slots.contains_key(&record.port)) {
-                (Liveness::Alive, Some(job), true) if self.slots[&record.port].worker().is_none() => {
-                    let job = self.job_for(record.port, &job);
-                    let w = Worker { worker_id: id.clone(), pid: record.process.pid };
-                    info!(port = record.port, topology = %record.topology_id, worker = %id, pid = record.process.pid,
-                        "adopted a worker that kept running while the agent was down");
-                    let heartbeat = job.launch.liveness == LivenessMode::Heartbeat;
-                    self.feed(record.port, Input::Adopt { worker: w, job }, now, wall).await;
-                    self.watch_adopted(&record);
-                    if heartbeat {
-                        self.watch_heartbeat(&id);
-                    }
-                    kept.insert(id, record);
-                }
-                (Liveness::Alive, _, _) => {
-                    // Running, proven ours, but nothing here wants it any more: stop it.
-                    warn!(port = record.port, worker = %id, pid = record.process.pid,
-                        "a recorded worker runs without a matching local assignment; stopping it");
-                    let _ = worker::signal_group(&record.process, nix::sys::signal::Signal::SIGTERM);
-                    kept.insert(id, record.clone());
-                    self.watch_adopted(&record);
-                }
-                (_, _, _) => {
-                    info!(port = record.port, worker = %id, pid = record.process.pid,
-                        "a recorded worker ended while the agent was down");
-                    if let Some(slot) = self.slots.get_mut(&record.port) {
-                        slot.last_exit =
-                            Some(LastExit { code: None, signal: None, reason: ExitReason::Lost, at_ms: wall });
-                    }
-                    self.remove_worker_dir(&id);
-                }
+            let port = record.port;
+            if record.process.liveness() != Liveness::Alive {
+                info!(port, worker = %id, pid = record.process.pid, "a recorded worker ended while the agent was down");
+                let lost = LastExit { code: None, signal: None, reason: ExitReason::Lost, at_ms: wall };
+                self.lost.insert(port, (record.topology_id.clone(), lost));
+                self.remove_worker_dir(&id);
+                continue;
             }
+            // Alive and proven ours: adopt it into its slot (a port no longer configured gets a
+            // slot of its own, just to stop the worker properly).
+            self.slots.entry(port).or_insert_with(|| Slot::new(port, now, wall));
+            let current = assigned.get(&port).cloned();
+            let (job, stale) = match current.as_ref().filter(|j| j.topology_id == record.topology_id) {
+                Some(j) => (self.job_for(port, j), false),
+                None => (self.stale_job(&record), true),
+            };
+            let heartbeat = job.launch.liveness == LivenessMode::Heartbeat;
+            info!(port, topology = %record.topology_id, worker = %id, pid = record.process.pid,
+                "adopted a worker that kept running while the agent was down");
+            let w = Worker { worker_id: id.clone(), pid: record.process.pid };
+            self.feed(port, Input::Adopt { worker: w, job }, now, wall).await;
+            if stale {
+                // The last sync before the agent went down moved this port on: stop the worker
+                // the slot's way (SIGTERM, grace, SIGKILL), then run what is assigned now.
+                warn!(port, worker = %id, "the adopted worker's topology is no longer assigned to its port; stopping it");
+                let next = match (current, self.slots.contains_key(&port) && self.config.slots.contains(&port)) {
+                    (Some(j), true) => Some(self.job_for(port, &j)),
+                    _ => None,
+                };
+                self.feed(port, Input::Assign(next), now, wall).await;
+            }
+            self.watch_adopted(&record);
+            if heartbeat {
+                self.watch_heartbeat(&id);
+            }
+            kept.insert(id, record);
         }
         self.records = kept.clone();
         self.persist_records().await?;
@@ -302,6 +308,27 @@ impl Processes {
             }
             self.remove_worker_dir(&name);
         }
+    }
+
+    /// A stand-in job for an adopted worker whose topology is no longer assigned to its port:
+    /// the slot only needs something to hold while it stops the worker.
+    fn stale_job(&self, record: &WorkerRecord) -> Arc<SlotJob> {
+        Arc::new(SlotJob {
+            topology_id: record.topology_id.clone(),
+            launch: crate::cluster::assignment::Launch {
+                command: Vec::new(),
+                env: BTreeMap::new(),
+                liveness: LivenessMode::Process,
+                start_timeout_secs: None,
+                heartbeat_timeout_secs: None,
+                memory_mb: None,
+                cpu_percent: None,
+                user: None,
+            },
+            blobs: Vec::new(),
+            start_timeout: self.config.start_timeout,
+            heartbeat_timeout: self.config.heartbeat_timeout,
+        })
     }
 
     fn remove_worker_dir(&self, worker_id: &str) {
@@ -426,6 +453,10 @@ impl Processes {
             log_file: worker::worker_log_path(&self.config.log_dir, &job.topology_id, port),
             blobs: BTreeMap::new(),
         };
+        // GALE_BLOB_DIR exists even when the job has no blobs (SPEC §4 promises the directory).
+        if let Err(e) = std::fs::create_dir_all(&spec.blob_dir) {
+            warn!(port, path = %spec.blob_dir.display(), error = %e, "cannot create the worker's blob dir");
+        }
         let spawned = match worker::spawn(&spec) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -532,6 +563,13 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
             for port in ports {
                 let job = view.jobs.get(&port).map(|j| self.job_for(port, j));
                 self.feed(port, Input::Assign(job), now, wall).await;
+                if let Some((topology, exit)) = self.lost.remove(&port)
+                    && let Some(slot) = self.slots.get_mut(&port)
+                    && slot.job().is_some_and(|j| j.topology_id == topology)
+                    && slot.last_exit.is_none()
+                {
+                    slot.last_exit = Some(exit);
+                }
             }
         }
         let ports: Vec<u16> = self.slots.keys().copied().collect();

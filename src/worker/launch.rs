@@ -104,10 +104,6 @@ pub enum LaunchError {
         "topology {topology} port {port}: unknown placeholder `{{{name}}}` in argument `{arg}`: known are {{port}}, {{worker_id}}, {{topology_id}}, {{supervisor_id}}, {{worker_dir}}, {{blob:NAME}}"
     )]
     UnknownPlaceholder { topology: String, port: u16, name: String, arg: String },
-    #[error(
-        "topology {topology} port {port}: argument `{arg}` opens a placeholder with `{{` and never closes it (literal braces are not supported)"
-    )]
-    UnterminatedPlaceholder { topology: String, port: u16, arg: String },
     #[error("topology {topology} port {port}: `{{blob:{name}}}` in argument `{arg}` names no blob of the assignment")]
     UnknownBlob { topology: String, port: u16, name: String, arg: String },
     #[error(
@@ -123,8 +119,9 @@ pub enum LaunchError {
 }
 
 /// Expands the placeholders of `command` (SPEC §3.2). A placeholder may stand anywhere inside
-/// an argument (`--dir={worker_dir}/data`). `{{`/`}}` escapes are not supported: a `{` always
-/// opens a placeholder, a `}` outside one is literal. After expansion `command[0]` must be an
+/// an argument (`--dir={worker_dir}/data`). Only `{name}` with a name-like inside is a
+/// placeholder (`assignment::placeholder_name`, the rule validation uses); every other brace is
+/// literal, and substituted values are never re-scanned. After expansion `command[0]` must be an
 /// absolute path (so a worker never depends on the agent's `PATH`).
 pub fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>, LaunchError> {
     let argv = command.iter().map(|arg| expand_arg(arg, p)).collect::<Result<Vec<_>, _>>()?;
@@ -144,18 +141,20 @@ pub fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>, Launc
 fn expand_arg(arg: &str, p: &Placeholders) -> Result<String, LaunchError> {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
+    // Same rule as validation (`assignment::placeholder_name`): other braces are literal.
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            return Err(LaunchError::UnterminatedPlaceholder {
-                topology: p.topology_id.clone(),
-                port: p.port,
-                arg: arg.to_owned(),
-            });
-        };
-        out.push_str(&placeholder_value(&after[..close], arg, p)?);
-        rest = &after[close + 1..];
+        match crate::cluster::assignment::placeholder_name(after) {
+            Some(name) => {
+                out.push_str(&placeholder_value(name, arg, p)?);
+                rest = &after[name.len() + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
     out.push_str(rest);
     Ok(out)
@@ -364,9 +363,14 @@ mod tests {
     }
 
     #[test]
-    fn an_unclosed_brace_is_an_error() {
-        let err = expand(&argv(&["/w", "{\"json\": 1"]), &values()).unwrap_err();
-        assert!(matches!(err, LaunchError::UnterminatedPlaceholder { .. }), "{err:?}");
+    fn braces_that_are_not_placeholders_are_literal() {
+        // The same rule as validation: what validation lets through must launch unchanged.
+        let args = ["/w", "{\"json\": {\"n\": 1}}", "{}", "{ port }", "{\"a\": 1", "x{port}y", "{{port}}"];
+        let out = expand(&argv(&args), &values()).unwrap();
+        let port = values().port.to_string();
+        assert_eq!(out[1..5], args[1..5].iter().map(|a| a.to_string()).collect::<Vec<_>>()[..]);
+        assert_eq!(out[5], format!("x{port}y"));
+        assert_eq!(out[6], format!("{{{port}}}"));
     }
 
     #[test]
