@@ -584,6 +584,10 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         }
         self.publish();
         if job == ProcessJob::Monitor {
+            // Periodically too, not only at start: a directory is created and recorded within
+            // one job of this queue, so between jobs an unrecorded one is always a leftover.
+            let records = self.records.clone();
+            self.sweep_orphans(&records);
             self.local_dir_check.check()?;
         }
         Ok(())
