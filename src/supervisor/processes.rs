@@ -128,6 +128,8 @@ pub struct Processes {
     /// Workers found dead at start, by port: shown as the slot's `last_exit` (`lost`) once the
     /// same topology runs there again.
     lost: BTreeMap<u16, (String, LastExit)>,
+    /// `records` has removals not yet written.
+    records_dirty: bool,
 }
 
 /// The local dir the agent depends on must stay the one it locked.
@@ -200,6 +202,7 @@ impl Processes {
             session_lost_since: None,
             local_dir_check,
             lost: BTreeMap::new(),
+            records_dirty: false,
         }
     }
 
@@ -343,13 +346,15 @@ impl Processes {
         }
     }
 
-    async fn persist_records(&self) -> Result<(), String> {
+    async fn persist_records(&mut self) -> Result<(), String> {
         let state = self.state.clone();
         let records = self.records.clone();
         tokio::task::spawn_blocking(move || state.lock().unwrap().put::<Workers>(&records).map(drop))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.records_dirty = false;
+        Ok(())
     }
 
     /// inotify on the worker dir: a hint to read the heartbeat file now (the mtime poll on
@@ -424,10 +429,12 @@ impl Processes {
                 None
             }
             Action::Forget { worker_id } => {
-                if self.records.remove(&worker_id).is_some()
-                    && let Err(e) = self.persist_records().await
-                {
-                    error!(error = %e, "cannot persist worker records");
+                // Not persisted on the spot: a record of a process that has exited is harmless
+                // (the next start proves it dead), so the removal rides along with the next
+                // write — the relaunch's record, or the end of this job — and a restart costs one
+                // durable write, not two.
+                if self.records.remove(&worker_id).is_some() {
+                    self.records_dirty = true;
                 }
                 self.heartbeats.remove(&worker_id);
                 self.heartbeat_watchers.remove(&worker_id);
@@ -581,6 +588,11 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
                 self.feed(port, Input::BlobsReady(job), now, wall).await;
             }
             self.feed(port, Input::Tick, now, wall).await;
+        }
+        if self.records_dirty
+            && let Err(e) = self.persist_records().await
+        {
+            error!(error = %e, "cannot persist worker records");
         }
         self.publish();
         if job == ProcessJob::Monitor {
