@@ -258,10 +258,11 @@ pub struct ZkClient {
 /// `connect_timeout`.
 pub async fn connect_once(opts: &ConnectOptions) -> Result<ZkClient, ZkError> {
     let servers = opts.servers.join(",");
-    let mut connector = zk::Client::connector()
-        .with_session_timeout(opts.session_timeout)
-        .with_connection_timeout(opts.connect_timeout.min(opts.session_timeout))
-        .with_fail_eagerly();
+    // `connect_timeout` bounds establishing a session (below). It is not the crate's
+    // "connection timeout", which is the idle time after which a live connection counts as
+    // lost and also sets the ping interval (3/8 of it): left at the crate's default (2/5 of the
+    // session timeout), an idle agent pings every `session_timeout / 20 * 3` (3 s at 20 s).
+    let mut connector = zk::Client::connector().with_session_timeout(opts.session_timeout).with_fail_eagerly();
     if let Some(digest) = &opts.digest {
         connector = connector.with_auth("digest", digest.as_bytes());
     }

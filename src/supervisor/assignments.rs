@@ -67,6 +67,9 @@ pub struct AssignmentSync {
     publish: watch::Sender<Option<Arc<AssignmentView>>>,
     /// Problems already logged, so each is logged once (again when it changes).
     reported: BTreeMap<String, String>,
+    /// The session in which `<root>/assignments` was last made sure to exist (once per
+    /// session is enough; every sync would be two needless reads).
+    ensured_in: Option<i64>,
 }
 
 impl AssignmentSync {
@@ -86,6 +89,7 @@ impl AssignmentSync {
             persisted: None,
             publish,
             reported: BTreeMap::new(),
+            ensured_in: None,
         }
     }
 
@@ -96,7 +100,10 @@ impl AssignmentSync {
     /// One full pass (see the module docs).
     pub async fn sync(&mut self, client: &ZkClient) -> Result<(), SyncError> {
         let dir = self.dir();
-        client.ensure_path(&dir).await?;
+        if self.ensured_in != Some(client.session_id()) {
+            client.ensure_path(&dir).await?;
+            self.ensured_in = Some(client.session_id());
+        }
         let names = client.children(&dir).await?;
         let present: BTreeSet<String> = names.iter().cloned().collect();
         self.cache.retain(|name, _| present.contains(name));
