@@ -12,12 +12,7 @@ pub fn supervisors(config_path: &Path, json: bool) -> Result<ExitCode, CliError>
     let config = load_config(config_path)?;
     let failure = |e: String| CliError::new(ExitCode::Failure, e);
     client_runtime()?.block_on(async {
-        let opts = ConnectOptions {
-            servers: config.zookeeper.servers.clone(),
-            session_timeout: config.zookeeper.session_timeout,
-            connect_timeout: config.zookeeper.connect_timeout,
-            digest: None,
-        };
+        let opts = ConnectOptions::from_config(&config).map_err(|e| CliError::new(ExitCode::Config, e.to_string()))?;
         let client = zk::connect_once(&opts).await.map_err(|e| failure(e.to_string()))?;
         let dir = config.zk_path("/supervisors");
         let mut rows = Vec::new();

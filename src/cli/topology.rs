@@ -307,35 +307,10 @@ fn place(free: &[FreeSlots], n: usize) -> Result<Vec<WorkerPlacement>, usize> {
 }
 
 async fn connect(config: &Config) -> Result<ZkClient, CliError> {
-    let opts = ConnectOptions {
-        servers: config.zookeeper.servers.clone(),
-        session_timeout: config.zookeeper.session_timeout,
-        connect_timeout: config.zookeeper.connect_timeout,
-        digest: read_digest(config)?,
-    };
+    // With auth on, the agents' parent nodes only let that identity create: use the same
+    // credentials as the daemon.
+    let opts = ConnectOptions::from_config(config).map_err(|e| CliError::new(ExitCode::Config, e.to_string()))?;
     zk::connect_once(&opts).await.map_err(|e| CliError::new(ExitCode::Failure, format!("cannot reach zookeeper: {e}")))
-}
-
-/// Digest credentials, as the daemon reads them (`supervisor::read_digest`): this command
-/// writes nodes, and with auth on, the agents' parent nodes only let that identity create.
-fn read_digest(config: &Config) -> Result<Option<String>, CliError> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(auth) = &config.zookeeper.auth else { return Ok(None) };
-    let file = auth.credentials_file.display();
-    let err = |why: String| CliError::new(ExitCode::Config, format!("cannot read zookeeper credentials {file}: {why}"));
-    let meta = std::fs::metadata(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {:o} lets other users read it; chmod 600 it",
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    let text = std::fs::read_to_string(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
-    let cred = text.trim();
-    if !cred.contains(':') || cred.lines().count() != 1 {
-        return Err(err("expected one line `user:password`".into()));
-    }
-    Ok(Some(cred.to_owned()))
 }
 
 fn check_id(id: &str) -> Result<(), CliError> {

@@ -244,6 +244,50 @@ pub struct ConnectOptions {
     pub digest: Option<String>,
 }
 
+/// The digest credentials file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read zookeeper credentials {path}: {reason}")]
+pub struct CredentialsError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ConnectOptions {
+    /// From `[zookeeper]`, reading `auth.credentials_file` (one line `user:password`, not
+    /// readable by group or others) when digest auth is configured. Used by the daemon and by
+    /// every CLI command that talks to ZooKeeper, so they authenticate alike.
+    pub fn from_config(config: &crate::config::Config) -> Result<ConnectOptions, CredentialsError> {
+        Ok(ConnectOptions {
+            servers: config.zookeeper.servers.clone(),
+            session_timeout: config.zookeeper.session_timeout,
+            connect_timeout: config.zookeeper.connect_timeout,
+            digest: read_digest(config)?,
+        })
+    }
+}
+
+fn read_digest(config: &crate::config::Config) -> Result<Option<String>, CredentialsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(auth) = &config.zookeeper.auth else { return Ok(None) };
+    let err = |reason: String| CredentialsError { path: auth.credentials_file.display().to_string(), reason };
+    if auth.scheme != "digest" {
+        return Err(err(format!("scheme `{}` is not supported; use \"digest\"", auth.scheme)));
+    }
+    let meta = std::fs::metadata(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:o} lets other users read it; chmod 600 it",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
+    let cred = text.trim();
+    if !cred.contains(':') || cred.lines().count() != 1 {
+        return Err(err("expected one line `user:password`".into()));
+    }
+    Ok(Some(cred.to_owned()))
+}
+
 /// A connected session. Clones share the session; it is closed when the last clone is
 /// dropped (see [`ZkClient::close`]), so clones handed out by the membership task must be
 /// short-lived (held for one job, not stored).

@@ -52,8 +52,8 @@ pub enum RunError {
     State(#[from] StateError),
     #[error(transparent)]
     Membership(#[from] MembershipError),
-    #[error("cannot read zookeeper credentials {path}: {reason}")]
-    Credentials { path: String, reason: String },
+    #[error(transparent)]
+    Credentials(#[from] crate::cluster::zk::CredentialsError),
     #[error("{0}")]
     Internal(String),
 }
@@ -65,7 +65,7 @@ impl RunError {
         match self {
             RunError::LocalDir(LocalDirError::Locked { .. }) => ExitCode::IdentityConflict,
             RunError::Membership(MembershipError::IdentityConflict { .. }) => ExitCode::IdentityConflict,
-            RunError::Credentials { .. } => ExitCode::Config,
+            RunError::Credentials(_) => ExitCode::Config,
             _ => ExitCode::Failure,
         }
     }
@@ -113,12 +113,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         started_at_ms: unix_ms(),
     };
     let membership_config = MembershipConfig {
-        connect: ConnectOptions {
-            servers: config.zookeeper.servers.clone(),
-            session_timeout: config.zookeeper.session_timeout,
-            connect_timeout: config.zookeeper.connect_timeout,
-            digest: read_digest(&config)?,
-        },
+        connect: ConnectOptions::from_config(&config)?,
         root: config.zookeeper.root.clone(),
         heartbeat: config.supervisor.heartbeat,
         heartbeat_refresh: config.supervisor.heartbeat_refresh,
@@ -335,29 +330,4 @@ async fn resolve_id(config: &Config, state: &Arc<Mutex<LocalState>>) -> Result<S
     })
     .await
     .map_err(|e| RunError::Internal(e.to_string()))?
-}
-
-/// Digest credentials (`user:password`) from `zookeeper.auth.credentials_file`, which must not
-/// be readable by group or others.
-fn read_digest(config: &Config) -> Result<Option<String>, RunError> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(auth) = &config.zookeeper.auth else { return Ok(None) };
-    let path = auth.credentials_file.display().to_string();
-    let err = |reason: String| RunError::Credentials { path: path.clone(), reason };
-    if auth.scheme != "digest" {
-        return Err(err(format!("scheme `{}` is not supported; use \"digest\"", auth.scheme)));
-    }
-    let meta = std::fs::metadata(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {:o} lets other users read it; chmod 600 it",
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    let text = std::fs::read_to_string(&auth.credentials_file).map_err(|e| err(e.to_string()))?;
-    let cred = text.trim();
-    if !cred.contains(':') || cred.lines().count() != 1 {
-        return Err(err("expected one line `user:password`".into()));
-    }
-    Ok(Some(cred.to_owned()))
 }
