@@ -536,6 +536,30 @@ mod tests {
     }
 
     #[test]
+    fn credentials_must_be_one_line_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let cred = tmp.path().join("zk.cred");
+        let text = format!(
+            "[zookeeper]\nservers = [\"127.0.0.1:2181\"]\nauth = {{ scheme = \"digest\", credentials_file = \"{}\" }}\n",
+            cred.display()
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("/t/gale.toml")).unwrap();
+        let with = |content: &str, mode: u32| {
+            std::fs::write(&cred, content).unwrap();
+            std::fs::set_permissions(&cred, std::fs::Permissions::from_mode(mode)).unwrap();
+            ConnectOptions::from_config(&config).map(|o| o.digest)
+        };
+        assert_eq!(with("gale:secret\n", 0o600).unwrap(), Some("gale:secret".to_owned()));
+        let err = with("gale:secret\n", 0o644).unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && err.contains("zk.cred"), "{err}");
+        assert!(with("no-colon\n", 0o600).is_err());
+        assert!(with("a:b\nc:d\n", 0o600).is_err());
+        std::fs::remove_file(&cred).unwrap();
+        assert!(ConnectOptions::from_config(&config).unwrap_err().to_string().contains("zk.cred"));
+    }
+
+    #[test]
     fn errors_are_classified() {
         let class = |e| ZkError::new("op", "/p", e).class();
         assert_eq!(class(zk::Error::NodeExists), ErrorClass::NodeExists);
