@@ -822,6 +822,7 @@ async fn a_recorded_pid_reused_by_an_unrelated_process_is_never_signalled() {
                     ..template.process
                 },
                 launched_at_ms: template.launched_at_ms,
+                job: template.job.clone(),
             },
         );
         state.put::<Workers>(&records).unwrap();

@@ -163,9 +163,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     processes.set_queue(proc_queue.clone());
     let assigned = state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
-    if let Err(e) = processes.recover(&assigned).await {
-        error!(error = %e, "cannot recover the recorded workers");
-    }
+    // Without its records the agent cannot tell its workers from orphans: refuse to start
+    // rather than sweep (kill) workers that are fine.
+    processes.recover(&assigned).await.map_err(|e| {
+        RunError::Internal(format!(
+            "cannot recover the recorded workers: {e}; refusing to start rather than lose track of running workers \
+             (inspect with `gale state dump`)"
+        ))
+    })?;
     let proc_task = run_queue(&proc_queue, processes);
 
     let (synced_tx, mut synced_rx) = watch::channel(0u64);

@@ -258,28 +258,30 @@ impl Processes {
                 self.remove_worker_dir(&id);
                 continue;
             }
-            // Alive and proven ours: adopt it into its slot (a port no longer configured gets a
-            // slot of its own, just to stop the worker properly).
+            // Alive and proven ours: adopt it into its slot, as running the job it was launched
+            // with (a port no longer configured gets a slot of its own, just to stop it).
             self.slots.entry(port).or_insert_with(|| Slot::new(port, now, wall));
-            let current = assigned.get(&port).cloned();
-            let (job, stale) = match current.as_ref().filter(|j| j.topology_id == record.topology_id) {
-                Some(j) => (self.job_for(port, j), false),
-                None => (self.stale_job(&record), true),
-            };
+            let job = self.job_for(port, &record.job);
             let heartbeat = job.launch.liveness == LivenessMode::Heartbeat;
             info!(port, topology = %record.topology_id, worker = %id, pid = record.process.pid,
                 "adopted a worker that kept running while the agent was down");
             let w = Worker { worker_id: id.clone(), pid: record.process.pid };
-            self.feed(port, Input::Adopt { worker: w, job }, now, wall).await;
-            if stale {
-                // The last sync before the agent went down moved this port on: stop the worker
-                // the slot's way (SIGTERM, grace, SIGKILL), then run what is assigned now.
-                warn!(port, worker = %id, "the adopted worker's topology is no longer assigned to its port; stopping it");
-                let next = match (current, self.slots.contains_key(&port) && self.config.slots.contains(&port)) {
-                    (Some(j), true) => Some(self.job_for(port, &j)),
-                    _ => None,
-                };
-                self.feed(port, Input::Assign(next), now, wall).await;
+            self.feed(port, Input::Adopt { worker: w, job: job.clone() }, now, wall).await;
+            // The last sync before the agent went down may have moved this port on (the agent
+            // persisted it and died before acting): act on that persisted result now, the
+            // slot's way (SIGTERM, grace, SIGKILL, then the new job). An unchanged job is a no-op.
+            let current =
+                assigned.get(&port).filter(|_| self.config.slots.contains(&port)).map(|j| self.job_for(port, j));
+            if current.as_ref() != Some(&job) {
+                warn!(port, worker = %id, "the adopted worker's job is no longer what its port should run; replacing it");
+                self.feed(port, Input::Assign(current), now, wall).await;
+            }
+            if heartbeat {
+                // Only a change from here on is a heartbeat: a stale file must not count as one.
+                let file = worker::heartbeat_file(&self.config.local_dir.join("workers").join(&id));
+                if let Some(mtime) = worker::last_heartbeat(&file) {
+                    self.heartbeats.insert(id.clone(), mtime);
+                }
             }
             self.watch_adopted(&record);
             if heartbeat {
@@ -311,27 +313,6 @@ impl Processes {
             }
             self.remove_worker_dir(&name);
         }
-    }
-
-    /// A stand-in job for an adopted worker whose topology is no longer assigned to its port:
-    /// the slot only needs something to hold while it stops the worker.
-    fn stale_job(&self, record: &WorkerRecord) -> Arc<SlotJob> {
-        Arc::new(SlotJob {
-            topology_id: record.topology_id.clone(),
-            launch: crate::cluster::assignment::Launch {
-                command: Vec::new(),
-                env: BTreeMap::new(),
-                liveness: LivenessMode::Process,
-                start_timeout_secs: None,
-                heartbeat_timeout_secs: None,
-                memory_mb: None,
-                cpu_percent: None,
-                user: None,
-            },
-            blobs: Vec::new(),
-            start_timeout: self.config.start_timeout,
-            heartbeat_timeout: self.config.heartbeat_timeout,
-        })
     }
 
     fn remove_worker_dir(&self, worker_id: &str) {
@@ -478,13 +459,21 @@ impl Processes {
             topology_id: job.topology_id.clone(),
             process: spawned.identity.clone(),
             launched_at_ms: unix_ms(),
+            job: PortJob {
+                topology_id: job.topology_id.clone(),
+                zxid: 0,
+                launch: job.launch.clone(),
+                blobs: job.blobs.clone(),
+            },
         };
-        self.records.insert(worker_id.clone(), record);
+        self.records.insert(worker_id.clone(), record.clone());
         if let Err(e) = self.persist_records().await {
-            // The worker runs but is not recorded: after an agent crash only the orphan sweep
-            // (by cwd) could find it. Keep going; it is watched as usual.
-            error!(port, worker = %worker_id, error = %e, "cannot record a launched worker");
+            // The worker runs but is not recorded yet: keep going (it is watched as usual) and
+            // retry the write at the end of every job until it works.
+            error!(port, worker = %worker_id, error = %e, "cannot record a launched worker; will retry");
+            self.records_dirty = true;
         }
+        let identity = record.process;
         info!(port, topology = %job.topology_id, worker = %worker_id, pid = spawned.pid, "worker launched");
         if job.launch.liveness == LivenessMode::Heartbeat {
             self.watch_heartbeat(&worker_id);
@@ -496,7 +485,15 @@ impl Processes {
         tokio::spawn(async move {
             let (code, signal) = match child.wait().await {
                 Ok(status) => worker::describe(status),
-                Err(_) => (None, None),
+                // Could not wait on our own child (should not happen): do not guess that it
+                // exited; watch it as an adopted process instead.
+                Err(e) => {
+                    warn!(port, worker = %id, error = %e, "cannot wait for a worker; watching its pid instead");
+                    if worker::wait_adopted(&identity).await.is_err() {
+                        return;
+                    }
+                    (None, None)
+                }
             };
             let _ = events.send(ProcEvent::Exited { port, worker_id: id, code, signal });
             if let Some(q) = queue {
@@ -516,7 +513,8 @@ impl Processes {
             }
             let file = self.config.local_dir.join("workers").join(&w.worker_id).join("heartbeat");
             if let Some(mtime) = worker::last_heartbeat(&file)
-                && self.heartbeats.get(&w.worker_id).is_none_or(|seen| mtime > *seen)
+                // `!=`, not `>`: a wall clock stepped back must not hide heartbeats.
+                && self.heartbeats.get(&w.worker_id).is_none_or(|seen| mtime != *seen)
             {
                 self.heartbeats.insert(w.worker_id.clone(), mtime);
                 beats.push((*port, w.worker_id.clone()));

@@ -32,6 +32,9 @@ pub struct WorkerRecord {
     pub topology_id: String,
     pub process: ProcessIdentity,
     pub launched_at_ms: u64,
+    /// The job it was launched with: after an agent restart it is adopted as running exactly
+    /// this, so a job that changed meanwhile replaces it instead of being assumed.
+    pub job: PortJob,
 }
 
 /// `workers`: worker id -> record.
