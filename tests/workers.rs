@@ -1231,3 +1231,75 @@ async fn a_worker_that_died_while_the_agent_was_down_is_relaunched_and_reported_
         "SupervisorInfo must say the previous worker vanished while the agent was down: {entry}"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// 13. recovery: what the agent knows from before its restart is not thrown away
+
+/// A topology's payload breaks while the agent is down. The new agent has no good version of
+/// it in memory, so it must fall back to what it persisted: the adopted worker keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_broken_while_the_agent_was_down_keeps_the_adopted_worker() {
+    let case = Case::shared("broken-at-restart", "");
+    let reaper = Reaper::new(&case);
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let topology = "t-brk";
+    put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
+    let mut agent = case.start();
+    let info_path = case.info_path();
+    let (info, _) =
+        wait_info(&zk, &info_path, &agent, "running", Duration::from_secs(30), |v, _| running_pid(v, 6700).is_some())
+            .await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), 0);
+    put_raw(&zk, &case.assignment_path(topology), b"{\"schema\": 1, \"topology_id\": ").await;
+
+    let mut agent = case.start();
+    agent.wait_log("registered and first sync done", Duration::from_secs(30));
+    // A few syncs (2 s) and monitor ticks (1 s) in which a wrong decision would show.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(alive(pid), "the adopted worker was stopped:\n{}", agent.log_text());
+    let (info, _) =
+        wait_info(&zk, &info_path, &agent, "the adopted worker reported", Duration::from_secs(10), |v, _| {
+            running_pid(v, 6700) == Some(pid)
+        })
+        .await;
+    println!("still running with the same pid after 5 s: {}", slot(&info, 6700).unwrap());
+    assert!(agent.log_text().contains("ignoring an invalid assignment"), "{}", agent.log_text());
+}
+
+/// The `workers` records cannot be decoded at start (a damaged or foreign store). The agent
+/// must not treat that as "no workers" (its orphan sweep would kill them all): it refuses to
+/// start, and the workers keep running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_worker_records_refuse_the_start_and_leave_the_workers_alone() {
+    use gale::local_state::{Key, LocalState};
+    struct NotWorkerRecords;
+    impl Key for NotWorkerRecords {
+        const NAME: &'static str = "workers";
+        type Value = String;
+    }
+    let case = Case::shared("undecodable-records", "");
+    let reaper = Reaper::new(&case);
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let topology = "t-undec";
+    put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
+    let mut agent = case.start();
+    let info_path = case.info_path();
+    let (info, _) =
+        wait_info(&zk, &info_path, &agent, "running", Duration::from_secs(30), |v, _| running_pid(v, 6700).is_some())
+            .await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), 0);
+    {
+        let mut state = LocalState::open(&case.local().join("state")).unwrap();
+        state.put::<NotWorkerRecords>(&"not a map of worker records".to_owned()).unwrap();
+    }
+    let mut agent = case.start();
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), 1, "{}", agent.log_text());
+    assert!(agent.log_text().contains("cannot recover the recorded workers"), "{}", agent.log_text());
+    assert!(alive(pid), "a worker was killed because its record did not decode");
+}

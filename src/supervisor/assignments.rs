@@ -73,11 +73,14 @@ pub struct AssignmentSync {
 }
 
 impl AssignmentSync {
+    /// `persisted`: the `local-assignments` of the previous run, the fallback for topologies
+    /// whose payload is broken when this process first reads them.
     pub fn new(
         root: &str,
         supervisor_id: &str,
         slots: &[u16],
         state: Arc<Mutex<LocalState>>,
+        persisted: LocalAssignments,
         publish: watch::Sender<Option<Arc<AssignmentView>>>,
     ) -> AssignmentSync {
         AssignmentSync {
@@ -86,7 +89,7 @@ impl AssignmentSync {
             slots: slots.iter().copied().collect(),
             cache: BTreeMap::new(),
             state,
-            persisted: None,
+            persisted: Some(persisted),
             publish,
             reported: BTreeMap::new(),
             ensured_in: None,
@@ -168,13 +171,25 @@ impl AssignmentSync {
     }
 
     /// The per-port jobs of this supervisor from the cached topologies.
+    ///
+    /// - A topology whose payload is broken and that has no good version in this process (the
+    ///   agent restarted since) keeps the jobs persisted for it: its adopted workers stay.
+    /// - Two topologies on one port: the one that held the port before keeps it (a healthy
+    ///   worker is not stopped for a newcomer); between newcomers, the smaller id.
     fn view(&self) -> AssignmentView {
         let mut view = AssignmentView::default();
+        let previous = self.persisted.as_ref();
+        let mut candidates: Vec<(bool, String, u16, PortJob)> = Vec::new();
         for (name, cached) in &self.cache {
             if let Some(problem) = &cached.problem {
                 view.problems.insert(name.clone(), problem.clone());
             }
-            let Some(assignment) = &cached.good else { continue };
+            let Some(assignment) = &cached.good else {
+                for (port, job) in previous.into_iter().flatten().filter(|(_, j)| &j.topology_id == name) {
+                    candidates.push((true, name.clone(), *port, job.clone()));
+                }
+                continue;
+            };
             for placement in assignment.workers.iter().filter(|w| w.supervisor_id == self.supervisor_id) {
                 let port = placement.port;
                 if !self.slots.contains(&port) {
@@ -184,24 +199,25 @@ impl AssignmentSync {
                     );
                     continue;
                 }
-                if let Some(other) = view.jobs.get(&port) {
-                    // Topologies are visited in id order: the first keeps the port.
-                    view.problems.insert(
-                        name.clone(),
-                        format!("port {port} is already assigned to topology {}", other.topology_id),
-                    );
-                    continue;
-                }
-                view.jobs.insert(
-                    port,
-                    PortJob {
-                        topology_id: assignment.topology_id.clone(),
-                        zxid: cached.zxid,
-                        launch: assignment.launch.clone(),
-                        blobs: assignment.blobs.clone(),
-                    },
-                );
+                let incumbent = previous.and_then(|p| p.get(&port)).is_some_and(|j| &j.topology_id == name);
+                let job = PortJob {
+                    topology_id: assignment.topology_id.clone(),
+                    zxid: cached.zxid,
+                    launch: assignment.launch.clone(),
+                    blobs: assignment.blobs.clone(),
+                };
+                candidates.push((incumbent, name.clone(), port, job));
             }
+        }
+        // Incumbents first, then by topology id.
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, name, port, job) in candidates {
+            if let Some(other) = view.jobs.get(&port) {
+                view.problems
+                    .insert(name, format!("port {port} is already assigned to topology {}", other.topology_id));
+                continue;
+            }
+            view.jobs.insert(port, job);
         }
         view
     }

@@ -185,6 +185,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 &id,
                 &config.supervisor.slots,
                 state.clone(),
+                assigned,
                 desired_tx,
             ),
             completed: synced_tx,
