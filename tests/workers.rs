@@ -42,6 +42,12 @@ crash)
   echo "exit pid=$$ at=$(now)"
   exit 1
   ;;
+leave_child)
+  /bin/sleep 1000 &
+  echo "child=$!"
+  sleep 0.5
+  exit 1
+  ;;
 heartbeat)
   for i in 1 2 3; do touch "$GALE_HEARTBEAT_FILE"; sleep 0.5; done
   echo "hung pid=$$ at=$(now)"
@@ -1302,4 +1308,26 @@ async fn unreadable_worker_records_refuse_the_start_and_leave_the_workers_alone(
     assert_eq!(agent.wait_exit(Duration::from_secs(20)), 1, "{}", agent.log_text());
     assert!(agent.log_text().contains("cannot recover the recorded workers"), "{}", agent.log_text());
     assert!(alive(pid), "a worker was killed because its record did not decode");
+}
+
+/// A worker that exits on its own and leaves a child behind (in its directory): the child is
+/// killed when the agent cleans up after the exit, so the relaunched worker never runs beside
+/// leftovers of the previous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_left_behind_by_an_exited_worker_are_killed() {
+    let case = Case::shared("leftovers", "");
+    let reaper = Reaper::new(&case);
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let topology = "t-left";
+    put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "leave_child", &[6700], json!({}))).await;
+    let agent = case.start();
+    let log_path = case.worker_log(topology, 6700);
+    let child: u32 = wait_for("the first worker's child pid", Duration::from_secs(20), || {
+        read_log(&log_path).lines().find_map(|l| l.strip_prefix("child=")?.trim().parse().ok())
+    });
+    reaper.track(child);
+    let exited = now_ns();
+    wait_for("the left-behind child to be killed", Duration::from_secs(10), || (!alive(child)).then_some(()));
+    println!("left-behind child {child} gone {:.0} ms after its worker started", ms(now_ns() - exited));
+    assert!(agent.log_text().contains("killing a process the exited worker left behind"), "{}", agent.log_text());
 }

@@ -28,6 +28,9 @@ use crate::local_state::{LocalAssignmentsKey, LocalState};
 /// The result of a successful pass, as the process side sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AssignmentView {
+    /// Counts successful syncs of this process: a view is "newer than" a moment when its
+    /// generation is (the stop_workers policy waits for a view read after the session is back).
+    pub generation: u64,
     /// port -> job, only ports in `supervisor.slots`.
     pub jobs: LocalAssignments,
     /// Problems to report: topology id (or node name) -> what is wrong.
@@ -67,6 +70,8 @@ pub struct AssignmentSync {
     publish: watch::Sender<Option<Arc<AssignmentView>>>,
     /// Problems already logged, so each is logged once (again when it changes).
     reported: BTreeMap<String, String>,
+    /// Successful syncs so far (see [`AssignmentView::generation`]).
+    generation: u64,
     /// The session in which `<root>/assignments` was last made sure to exist (once per
     /// session is enough; every sync would be two needless reads).
     ensured_in: Option<i64>,
@@ -93,6 +98,7 @@ impl AssignmentSync {
             publish,
             reported: BTreeMap::new(),
             ensured_in: None,
+            generation: 0,
         }
     }
 
@@ -158,15 +164,9 @@ impl AssignmentSync {
                 .map_err(|e| SyncError::Persist(e.to_string()))?;
             self.persisted = Some(view.jobs.clone());
         }
-        let view = Arc::new(view);
-        self.publish.send_if_modified(|current| {
-            if current.as_deref() == Some(&*view) {
-                false
-            } else {
-                *current = Some(view.clone());
-                true
-            }
-        });
+        self.generation += 1;
+        let view = Arc::new(AssignmentView { generation: self.generation, ..view });
+        self.publish.send_replace(Some(view));
         Ok(())
     }
 

@@ -130,6 +130,14 @@ pub struct Processes {
     lost: BTreeMap<u16, (String, LastExit)>,
     /// `records` has removals not yet written.
     records_dirty: bool,
+    /// Workers are stopped for `on_session_loss = "stop_workers"`; the generation of the
+    /// assignment view at that moment.
+    stopped_for_session_loss: Option<u64>,
+    /// Worker ids adopted after a restart (not our children: their exits come from a pidfd,
+    /// with a liveness check on every monitor tick as the safety net).
+    adopted: std::collections::BTreeSet<String>,
+    /// Worker dirs to clean at the end of the job (after any relaunch, off the restart path).
+    cleanup: Vec<String>,
 }
 
 /// The local dir the agent depends on must stay the one it locked.
@@ -203,6 +211,9 @@ impl Processes {
             local_dir_check,
             lost: BTreeMap::new(),
             records_dirty: false,
+            stopped_for_session_loss: None,
+            adopted: std::collections::BTreeSet::new(),
+            cleanup: Vec::new(),
         }
     }
 
@@ -266,6 +277,7 @@ impl Processes {
             info!(port, topology = %record.topology_id, worker = %id, pid = record.process.pid,
                 "adopted a worker that kept running while the agent was down");
             let w = Worker { worker_id: id.clone(), pid: record.process.pid };
+            self.adopted.insert(id.clone());
             self.feed(port, Input::Adopt { worker: w, job: job.clone() }, now, wall).await;
             // The last sync before the agent went down may have moved this port on (the agent
             // persisted it and died before acting): act on that persisted result now, the
@@ -313,6 +325,24 @@ impl Processes {
             }
             self.remove_worker_dir(&name);
         }
+    }
+
+    /// After a worker exited: processes it left behind in its directory (children that
+    /// ignored SIGTERM, or outlived a leader that exited on its own) would otherwise keep
+    /// running beside the relaunched worker, untracked once the directory is gone. Their cwd
+    /// proves where they come from.
+    fn clean_worker_dir(&self, worker_id: &str) {
+        if crate::ident::validate("worker id", worker_id).is_err() {
+            return;
+        }
+        let dir = self.config.local_dir.join("workers").join(worker_id);
+        for pid in pids_with_cwd(&dir) {
+            if let Ok(identity) = ProcessIdentity::of(pid) {
+                warn!(worker = %worker_id, pid, "killing a process the exited worker left behind");
+                let _ = worker::signal_group(&identity, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        self.remove_worker_dir(worker_id);
     }
 
     fn remove_worker_dir(&self, worker_id: &str) {
@@ -419,7 +449,8 @@ impl Processes {
                 }
                 self.heartbeats.remove(&worker_id);
                 self.heartbeat_watchers.remove(&worker_id);
-                self.remove_worker_dir(&worker_id);
+                self.adopted.remove(&worker_id);
+                self.cleanup.push(worker_id);
                 None
             }
         }
@@ -549,6 +580,20 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
     async fn run(&mut self, job: ProcessJob) -> Result<(), JobError> {
         let now = Instant::now();
         let wall = unix_ms();
+        if job == ProcessJob::Monitor {
+            // Safety net for adopted workers (not our children): their exit normally arrives
+            // through a pidfd at once; if that watch failed, it is noticed here.
+            let gone: Vec<(u16, String)> = self
+                .adopted
+                .iter()
+                .filter_map(|id| self.records.get(id))
+                .filter(|r| r.process.liveness() != Liveness::Alive)
+                .map(|r| (r.port, r.worker_id.clone()))
+                .collect();
+            for (port, worker_id) in gone {
+                let _ = self.events_tx.send(ProcEvent::Exited { port, worker_id, code: None, signal: None });
+            }
+        }
         while let Ok(event) = self.events.try_recv() {
             let (port, input) = match event {
                 ProcEvent::Exited { port, worker_id, code, signal } => {
@@ -593,6 +638,9 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
             error!(error = %e, "cannot persist worker records");
         }
         self.publish();
+        for worker_id in std::mem::take(&mut self.cleanup) {
+            self.clean_worker_dir(&worker_id);
+        }
         if job == ProcessJob::Monitor {
             // Periodically too, not only at start: a directory is created and recorded within
             // one job of this queue, so between jobs an unrecorded one is always a leftover.
@@ -613,6 +661,7 @@ impl Processes {
             let zk = self.zk_status.borrow();
             zk.registered && zk.state == "connected"
         };
+        let view = self.desired.borrow().clone();
         if connected {
             self.session_lost_since = None;
         } else if self.session_lost_since.is_none() {
@@ -620,16 +669,28 @@ impl Processes {
         }
         if let (Some(limit), Some(since)) = (self.config.stop_workers_after, self.session_lost_since)
             && now.duration_since(since) >= limit
+            && self.stopped_for_session_loss.is_none()
         {
-            if self.slots.values().any(|s| s.worker().is_some()) {
-                warn!(
-                    lost_for_s = now.duration_since(since).as_secs(),
-                    "no zookeeper session for longer than stop_workers_after_secs: stopping workers (on_session_loss = \"stop_workers\")"
-                );
-            }
-            return Some(Arc::new(AssignmentView::default()));
+            warn!(
+                lost_for_s = now.duration_since(since).as_secs(),
+                "no zookeeper session for longer than stop_workers_after_secs: stopping workers (on_session_loss = \"stop_workers\")"
+            );
+            self.stopped_for_session_loss = Some(view.as_ref().map_or(0, |v| v.generation));
         }
-        self.desired.borrow().clone()
+        if let Some(stopped_at) = self.stopped_for_session_loss {
+            // Stay stopped until a view read after the session came back: the one from before
+            // the outage may be stale, and relaunching from it is the double run this policy
+            // exists to prevent.
+            match view {
+                Some(v) if connected && v.generation > stopped_at => {
+                    info!("zookeeper session back and assignments re-read: workers may run again");
+                    self.stopped_for_session_loss = None;
+                    return Some(v);
+                }
+                _ => return Some(Arc::new(AssignmentView::default())),
+            }
+        }
+        view
     }
 }
 
