@@ -159,14 +159,6 @@ fn rss_kb(pid: u32) -> u64 {
     proc_status_field(pid, "VmRSS:").unwrap_or(0)
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
 fn clock_ticks_per_sec() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -216,19 +208,6 @@ impl Drop for Reaper {
 
 // ---------------------------------------------------------------------------------------------
 // ZooKeeper
-
-async fn create_parents(zk: &zkc::Client, path: &str) {
-    let mut prefix = String::new();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for parent in &segments[..segments.len() - 1] {
-        prefix = format!("{prefix}/{parent}");
-        let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-        match zk.create(&prefix, &[], &options).await {
-            Ok(_) | Err(zkc::Error::NodeExists) => {}
-            Err(e) => panic!("creating {prefix}: {e}"),
-        }
-    }
-}
 
 /// Writes `<root>/assignments/<topology>` (create, or set if present). Returns the time the
 /// write was sent and the time ZooKeeper's answer arrived (unix ns).

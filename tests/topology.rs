@@ -56,16 +56,7 @@ async fn get(zk: &zkc::Client, path: &str) -> Option<(Value, zkc::Stat)> {
 }
 
 async fn create(zk: &zkc::Client, path: &str, data: &[u8], mode: zkc::CreateMode) {
-    let mut prefix = String::new();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for parent in &segments[..segments.len() - 1] {
-        prefix = format!("{prefix}/{parent}");
-        let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-        match zk.create(&prefix, &[], &options).await {
-            Ok(_) | Err(zkc::Error::NodeExists) => {}
-            Err(e) => panic!("creating {prefix}: {e}"),
-        }
-    }
+    create_parents(zk, path).await;
     zk.create(path, data, &mode.with_acls(zkc::Acls::anyone_all())).await.unwrap();
 }
 

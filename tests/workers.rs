@@ -215,22 +215,9 @@ fn start_ticks(pid: u32) -> u64 {
 
 // ---- ZooKeeper
 
-async fn ensure_parents(zk: &zkc::Client, path: &str) {
-    let mut prefix = String::new();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for parent in &segments[..segments.len() - 1] {
-        prefix = format!("{prefix}/{parent}");
-        let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-        match zk.create(&prefix, &[], &options).await {
-            Ok(_) | Err(zkc::Error::NodeExists) => {}
-            Err(e) => panic!("creating {prefix}: {e}"),
-        }
-    }
-}
-
 /// Creates or overwrites a persistent node with raw bytes.
 async fn put_raw(zk: &zkc::Client, path: &str, data: &[u8]) {
-    ensure_parents(zk, path).await;
+    create_parents(zk, path).await;
     let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
     match zk.create(path, data, &options).await {
         Ok(_) => {}

@@ -416,3 +416,27 @@ impl Drop for Agent {
         }
     }
 }
+
+/// Creates the persistent parents of `path` (not `path` itself) with an independent client.
+pub async fn create_parents(zk: &zookeeper_client::Client, path: &str) {
+    use zookeeper_client as zkc;
+    let mut prefix = String::new();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    for parent in &segments[..segments.len().saturating_sub(1)] {
+        prefix = format!("{prefix}/{parent}");
+        let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+        match zk.create(&prefix, &[], &options).await {
+            Ok(_) | Err(zkc::Error::NodeExists) => {}
+            Err(e) => panic!("creating {prefix}: {e}"),
+        }
+    }
+}
+
+/// utime + stime of `pid` in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
