@@ -1228,6 +1228,23 @@ async fn a_worker_that_died_while_the_agent_was_down_is_relaunched_and_reported_
 // ------------------------------------------------------------------------------------------
 // 13. recovery: what the agent knows from before its restart is not thrown away
 
+/// Assigns `topology` (a sleeping worker) to port 6700, waits until it runs, stops the agent
+/// cleanly (the worker keeps running) and returns the worker's pid.
+async fn run_one_worker_then_stop_the_agent(case: &Case, zk: &zkc::Client, reaper: &Reaper, topology: &str) -> u32 {
+    put_json(zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
+    let mut agent = case.start();
+    let (info, _) = wait_info(zk, &case.info_path(), &agent, "running", Duration::from_secs(30), |v, _| {
+        running_pid(v, 6700).is_some()
+    })
+    .await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), 0);
+    assert!(alive(pid), "stopping the agent must not stop its worker");
+    pid
+}
+
 /// A topology's payload breaks while the agent is down. The new agent has no good version of
 /// it in memory, so it must fall back to what it persisted: the adopted worker keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1236,16 +1253,8 @@ async fn a_payload_broken_while_the_agent_was_down_keeps_the_adopted_worker() {
     let reaper = Reaper::new(&case);
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-brk";
-    put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
-    let mut agent = case.start();
+    let pid = run_one_worker_then_stop_the_agent(&case, &zk, &reaper, topology).await;
     let info_path = case.info_path();
-    let (info, _) =
-        wait_info(&zk, &info_path, &agent, "running", Duration::from_secs(30), |v, _| running_pid(v, 6700).is_some())
-            .await;
-    let pid = running_pid(&info, 6700).unwrap();
-    reaper.track(pid);
-    agent.signal(Signal::SIGTERM);
-    assert_eq!(agent.wait_exit(Duration::from_secs(15)), 0);
     put_raw(&zk, &case.assignment_path(topology), b"{\"schema\": 1, \"topology_id\": ").await;
 
     let mut agent = case.start();
@@ -1277,16 +1286,7 @@ async fn unreadable_worker_records_refuse_the_start_and_leave_the_workers_alone(
     let reaper = Reaper::new(&case);
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-undec";
-    put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
-    let mut agent = case.start();
-    let info_path = case.info_path();
-    let (info, _) =
-        wait_info(&zk, &info_path, &agent, "running", Duration::from_secs(30), |v, _| running_pid(v, 6700).is_some())
-            .await;
-    let pid = running_pid(&info, 6700).unwrap();
-    reaper.track(pid);
-    agent.signal(Signal::SIGTERM);
-    assert_eq!(agent.wait_exit(Duration::from_secs(15)), 0);
+    let pid = run_one_worker_then_stop_the_agent(&case, &zk, &reaper, topology).await;
     {
         let mut state = LocalState::open(&case.local().join("state")).unwrap();
         state.put::<NotWorkerRecords>(&"not a map of worker records".to_owned()).unwrap();
