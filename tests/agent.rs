@@ -349,3 +349,39 @@ async fn after_a_reboot_the_old_registration_is_waited_out_then_replaced() {
     assert_ne!(new.ephemeral_owner, 0);
     assert!(agent.try_status().is_none(), "{}", agent.log_text());
 }
+
+/// `logs.format`: "json" is one JSON object per line; "auto" under journald (JOURNAL_STREAM
+/// set) is plain lines without timestamps (journald stamps them), elsewhere timestamped text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_formats_json_and_journald_friendly_auto() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    let with_format = |dir: &str, format: &str| {
+        let cfg = AgentSpec::new(&zk_server.connect_string(), &format!("/t-logs-{dir}")).write(&tmp.path().join(dir));
+        let text =
+            std::fs::read_to_string(&cfg).unwrap().replace("format = \"text\"", &format!("format = \"{format}\""));
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let bin = env!("CARGO_BIN_EXE_gale");
+
+    let mut json = Agent::start_with_env(&with_format("json", "json"), bin, &[]);
+    json.wait_log("registered in zookeeper", Duration::from_secs(20));
+    for line in json.log_text().lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string() && v["message"].is_string(), "{line}");
+    }
+
+    let mut journald = Agent::start_with_env(&with_format("journald", "auto"), bin, &[("JOURNAL_STREAM", "8:12345")]);
+    journald.wait_log("registered in zookeeper", Duration::from_secs(20));
+    for line in journald.log_text().lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        assert!(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&first), "no timestamp, level first: {line}");
+        assert!(!line.contains('\u{1b}'), "no colours: {line}");
+    }
+
+    let mut plain = Agent::start_with_env(&with_format("plain", "auto"), bin, &[]);
+    plain.wait_log("registered in zookeeper", Duration::from_secs(20));
+    let first = plain.log_text().lines().next().unwrap_or("").to_owned();
+    assert!(first.starts_with("20") && first.contains('T'), "a timestamp first: {first}");
+}

@@ -340,6 +340,11 @@ impl Agent {
 
     /// Like [`Agent::start`] with another build of the binary (benches use release).
     pub fn start_binary(config: &Path, binary: &str) -> Agent {
+        Agent::start_with_env(config, binary, &[])
+    }
+
+    /// Like [`Agent::start_binary`] with extra environment variables.
+    pub fn start_with_env(config: &Path, binary: &str, env: &[(&str, &str)]) -> Agent {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = config.parent().unwrap().join(format!("agent-{n}.log"));
@@ -350,6 +355,8 @@ impl Agent {
             .arg(config)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
