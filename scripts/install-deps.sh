@@ -7,6 +7,8 @@ set -euo pipefail
 need=()
 [ -f /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
+# The demo picks a free port and pretty-prints JSON with python3.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo is missing; install a Rust toolchain (rustup) first" >&2; exit 1; }
 
 if [ ${#need[@]} -gt 0 ]; then
