@@ -9,6 +9,7 @@
 //! Entry point for the daemon: [`run`]. The binary (`src/main.rs`) only parses the command
 //! line, loads the config, sets up logging and maps errors to exit codes.
 
+pub mod blob;
 pub mod cli;
 pub mod cluster;
 pub mod config;

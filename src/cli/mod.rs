@@ -3,6 +3,7 @@
 //! Every command returns `Result<ExitCode, CliError>`; an error is printed as one line on
 //! stderr (`gale: <what>: <why>`) and mapped to its exit code, never a backtrace.
 
+mod blob;
 mod cluster;
 mod daemon;
 mod state;
@@ -40,6 +41,28 @@ pub enum Command {
     /// Assignments in ZooKeeper: submit, kill, list, show
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Blobs in ZooKeeper's blobstore: put, list, rm
+    #[command(subcommand)]
+    Blob(BlobCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlobCommand {
+    /// Copy FILE into the store and publish it as the next version of KEY (SPEC §3.3)
+    Put {
+        key: String,
+        file: PathBuf,
+        /// An absolute directory every agent mounts at the same path, or an http(s):// base URL accepting PUT
+        #[arg(long, value_name = "DIR_OR_URL")]
+        store: String,
+        /// How agents unpack it [default: guessed from FILE's name: .tar.gz/.tgz, .zip, else none]
+        #[arg(long, value_parser = ["tar.gz", "zip"])]
+        archive: Option<String>,
+    },
+    /// One line per blob: key, version, size, sha256 prefix, url
+    List,
+    /// Delete a blob's meta node; the stored copy is left in place
+    Rm { key: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +131,11 @@ pub fn main(args: Args) -> ExitCode {
         Command::Topology(TopologyCommand::Kill { id }) => topology::kill(&config_path(&args), id),
         Command::Topology(TopologyCommand::List) => topology::list(&config_path(&args)),
         Command::Topology(TopologyCommand::Show { id }) => topology::show(&config_path(&args), id),
+        Command::Blob(BlobCommand::Put { key, file, store, archive }) => {
+            blob::put(&config_path(&args), key, file, store, archive.as_deref())
+        }
+        Command::Blob(BlobCommand::List) => blob::list(&config_path(&args)),
+        Command::Blob(BlobCommand::Rm { key }) => blob::rm(&config_path(&args), key),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@
 //! Other code asks it for things or reads what it publishes; nobody else holds a client.
 
 pub mod assignment;
+pub mod blob_meta;
 pub mod membership;
 pub mod model;
 pub mod ownership;

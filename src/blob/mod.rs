@@ -1,0 +1,38 @@
+//! Blob localizer, download edge: fetch a blob's content (verified), unpack it.
+//!
+//! This module holds only pure functions and one async fetch; it keeps no state and never
+//! touches ZooKeeper. Caching, reference counts and the sync that decides what to fetch come on
+//! top of it.
+//!
+//! Invariants:
+//! - [`fetch`] returns a path only for a file whose size and sha256 match the BlobMeta and that
+//!   has been fsynced; every failed attempt deletes its temp file (also when the future is
+//!   dropped), so nothing half downloaded is ever seen by a caller.
+//! - [`extract`] either unpacks every entry inside `dest` or leaves no `dest` at all; an entry
+//!   that could write or point outside `dest` (absolute path, `..`, escaping link, device, fifo)
+//!   fails the whole archive.
+
+mod extract;
+mod fetch;
+mod meta;
+
+use std::path::PathBuf;
+
+pub use extract::extract;
+pub use fetch::fetch;
+pub use meta::{Archive, BlobMeta};
+
+/// What can go wrong between a BlobMeta payload and an unpacked blob.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob `{key}` version {version} from {url}: {reason} (gave up after {attempts} attempts)")]
+    Fetch { key: String, version: u64, url: String, attempts: u32, reason: String },
+    #[error("cannot use temp dir {}: {source}", path.display())]
+    TmpDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot extract {} into {}: destination already exists", archive.display(), dest.display())]
+    DestExists { archive: PathBuf, dest: PathBuf },
+    #[error("archive {}: refusing entry `{entry}`: {reason}", archive.display())]
+    UnsafeEntry { archive: PathBuf, entry: String, reason: String },
+    #[error("cannot extract {} into {}: {source}", archive.display(), dest.display())]
+    Extract { archive: PathBuf, dest: PathBuf, source: std::io::Error },
+}
