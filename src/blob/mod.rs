@@ -1,8 +1,8 @@
-//! Blob localizer, download edge: fetch a blob's content (verified), unpack it.
+//! Blob localizer: fetch a blob's content (verified), unpack it, and keep it in a
+//! content-addressed cache with references and LRU cleanup ([`BlobCache`]).
 //!
-//! This module holds only pure functions and one async fetch; it keeps no state and never
-//! touches ZooKeeper. Caching, reference counts and the sync that decides what to fetch come on
-//! top of it.
+//! Nothing here touches ZooKeeper or the slots; the blob sync that decides what to fetch and
+//! the wiring into `waiting_for_blobs` come on top of it.
 //!
 //! Invariants:
 //! - [`fetch`] returns a path only for a file whose size and sha256 match the BlobMeta and that
@@ -12,12 +12,14 @@
 //!   that could write or point outside `dest` (absolute path, `..`, escaping link, device, fifo)
 //!   fails the whole archive.
 
+mod cache;
 mod extract;
 mod fetch;
 mod meta;
 
 use std::path::PathBuf;
 
+pub use cache::{BlobCache, CacheError, CacheStats, EntryId, RefOwner};
 pub use extract::extract;
 pub use fetch::fetch;
 pub use meta::{Archive, BlobMeta};
