@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -14,26 +14,6 @@ use zookeeper_client as zkc;
 
 /// sha256("hello blob\n").
 const HELLO_SHA: &str = "a0639d03e7e77d7630dffce7bfe26d51813d4c799f13821e5b6786e2736baaed";
-
-fn gale(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gale")).arg("--config").arg(config).args(args).output().unwrap()
-}
-
-/// Runs `gale` and asserts its exit code; returns (stdout, stderr).
-fn expect(config: &Path, args: &[&str], code: i32) -> (String, String) {
-    let out = gale(config, args);
-    let (stdout, stderr) =
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert_eq!(out.status.code(), Some(code), "gale {args:?}\nstdout: {stdout}\nstderr: {stderr}");
-    (stdout, stderr)
-}
-
-/// A config for `root` in a fresh temp dir (kept alive by the returned guard).
-fn setup(root: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = AgentSpec::new(&shared_zk().connect_string(), root).write(tmp.path());
-    (tmp, config)
-}
 
 async fn get(zk: &zkc::Client, path: &str) -> Option<Value> {
     match zk.get_data(path).await {

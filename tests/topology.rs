@@ -5,35 +5,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
 use zookeeper_client as zkc;
-
-fn gale(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gale")).arg("--config").arg(config).args(args).output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `gale` and asserts its exit code; returns (stdout, stderr).
-fn expect(config: &Path, args: &[&str], code: i32) -> (String, String) {
-    let out = gale(config, args);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(code), "gale {args:?}\nstdout: {stdout}\nstderr: {stderr}");
-    (stdout, stderr)
-}
-
-/// A config for `root` in a fresh temp dir (kept alive by the returned guard).
-fn setup(root: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = AgentSpec::new(&shared_zk().connect_string(), root).write(tmp.path());
-    (tmp, config)
-}
 
 fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
     let path = dir.join(name);

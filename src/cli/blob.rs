@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::{CliError, client_runtime, load_config};
+use super::{CliError, client_runtime, connect, failure, load_config, read_all};
 use crate::cluster::blob_meta::{Archive, BlobMeta, is_supported_url};
 use crate::cluster::model::SCHEMA;
-use crate::cluster::zk::{self, ConnectOptions, ErrorClass, ZkClient, ZkError};
+use crate::cluster::zk::{ErrorClass, ZkClient};
 use crate::config::Config;
 use crate::ident;
 use crate::lifecycle::ExitCode;
@@ -326,32 +326,8 @@ async fn rm_on(client: &ZkClient, path: &str) -> Result<Option<Option<String>>, 
     Ok(Some(url))
 }
 
-/// Every child of `dir` with its data; a child that vanishes meanwhile is skipped.
-async fn read_all(client: &ZkClient, dir: &str) -> Result<Vec<(String, String, Vec<u8>)>, CliError> {
-    let mut names = client.children(dir).await.map_err(failure)?;
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        let path = format!("{dir}/{name}");
-        if let Some((data, _)) = client.get(&path).await.map_err(failure)? {
-            out.push((name, path, data));
-        }
-    }
-    Ok(out)
-}
-
-async fn connect(config: &Config) -> Result<ZkClient, CliError> {
-    // With auth on, the parent nodes only let that identity create: same credentials as the daemon.
-    let opts = ConnectOptions::from_config(config).map_err(|e| CliError::new(ExitCode::Config, e.to_string()))?;
-    zk::connect_once(&opts).await.map_err(|e| CliError::new(ExitCode::Failure, format!("cannot reach zookeeper: {e}")))
-}
-
 fn check_key(key: &str) -> Result<(), CliError> {
     ident::validate("blob key", key).map_err(|e| CliError::new(ExitCode::Usage, e.to_string()))
-}
-
-fn failure(e: ZkError) -> CliError {
-    CliError::new(ExitCode::Failure, e.to_string())
 }
 
 #[cfg(test)]

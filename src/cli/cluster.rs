@@ -3,26 +3,24 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{CliError, client_runtime, load_config};
+use super::{CliError, client_runtime, connect, load_config, read_all};
 use crate::cluster::model::SupervisorInfo;
-use crate::cluster::zk::{self, ConnectOptions};
 use crate::lifecycle::ExitCode;
 
 pub fn supervisors(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
-    let failure = |e: String| CliError::new(ExitCode::Failure, e);
     client_runtime()?.block_on(async {
-        let opts = ConnectOptions::from_config(&config).map_err(|e| CliError::new(ExitCode::Config, e.to_string()))?;
-        let client = zk::connect_once(&opts).await.map_err(|e| failure(e.to_string()))?;
+        let client = connect(&config).await?;
         let dir = config.zk_path("/supervisors");
-        let mut rows = Vec::new();
-        for child in client.children(&dir).await.map_err(|e| failure(e.to_string()))? {
-            let path = format!("{dir}/{child}");
-            // A node can vanish between list and get: that supervisor just left.
-            if let Some((data, _)) = client.get(&path).await.map_err(|e| failure(e.to_string()))? {
-                rows.push((path.clone(), SupervisorInfo::decode(&path, &data)));
-            }
-        }
+        // A node can vanish between list and get: that supervisor just left.
+        let rows: Vec<_> = read_all(&client, &dir)
+            .await?
+            .into_iter()
+            .map(|(_, path, data)| {
+                let info = SupervisorInfo::decode(&path, &data);
+                (path, info)
+            })
+            .collect();
         client.close(Duration::from_secs(2)).await;
         if json {
             let list: Vec<serde_json::Value> = rows

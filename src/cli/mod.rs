@@ -160,6 +160,37 @@ fn check_config(path: &std::path::Path) -> Result<ExitCode, CliError> {
     Ok(ExitCode::Clean)
 }
 
+/// A ZooKeeper session for a client command, authenticated like the daemon (with auth on,
+/// the agents' parent nodes only let that identity create).
+pub(crate) async fn connect(config: &Config) -> Result<crate::cluster::zk::ZkClient, CliError> {
+    use crate::cluster::zk;
+    let opts = zk::ConnectOptions::from_config(config).map_err(|e| CliError::new(ExitCode::Config, e.to_string()))?;
+    zk::connect_once(&opts).await.map_err(|e| CliError::new(ExitCode::Failure, format!("cannot reach zookeeper: {e}")))
+}
+
+/// Every child of `dir` as (name, path, data), sorted by name; a child that vanishes between
+/// the listing and the read is skipped.
+pub(crate) async fn read_all(
+    client: &crate::cluster::zk::ZkClient,
+    dir: &str,
+) -> Result<Vec<(String, String, Vec<u8>)>, CliError> {
+    let mut names = client.children(dir).await.map_err(failure)?;
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let path = format!("{dir}/{name}");
+        if let Some((data, _)) = client.get(&path).await.map_err(failure)? {
+            out.push((name, path, data));
+        }
+    }
+    Ok(out)
+}
+
+/// A ZooKeeper error in a client command: a runtime failure (exit 1).
+pub(crate) fn failure(e: crate::cluster::zk::ZkError) -> CliError {
+    CliError::new(ExitCode::Failure, e.to_string())
+}
+
 /// A current-thread runtime for the short-lived client commands.
 pub(crate) fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()

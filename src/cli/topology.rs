@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{CliError, client_runtime, load_config};
+use super::{CliError, client_runtime, connect, failure, load_config, read_all};
 use crate::cluster::assignment::{Assignment, WorkerPlacement};
 use crate::cluster::model::{self, Health, SupervisorInfo};
-use crate::cluster::zk::{self, ConnectOptions, ErrorClass, ZkClient, ZkError};
+use crate::cluster::zk::{ErrorClass, ZkClient};
 use crate::config::Config;
 use crate::ident;
 use crate::lifecycle::{ExitCode, Lifecycle};
@@ -188,20 +188,6 @@ fn read_assignment(file: &Path) -> Result<Assignment, CliError> {
     Ok(assignment)
 }
 
-/// Every child of `dir` with its data; a child that vanishes meanwhile is skipped.
-async fn read_all(client: &ZkClient, dir: &str) -> Result<Vec<(String, String, Vec<u8>)>, CliError> {
-    let mut names = client.children(dir).await.map_err(failure)?;
-    names.sort();
-    let mut out = Vec::new();
-    for name in names {
-        let path = format!("{dir}/{name}");
-        if let Some((data, _)) = client.get(&path).await.map_err(failure)? {
-            out.push((name, path, data));
-        }
-    }
-    Ok(out)
-}
-
 async fn live_supervisors(client: &ZkClient, dir: &str) -> Result<Vec<SupervisorInfo>, CliError> {
     let mut out = Vec::new();
     for (name, path, data) in read_all(client, dir).await? {
@@ -306,23 +292,12 @@ fn place(free: &[FreeSlots], n: usize) -> Result<Vec<WorkerPlacement>, usize> {
     Ok(picked)
 }
 
-async fn connect(config: &Config) -> Result<ZkClient, CliError> {
-    // With auth on, the agents' parent nodes only let that identity create: use the same
-    // credentials as the daemon.
-    let opts = ConnectOptions::from_config(config).map_err(|e| CliError::new(ExitCode::Config, e.to_string()))?;
-    zk::connect_once(&opts).await.map_err(|e| CliError::new(ExitCode::Failure, format!("cannot reach zookeeper: {e}")))
-}
-
 fn check_id(id: &str) -> Result<(), CliError> {
     ident::validate("topology id", id).map_err(|e| CliError::new(ExitCode::Usage, e.to_string()))
 }
 
 fn no_topology(id: &str, path: &str) -> CliError {
     CliError::new(ExitCode::Failure, format!("no topology {id} (no node {path})"))
-}
-
-fn failure(e: ZkError) -> CliError {
-    CliError::new(ExitCode::Failure, e.to_string())
 }
 
 #[cfg(test)]

@@ -447,3 +447,28 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
+
+/// Runs the real `gale` with `--config config` and `args`.
+pub fn gale(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gale")).arg("--config").arg(config).args(args).output().unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `gale` and asserts its exit code; returns (stdout, stderr).
+pub fn expect(config: &Path, args: &[&str], code: i32) -> (String, String) {
+    let out = gale(config, args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "gale {args:?}\nstdout: {stdout}\nstderr: {stderr}");
+    (stdout, stderr)
+}
+
+/// A config for ZooKeeper root `root` (on the shared server) in a fresh temp dir, kept alive
+/// by the returned guard.
+pub fn setup(root: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AgentSpec::new(&shared_zk().connect_string(), root).write(tmp.path());
+    (tmp, config)
+}
