@@ -10,12 +10,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use gale::proc_identity::ProcessIdentity;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 use zookeeper_client as zkc;
@@ -154,147 +153,8 @@ impl Case {
     }
 }
 
-/// SIGKILLs, at the end of a test, every worker it saw and every process whose cwd is under
-/// the test's `<local_dir>/workers` (a worker's children included). Declare it BEFORE the
-/// agent, so the agent is dropped (killed) first and cannot relaunch anything.
-struct Reaper {
-    workers_dir: PathBuf,
-    seen: Mutex<Vec<ProcessIdentity>>,
-}
-
-impl Reaper {
-    fn new(case: &Case) -> Reaper {
-        Reaper { workers_dir: case.local().join("workers"), seen: Mutex::new(Vec::new()) }
-    }
-
-    fn track(&self, pid: u32) {
-        if let Ok(identity) = ProcessIdentity::of(pid) {
-            self.seen.lock().unwrap().push(identity);
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for identity in self.seen.lock().unwrap().iter() {
-            let _ = gale::worker::signal_group(identity, Signal::SIGKILL);
-        }
-        for pid in pids_with_cwd_under(&self.workers_dir) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-fn pids_with_cwd_under(dir: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
-        .collect()
-}
-
-/// `(state, ppid, pgrp, session)` from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, i32, i32, i32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    Some((state, f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-}
-
-/// Running (a zombie, which nobody may reap in this container, counts as gone).
-fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, ..)| !matches!(state, 'Z' | 'X'))
-}
-
 fn start_ticks(pid: u32) -> u64 {
     ProcessIdentity::of(pid).unwrap().start_ticks
-}
-
-// ---- ZooKeeper
-
-/// Creates or overwrites a persistent node with raw bytes.
-async fn put_raw(zk: &zkc::Client, path: &str, data: &[u8]) {
-    create_parents(zk, path).await;
-    let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-    match zk.create(path, data, &options).await {
-        Ok(_) => {}
-        Err(zkc::Error::NodeExists) => {
-            zk.set_data(path, data, None).await.unwrap_or_else(|e| panic!("setting {path}: {e}"));
-        }
-        Err(e) => panic!("creating {path}: {e}"),
-    }
-}
-
-async fn put_json(zk: &zkc::Client, path: &str, value: &Value) {
-    put_raw(zk, path, &serde_json::to_vec(value).unwrap()).await;
-}
-
-async fn delete(zk: &zkc::Client, path: &str) {
-    zk.delete(path, None).await.unwrap_or_else(|e| panic!("deleting {path}: {e}"));
-}
-
-async fn read_json(zk: &zkc::Client, path: &str) -> Option<(Value, zkc::Stat)> {
-    match zk.get_data(path).await {
-        Ok((data, stat)) => Some((serde_json::from_slice(&data).expect("node holds JSON"), stat)),
-        Err(zkc::Error::NoNode) => None,
-        Err(e) => panic!("reading {path}: {e}"),
-    }
-}
-
-/// Polls SupervisorInfo until `pred` holds; panics with the last payload seen and the agent
-/// log on timeout.
-async fn wait_info(
-    zk: &zkc::Client,
-    path: &str,
-    agent: &Agent,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&Value, &zkc::Stat) -> bool,
-) -> (Value, zkc::Stat) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        if let Some((info, stat)) = read_json(zk, path).await {
-            if pred(&info, &stat) {
-                return (info, stat);
-            }
-            last = Some(info);
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; last SupervisorInfo: {}\nagent log:\n{}",
-                last.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
-                agent.log_text()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The `workers[]` entry of `port`.
-fn slot(info: &Value, port: u16) -> Option<&Value> {
-    info["workers"].as_array()?.iter().find(|w| w["port"] == port)
-}
-
-fn slot_state(info: &Value, port: u16) -> Option<&str> {
-    slot(info, port)?["state"].as_str()
-}
-
-fn slot_pid(info: &Value, port: u16) -> Option<u32> {
-    slot(info, port)?["pid"].as_u64().map(|p| p as u32)
-}
-
-fn running_pid(info: &Value, port: u16) -> Option<u32> {
-    (slot_state(info, port) == Some("running")).then(|| slot_pid(info, port)).flatten()
-}
-
-// ---- worker logs
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// The value of `key=` in a log line.
@@ -343,7 +203,7 @@ fn wait_gone(pid: u32, timeout: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_starts_its_worker_with_the_spec_argv_env_cwd_and_log() {
     let case = Case::shared("launch", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let agent = case.start();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let info_path = case.info_path();
@@ -457,7 +317,7 @@ async fn an_assignment_starts_its_worker_with_the_spec_argv_env_cwd_and_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_worker_is_restarted_at_once_then_backs_off() {
     let case = Case::shared("crash", "\n[restart]\nbackoff_initial_ms = 2000\n");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-crash";
     put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "crash", &[6700], json!({}))).await;
@@ -518,7 +378,7 @@ async fn a_crashing_worker_is_restarted_at_once_then_backs_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_heartbeating_is_killed_and_relaunched() {
     let case = Case::shared("heartbeat", "\n[worker]\nshutdown_grace_secs = 1\n");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let (hung, silent) = ("t-hb", "t-hb-silent");
     let timeouts = json!({"liveness": "heartbeat", "heartbeat_timeout_secs": 3, "start_timeout_secs": 5});
@@ -589,7 +449,7 @@ async fn a_worker_that_stops_heartbeating_is_killed_and_relaunched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_or_removed_assignment_stops_its_worker_with_sigterm() {
     let case = Case::shared("remove", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-remove";
     let path = case.assignment_path(topology);
@@ -656,7 +516,7 @@ async fn a_changed_or_removed_assignment_stops_its_worker_with_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_ignoring_sigterm_is_sigkilled_after_the_grace() {
     let case = Case::shared("grace", "\n[worker]\nshutdown_grace_secs = 1\n");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-grace";
     put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "ignore_term", &[6700], json!({}))).await;
@@ -695,7 +555,7 @@ async fn a_worker_ignoring_sigterm_is_sigkilled_after_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_survive_an_agent_sigkill_and_are_adopted_without_a_relaunch() {
     let case = Case::shared("adopt", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-adopt";
     put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700, 6701], json!({}))).await;
@@ -765,7 +625,7 @@ async fn a_recorded_pid_reused_by_an_unrelated_process_is_never_signalled() {
     use gale::supervisor::records::WorkerRecord;
 
     let case = Case::shared("reuse", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-reuse";
     put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
@@ -851,7 +711,7 @@ async fn a_recorded_pid_reused_by_an_unrelated_process_is_never_signalled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_assignments_do_not_disturb_a_running_worker() {
     let case = Case::shared("malformed", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let good = "t-good";
     put_json(&zk, &case.assignment_path(good), &case.assignment(good, "sleep", &[6700], json!({}))).await;
@@ -905,7 +765,7 @@ async fn malformed_assignments_do_not_disturb_a_running_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placements_for_other_ports_or_supervisors_start_nothing_and_an_unknown_port_is_reported() {
     let case = Case::shared("placement", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let mut agent = case.start();
     let info_path = case.info_path();
@@ -954,7 +814,7 @@ async fn placements_for_other_ports_or_supervisors_start_nothing_and_an_unknown_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assignments_with_invalid_or_mismatched_ids_are_rejected() {
     let case = Case::shared("names", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let mut agent = case.start();
     let info_path = case.info_path();
@@ -1000,7 +860,8 @@ async fn without_zookeeper_stop_workers_stops_them_after_the_delay_and_keep_work
     let stop =
         Case::new("sl-stop", &connect, 6000, "on_session_loss = \"stop_workers\"\nstop_workers_after_secs = 3", "");
     let keep = Case::new("sl-keep", &connect, 6000, "", "");
-    let (stop_reaper, keep_reaper) = (Reaper::new(&stop), Reaper::new(&keep));
+    let (stop_reaper, keep_reaper) =
+        (Reaper::new(stop.local().join("workers")), Reaper::new(keep.local().join("workers")));
     let topology = "t-session";
     let mut pids = Vec::new();
     let mut agents = Vec::new();
@@ -1075,7 +936,7 @@ async fn without_zookeeper_stop_workers_stops_them_after_the_delay_and_keep_work
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn literal_braces_accepted_by_validation_reach_the_worker_verbatim() {
     let case = Case::shared("braces", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-braces";
     let mut assignment = case.assignment(topology, "env", &[6700], json!({}));
@@ -1124,7 +985,7 @@ async fn a_recovered_worker_that_is_no_longer_assigned_is_stopped_with_the_grace
     use gale::local_state::{LocalAssignmentsKey, LocalState};
 
     let case = Case::shared("unassigned", "\n[worker]\nshutdown_grace_secs = 1\n");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let (old, new) = ("t-old", "t-new");
     put_json(&zk, &case.assignment_path(old), &case.assignment(old, "ignore_term", &[6700], json!({}))).await;
@@ -1190,7 +1051,7 @@ async fn a_recovered_worker_that_is_no_longer_assigned_is_stopped_with_the_grace
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_died_while_the_agent_was_down_is_relaunched_and_reported_lost() {
     let case = Case::shared("lost", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-lost";
     put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "sleep", &[6700], json!({}))).await;
@@ -1216,7 +1077,9 @@ async fn a_worker_that_died_while_the_agent_was_down_is_relaunched_and_reported_
     reaper.track(running_pid(&info, 6700).unwrap());
     println!("agent restarted -> lost worker relaunched: {:.0} ms", ms(now_ns() - restarted));
     agent.wait_log("a recorded worker ended while the agent was down", Duration::from_secs(1));
-    assert_eq!(marks(&case.worker_log(topology, 6700), "start").len(), 2);
+    // Running means spawned; the script's first line may still be on its way.
+    let starts = wait_marks(&case.worker_log(topology, 6700), "start", 2, Duration::from_secs(10), &agent);
+    assert_eq!(starts.len(), 2, "exactly one relaunch");
     let entry = slot(&info, 6700).unwrap();
     println!("relaunched entry: {entry}");
     assert_eq!(
@@ -1250,7 +1113,7 @@ async fn run_one_worker_then_stop_the_agent(case: &Case, zk: &zkc::Client, reape
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_broken_while_the_agent_was_down_keeps_the_adopted_worker() {
     let case = Case::shared("broken-at-restart", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-brk";
     let pid = run_one_worker_then_stop_the_agent(&case, &zk, &reaper, topology).await;
@@ -1283,7 +1146,7 @@ async fn unreadable_worker_records_refuse_the_start_and_leave_the_workers_alone(
         type Value = String;
     }
     let case = Case::shared("undecodable-records", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-undec";
     let pid = run_one_worker_then_stop_the_agent(&case, &zk, &reaper, topology).await;
@@ -1303,7 +1166,7 @@ async fn unreadable_worker_records_refuse_the_start_and_leave_the_workers_alone(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_left_behind_by_an_exited_worker_are_killed() {
     let case = Case::shared("leftovers", "");
-    let reaper = Reaper::new(&case);
+    let reaper = Reaper::new(case.local().join("workers"));
     let zk = zk_client(&shared_zk().connect_string()).await;
     let topology = "t-left";
     put_json(&zk, &case.assignment_path(topology), &case.assignment(topology, "leave_child", &[6700], json!({}))).await;

@@ -45,6 +45,19 @@ pub struct EntryId {
 }
 
 impl EntryId {
+    /// The entry for `meta`'s content; its digest becomes a path component, so it must be
+    /// exactly the form we expect.
+    pub fn of(meta: &BlobMeta, extracted: bool) -> Result<EntryId, CacheError> {
+        if !is_sha256_hex(&meta.sha256) {
+            return Err(CacheError::BadDigest {
+                key: meta.key.clone(),
+                version: meta.version,
+                sha256: meta.sha256.clone(),
+            });
+        }
+        Ok(EntryId { sha256: meta.sha256.clone(), extracted })
+    }
+
     fn dir_name(&self) -> String {
         if self.extracted { format!("{}{EXTRACTED_SUFFIX}", self.sha256) } else { self.sha256.clone() }
     }
@@ -59,8 +72,32 @@ impl EntryId {
     }
 }
 
-/// Who holds a reference: (slot port, topology id), one per slot and assignment.
+/// Who holds a reference: (slot port, topology id), one per slot and assignment. An entry is
+/// referenced while a slot's assignment wants it (the current version of one of its blobs) or
+/// a worker of that slot and assignment links to it (possibly an older version).
 pub type RefOwner = (u16, String);
+
+/// The cache as the two queues share it: the blob sync installs and cleans up, the process side
+/// links and references. Every critical section is short (no download under the lock).
+pub type SharedCache = std::sync::Arc<std::sync::Mutex<BlobCache>>;
+
+/// A verified download, staged in `tmp` and fsynced, ready for [`BlobCache::install`]. Dropping
+/// it without installing leaves a staging dir that the next [`BlobCache::open`] removes;
+/// [`Staged::discard`] removes it at once.
+#[derive(Debug)]
+pub struct Staged {
+    pub id: EntryId,
+    dir: PathBuf,
+    bytes: u64,
+    key: String,
+    version: u64,
+}
+
+impl Staged {
+    pub fn discard(self) {
+        remove_any(&self.dir);
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -69,7 +106,16 @@ struct Entry {
     bytes: u64,
     last_used: SystemTime,
     seq: u64,
-    refs: BTreeSet<RefOwner>,
+    /// Slots whose assignment wants this content (set by the blob sync).
+    wanted: BTreeSet<RefOwner>,
+    /// Slots whose worker links to this content (set by the process side).
+    linked: BTreeSet<RefOwner>,
+}
+
+impl Entry {
+    fn referenced(&self) -> bool {
+        !self.wanted.is_empty() || !self.linked.is_empty()
+    }
 }
 
 /// Counters and sizes for `gale status` and metrics.
@@ -158,7 +204,8 @@ impl BlobCache {
         };
         for (last_used, id, path, bytes) in found {
             let seq = cache.bump();
-            cache.entries.insert(id, Entry { path, bytes, last_used, seq, refs: BTreeSet::new() });
+            let (wanted, linked) = (BTreeSet::new(), BTreeSet::new());
+            cache.entries.insert(id, Entry { path, bytes, last_used, seq, wanted, linked });
         }
         sync_dir(root)?;
         Ok(cache)
@@ -167,8 +214,8 @@ impl BlobCache {
     /// Returns the path of `meta`'s content (the file, or with `extract` the unpacked directory),
     /// fetching and installing it on a miss. A hit touches the entry and reads nothing.
     ///
-    /// Not for concurrent use on one id: the caller serializes calls (module docs). If the future
-    /// is dropped mid-way, no entry appears; a staging dir may stay in `tmp` until the next open.
+    /// Holds `&mut self` across the download: for a cache shared between tasks, use
+    /// [`BlobCache::stage`] outside the lock and [`BlobCache::install`] under it.
     pub async fn ensure(
         &mut self,
         meta: &BlobMeta,
@@ -176,33 +223,58 @@ impl BlobCache {
         timeout: Duration,
         retries: u32,
     ) -> Result<PathBuf, CacheError> {
-        // The digest becomes a path component: it must be exactly the form we expect.
-        if !is_sha256_hex(&meta.sha256) {
-            return Err(CacheError::BadDigest {
-                key: meta.key.clone(),
-                version: meta.version,
-                sha256: meta.sha256.clone(),
-            });
+        let id = EntryId::of(meta, extract)?;
+        if let Some(path) = self.hit(&id) {
+            return Ok(path);
         }
-        let id = EntryId { sha256: meta.sha256.clone(), extracted: extract };
-        if self.entries.contains_key(&id) {
-            self.hits += 1;
-            return Ok(self.touch(&id));
+        self.count_miss();
+        let staged = BlobCache::stage(meta, extract, &self.tmp, timeout, retries).await?;
+        self.install(staged)
+    }
+
+    /// Whether the content is present; not a use.
+    pub fn contains(&self, id: &EntryId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// A use of a present entry: counted as a hit and touched (LRU). `None` if absent.
+    pub fn hit(&mut self, id: &EntryId) -> Option<PathBuf> {
+        if !self.entries.contains_key(id) {
+            return None;
         }
+        self.hits += 1;
+        Some(self.touch(id))
+    }
+
+    /// A use that found the content absent and starts a download.
+    pub fn count_miss(&mut self) {
         self.misses += 1;
+    }
+
+    /// The slow half of a miss, without the cache: fetch `meta` into `tmp` (verified), stage the
+    /// entry there (moved in, or extracted) and fsync it. Counted as a miss by `install`.
+    ///
+    /// If the future is dropped mid-way, a staging dir may stay in `tmp` until the next open.
+    pub async fn stage(
+        meta: &BlobMeta,
+        extract: bool,
+        tmp: &Path,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Staged, CacheError> {
+        let id = EntryId::of(meta, extract)?;
         let kind = match (extract, meta.archive()) {
             (false, _) => None,
             (true, Some(kind)) => Some(kind),
             (true, None) => return Err(CacheError::NotAnArchive { key: meta.key.clone(), version: meta.version }),
         };
-        let fetched = super::fetch(meta, &self.tmp, timeout, retries).await?;
-        let staging = self.tmp.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
-        let final_dir = self.root.join(id.dir_name());
-        let root = self.root.clone();
-        // Extraction, fsync of every file and the renames are blocking filesystem work.
+        let fetched = super::fetch(meta, tmp, timeout, retries).await?;
+        let staging = tmp.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
+        let dir = staging.clone();
+        // Extraction and the fsync of every file are blocking filesystem work.
         let bytes = tokio::task::spawn_blocking(move || {
-            let result = install(&fetched, kind, &staging, &final_dir, &root);
-            // Whatever happened, neither the download nor a staging dir may stay behind.
+            let result = stage_entry(&fetched, kind, &staging);
+            // Whatever happened, neither the download nor a failed staging dir may stay behind.
             let _ = std::fs::remove_file(&fetched);
             if result.is_err() {
                 remove_any(&staging);
@@ -211,24 +283,82 @@ impl BlobCache {
         })
         .await
         .map_err(|e| CacheError::Io {
-            what: "install task failed for",
-            path: self.root.clone(),
+            what: "staging task failed for",
+            path: dir.clone(),
             source: io::Error::other(e),
         })??;
-        let path = entry_path(&self.root.join(id.dir_name()), extract);
+        Ok(Staged { id, dir, bytes, key: meta.key.clone(), version: meta.version })
+    }
+
+    /// The quick half of a miss: renames a staged entry into the cache (one rename, then an fsync
+    /// of the cache dir) and returns its path. An entry already present wins; the staged copy is
+    /// discarded.
+    pub fn install(&mut self, staged: Staged) -> Result<PathBuf, CacheError> {
+        let id = staged.id.clone();
+        if self.entries.contains_key(&id) {
+            staged.discard();
+            return Ok(self.touch(&id));
+        }
+        let final_dir = self.root.join(id.dir_name());
+        if let Err(e) = std::fs::rename(&staged.dir, &final_dir) {
+            staged.discard();
+            return Err(CacheError::Io { what: "cannot install entry", path: final_dir, source: e });
+        }
+        sync_dir(&self.root).map_err(io_err("cannot fsync", &self.root))?;
+        let path = entry_path(&final_dir, id.extracted);
         let seq = self.bump();
-        let entry = Entry { path: path.clone(), bytes, last_used: SystemTime::now(), seq, refs: BTreeSet::new() };
-        self.entries.insert(id, entry);
-        tracing::info!(key = %meta.key, version = meta.version, sha256 = %meta.sha256, extract, bytes,
-            "blob installed in cache");
+        let (wanted, linked) = (BTreeSet::new(), BTreeSet::new());
+        let entry =
+            Entry { path: path.clone(), bytes: staged.bytes, last_used: SystemTime::now(), seq, wanted, linked };
+        self.entries.insert(id.clone(), entry);
+        tracing::info!(key = %staged.key, version = staged.version, sha256 = %id.sha256, extract = id.extracted,
+            bytes = staged.bytes, "blob installed in cache");
         Ok(path)
+    }
+
+    /// Replaces every "wanted" reference: `wanted` maps each slot and assignment to the entries
+    /// its blobs currently need. Entries not present are skipped.
+    pub fn set_wanted(&mut self, wanted: &BTreeMap<RefOwner, BTreeSet<EntryId>>) {
+        for entry in self.entries.values_mut() {
+            entry.wanted.clear();
+        }
+        for (owner, ids) in wanted {
+            for id in ids {
+                if let Some(entry) = self.entries.get_mut(id) {
+                    entry.wanted.insert(owner.clone());
+                }
+            }
+        }
+    }
+
+    /// Makes `ids` exactly the entries `owner`'s workers link to. All or nothing: if one is not
+    /// present, nothing changes and its id is returned.
+    pub fn set_linked(&mut self, owner: &RefOwner, ids: &BTreeSet<EntryId>) -> Result<(), EntryId> {
+        if let Some(missing) = ids.iter().find(|id| !self.entries.contains_key(id)) {
+            return Err(missing.clone());
+        }
+        for (id, entry) in &mut self.entries {
+            if ids.contains(id) {
+                entry.linked.insert(owner.clone());
+            } else {
+                entry.linked.remove(owner);
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry whose content `path` (a link target) is, if it lies in this cache.
+    pub fn entry_of(&self, path: &Path) -> Option<EntryId> {
+        let rest = path.strip_prefix(&self.root).ok()?;
+        let first = rest.components().next()?.as_os_str().to_str()?;
+        EntryId::parse(first)
     }
 
     /// Adds a reference so `cleanup` keeps the entry; false (and nothing done) if it is unknown.
     pub fn add_ref(&mut self, id: &EntryId, owner: RefOwner) -> bool {
         match self.entries.get_mut(id) {
             Some(entry) => {
-                entry.refs.insert(owner);
+                entry.linked.insert(owner);
                 true
             }
             None => false,
@@ -238,7 +368,7 @@ impl BlobCache {
     /// Drops every reference held by `owner` (the slot left that assignment).
     pub fn release(&mut self, owner: &RefOwner) {
         for entry in self.entries.values_mut() {
-            entry.refs.remove(owner);
+            entry.linked.remove(owner);
         }
     }
 
@@ -249,7 +379,7 @@ impl BlobCache {
         let mut candidates: Vec<_> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.refs.is_empty())
+            .filter(|(_, e)| !e.referenced())
             .map(|(id, e)| (e.last_used, e.seq, id.clone()))
             .collect();
         candidates.sort();
@@ -292,7 +422,7 @@ impl BlobCache {
             bytes: self.total_bytes(),
             hits: self.hits,
             misses: self.misses,
-            referenced: self.entries.values().filter(|e| !e.refs.is_empty()).count(),
+            referenced: self.entries.values().filter(|e| e.referenced()).count(),
         }
     }
 
@@ -327,15 +457,8 @@ fn entry_path(dir: &Path, extracted: bool) -> PathBuf {
     if extracted { dir.to_owned() } else { dir.join(PLAIN_FILE) }
 }
 
-/// Stages `fetched` into `staging` (moved in, or extracted), fsyncs it, renames it to
-/// `final_dir` and fsyncs `root`. Returns the entry's size.
-fn install(
-    fetched: &Path,
-    kind: Option<super::Archive>,
-    staging: &Path,
-    final_dir: &Path,
-    root: &Path,
-) -> Result<u64, CacheError> {
+/// Stages `fetched` into `staging` (moved in, or extracted) and fsyncs it. Returns its size.
+fn stage_entry(fetched: &Path, kind: Option<super::Archive>, staging: &Path) -> Result<u64, CacheError> {
     match kind {
         Some(kind) => super::extract(fetched, kind, staging)?,
         None => {
@@ -350,10 +473,7 @@ fn install(
         tracing::debug!(path = %staging.display(), error = %e, "cannot record blob use time");
     }
     sync_tree(staging).map_err(io_err("cannot fsync", staging))?;
-    let bytes = tree_bytes(staging).map_err(io_err("cannot measure", staging))?;
-    std::fs::rename(staging, final_dir).map_err(io_err("cannot install entry", final_dir))?;
-    sync_dir(root).map_err(io_err("cannot fsync", root))?;
-    Ok(bytes)
+    tree_bytes(staging).map_err(io_err("cannot measure", staging))
 }
 
 /// Sum of file (and symlink) lengths under `path`, not following links.

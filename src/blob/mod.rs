@@ -19,7 +19,7 @@ mod meta;
 
 use std::path::PathBuf;
 
-pub use cache::{BlobCache, CacheError, CacheStats, EntryId, RefOwner};
+pub use cache::{BlobCache, CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged};
 pub use extract::extract;
 pub use fetch::fetch;
 pub use meta::{Archive, BlobMeta};

@@ -27,18 +27,34 @@
 //!   or Running          --(operator Restart: SIGTERM)----------------> KillAndRelaunch
 //! WaitingForWorkerStart
 //!   or Running          --(Assign another job / none: SIGTERM)-------> Kill
+//! WaitingForWorkerStart
+//!   (worker up) or Running --(BlobUpdate of this job: SIGTERM)-------> KillBlobUpdate
 //! Kill                  --(Assign the killed job again)--------------> KillAndRelaunch
-//! KillAndRelaunch       --(Assign another job / none)----------------> Kill
-//! Kill, KillAndRelaunch --(grace: SIGKILL; again every grace, error)-> same state
+//! KillAndRelaunch,
+//!   KillBlobUpdate      --(Assign another job / none)----------------> Kill
+//! Kill, KillAndRelaunch
+//!   or KillBlobUpdate   --(grace: SIGKILL; again every grace, error)-> same state
 //! Kill                  --(Exited, nothing assigned)-----------------> Empty
 //! Kill                  --(Exited, another job assigned)-------------> WaitingForBlobs / ..Start
 //! KillAndRelaunch       --(Exited: relaunch; a failure may wait)-----> WaitingForWorkerStart / Backoff
-//! Kill, KillAndRelaunch --(LaunchFailed / Deferred of the launch being killed)-> as on Exited
+//! KillBlobUpdate        --(Exited)-----------------------------------> WaitingForBlobUpdate
+//! Kill, KillAndRelaunch
+//!   or KillBlobUpdate   --(LaunchFailed / Deferred of the launch being killed)-> as on Exited
+//! WaitingForBlobUpdate  --(BlobsReady of this job: Launch restart)---> WaitingForWorkerStart
+//! WaitingForBlobUpdate  --(Assign another job / none)----------------> WaitingForBlobs / ..Start / Empty
+//! WaitingForBlobs
+//!   or WaitingForBlobUpdate --(BlobProblem of this job: sets error)--> same state
 //! Backoff               --(until / ResetBackoff / Restart: Launch)---> WaitingForWorkerStart
 //! Backoff               --(Assign another job / none)----------------> WaitingForBlobs / Empty
-//! Empty, WaitingForBlobs
+//! Empty, WaitingForBlobs, WaitingForBlobUpdate
 //!   or Backoff          --(Adopt after an agent restart)-------------> Running
 //! ```
+//!
+//! Every input not listed for a state leaves it as it is (no action but the `Forget` of an
+//! `Exited`). That includes `BlobUpdate` anywhere but a started worker of the same job (in
+//! `Backoff` or during a launch the next process starts on the new versions anyway, and the
+//! executor asks again on every pass), and `Restart` in `KillBlobUpdate` (already killing in
+//! order to relaunch) and `WaitingForBlobUpdate` (no process; `BlobsReady` launches).
 //!
 //! # Invariants
 //!
@@ -56,15 +72,23 @@
 //! - `state_since` changes exactly when a state is entered (also when a relaunch re-enters
 //!   `WaitingForWorkerStart`), not on updates inside a state (a heartbeat, an escalation).
 //! - A new job on the slot starts with fresh counters (`restarts`, failures, `last_exit`,
-//!   `error`): they describe one topology's worker on this port.
+//!   `error`): they describe one topology's worker on this port. A blob update keeps the job,
+//!   so its counters survive the `KillBlobUpdate` → `WaitingForBlobUpdate` → relaunch cycle.
+//! - A blob update never relaunches on its own: after the kill the slot waits in
+//!   `WaitingForBlobUpdate` for `BlobsReady` of the same job, whatever ended the kill (the
+//!   exit, or the answer to a launch that was being killed). The relaunch is a restart
+//!   (`Launch { restart: true }`): counted in `restarts`, subject to the node restart budget.
+//! - In `WaitingForBlobs` and `WaitingForBlobUpdate`, `error` is what the last `BlobProblem`
+//!   of the job said (why its blobs are not local); it never changes the state.
 //!
 //! # Restart policy
 //!
 //! The first restart after a failure is immediate; the n-th consecutive failure (n ≥ 2) waits
 //! `backoff_initial * 2^(n-2)`, capped at `backoff_max`, drawn from `[d/2, d]` with
-//! [`Env::jitter`]. Failures are crashes, launch failures and timeout kills; operator restarts
-//! and assignment changes are not. A worker that has been `Running` for `reset_after` forgets
-//! earlier failures. `restarts` counts relaunches that actually started a process.
+//! [`Env::jitter`]. Failures are crashes, launch failures and timeout kills; operator restarts,
+//! blob-update restarts and assignment changes are not. A worker that has been `Running` for
+//! `reset_after` forgets earlier failures. `restarts` counts relaunches that actually started a
+//! process.
 
 mod step;
 
@@ -154,6 +178,12 @@ pub enum Input {
     /// All blobs of this job are local. Carries the job so that a late answer for a job the
     /// slot no longer wants is dropped instead of launching the new job without its blobs.
     BlobsReady(Arc<SlotJob>),
+    /// A blob of this job with `restart_on_update` has a new version ready locally: restart
+    /// the worker on it. Carries the job for the same reason as `BlobsReady`.
+    BlobUpdate(Arc<SlotJob>),
+    /// Why the blobs of this job are not local (e.g. a failed download), for `error`; `None`
+    /// once that no longer holds. Only reported: the executor keeps trying.
+    BlobProblem { job: Arc<SlotJob>, error: Option<String> },
     /// The outstanding launch started this process.
     Launched(Worker),
     /// The outstanding launch could not spawn; counts as a crash, the message goes to `error`.
@@ -246,6 +276,17 @@ pub enum SlotState {
     KillAndRelaunch {
         kill: Killing,
     },
+    /// Killing the worker so that the same job relaunches on the new version of a blob with
+    /// `restart_on_update`; then [`SlotState::WaitingForBlobUpdate`]. Reason `Killed`: not a
+    /// failure.
+    KillBlobUpdate {
+        kill: Killing,
+    },
+    /// The worker stopped for a blob update is gone: waiting for `BlobsReady` of `job` to
+    /// relaunch it.
+    WaitingForBlobUpdate {
+        job: Arc<SlotJob>,
+    },
     /// Waiting until `until`, then launching `job` (`restart` as for [`Action::Launch`]).
     Backoff {
         job: Arc<SlotJob>,
@@ -260,8 +301,12 @@ impl SlotState {
         match self {
             Self::WaitingForWorkerStart { worker, .. } => worker.as_ref(),
             Self::Running { worker, .. } => Some(worker),
-            Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } => kill.worker.as_ref(),
-            Self::Empty | Self::WaitingForBlobs { .. } | Self::Backoff { .. } => None,
+            Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } | Self::KillBlobUpdate { kill } => {
+                kill.worker.as_ref()
+            }
+            Self::Empty | Self::WaitingForBlobs { .. } | Self::WaitingForBlobUpdate { .. } | Self::Backoff { .. } => {
+                None
+            }
         }
     }
 
@@ -272,8 +317,9 @@ impl SlotState {
             Self::WaitingForBlobs { job }
             | Self::WaitingForWorkerStart { job, .. }
             | Self::Running { job, .. }
+            | Self::WaitingForBlobUpdate { job }
             | Self::Backoff { job, .. } => Some(job),
-            Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } => Some(&kill.job),
+            Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } | Self::KillBlobUpdate { kill } => Some(&kill.job),
         }
     }
 }
@@ -312,14 +358,16 @@ impl Slot {
     /// an input will.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
-            SlotState::Empty | SlotState::WaitingForBlobs { .. } => None,
+            SlotState::Empty | SlotState::WaitingForBlobs { .. } | SlotState::WaitingForBlobUpdate { .. } => None,
             SlotState::WaitingForWorkerStart { deadline, .. } => Some(*deadline),
             SlotState::Running { job, last_heartbeat, reset_at, .. } => {
                 let hung = job.heartbeat_liveness().then(|| step::after(*last_heartbeat, job.heartbeat_timeout));
                 let forget = (self.consecutive_failures > 0).then_some(*reset_at);
                 hung.into_iter().chain(forget).min()
             }
-            SlotState::Kill { kill, .. } | SlotState::KillAndRelaunch { kill } => kill.deadline,
+            SlotState::Kill { kill, .. } | SlotState::KillAndRelaunch { kill } | SlotState::KillBlobUpdate { kill } => {
+                kill.deadline
+            }
             SlotState::Backoff { until, .. } => Some(*until),
         }
     }
@@ -332,6 +380,8 @@ impl Slot {
             SlotState::Running { .. } => SlotStateName::Running,
             SlotState::Kill { .. } => SlotStateName::Kill,
             SlotState::KillAndRelaunch { .. } => SlotStateName::KillAndRelaunch,
+            SlotState::KillBlobUpdate { .. } => SlotStateName::KillBlobUpdate,
+            SlotState::WaitingForBlobUpdate { .. } => SlotStateName::WaitingForBlobUpdate,
             SlotState::Backoff { .. } => SlotStateName::Backoff,
         }
     }

@@ -71,6 +71,25 @@ impl Step<'_> {
             Input::BlobsReady(ready) => match state {
                 // WaitingForBlobs --(BlobsReady of this job: Launch)--> WaitingForWorkerStart
                 S::WaitingForBlobs { job } if *job == *ready => self.launch(job, false),
+                // WaitingForBlobUpdate --(BlobsReady of this job: Launch restart)--> WaitingForWorkerStart
+                S::WaitingForBlobUpdate { job } if *job == *ready => self.launch(job, true),
+                other => other,
+            },
+            Input::BlobUpdate(updated) => match state {
+                // WaitingForWorkerStart (worker up), Running --(BlobUpdate: SIGTERM)--> KillBlobUpdate
+                S::WaitingForWorkerStart { job, worker: Some(worker), .. } if *job == *updated => {
+                    self.update_kill(job, worker)
+                }
+                S::Running { job, worker, .. } if *job == *updated => self.update_kill(job, worker),
+                // No started worker of this job: its next launch takes the new versions anyway.
+                other => other,
+            },
+            Input::BlobProblem { job: of, error } => match state {
+                // WaitingForBlobs, WaitingForBlobUpdate --(BlobProblem: sets error)--> same state
+                S::WaitingForBlobs { ref job } | S::WaitingForBlobUpdate { ref job } if **job == *of => {
+                    self.slot.error = error;
+                    state
+                }
                 other => other,
             },
             Input::Launched(worker) => self.launched(state, worker),
@@ -88,6 +107,10 @@ impl Step<'_> {
                     let next = Some(kill.job.clone());
                     self.killed(kill, next)
                 }
+                S::KillBlobUpdate { kill } if kill.worker.is_none() => {
+                    self.slot.error = Some(message);
+                    update_killed(kill)
+                }
                 other => other,
             },
             Input::Deferred { until } => match state {
@@ -98,6 +121,8 @@ impl Step<'_> {
                 S::KillAndRelaunch { kill } if kill.worker.is_none() => {
                     S::Backoff { job: kill.job, until, restart: true }
                 }
+                // The relaunch waits for BlobsReady, which meets the budget again.
+                S::KillBlobUpdate { kill } if kill.worker.is_none() => update_killed(kill),
                 other => other,
             },
             Input::Exited { worker_id, code, signal } => {
@@ -120,6 +145,8 @@ impl Step<'_> {
                 S::Running { job, worker, .. } => self.start_kill(job, Some(worker), ExitReason::Killed),
                 // Backoff --(Restart: Launch)--> WaitingForWorkerStart; keeps the failure count.
                 S::Backoff { job, .. } => self.launch(job, true),
+                // KillBlobUpdate already kills to relaunch; WaitingForBlobUpdate has no process
+                // and relaunches on BlobsReady.
                 other => other,
             },
             Input::ResetBackoff => {
@@ -161,6 +188,10 @@ impl Step<'_> {
                 self.escalate(&mut kill);
                 S::KillAndRelaunch { kill }
             }
+            S::KillBlobUpdate { mut kill } => {
+                self.escalate(&mut kill);
+                S::KillBlobUpdate { kill }
+            }
             // Backoff --(until: Launch)--> WaitingForWorkerStart
             S::Backoff { job, until, restart } if now >= until => self.launch(job, restart),
             other => other,
@@ -172,16 +203,23 @@ impl Step<'_> {
         let wanted = |job: &Arc<SlotJob>| desired.as_deref() == Some(&**job);
         match state {
             S::Empty => self.begin(desired),
-            S::WaitingForBlobs { ref job } | S::Backoff { ref job, .. } if wanted(job) => state,
-            // WaitingForBlobs, Backoff --(Assign other job / none)--> WaitingForBlobs / Empty:
-            // no process to stop.
-            S::WaitingForBlobs { .. } | S::Backoff { .. } => self.begin(desired),
+            S::WaitingForBlobs { ref job } | S::WaitingForBlobUpdate { ref job } | S::Backoff { ref job, .. }
+                if wanted(job) =>
+            {
+                state
+            }
+            // WaitingForBlobs, WaitingForBlobUpdate, Backoff --(Assign other job / none)-->
+            // WaitingForBlobs / WaitingForWorkerStart / Empty: no process to stop.
+            S::WaitingForBlobs { .. } | S::WaitingForBlobUpdate { .. } | S::Backoff { .. } => self.begin(desired),
             S::WaitingForWorkerStart { ref job, .. } | S::Running { ref job, .. } if wanted(job) => state,
             // WaitingForWorkerStart, Running --(Assign other job / none: SIGTERM)--> Kill
             S::WaitingForWorkerStart { job, worker, .. } => self.kill_then(job, worker, desired),
             S::Running { job, worker, .. } => self.kill_then(job, Some(worker), desired),
-            // Kill <--(Assign)--> KillAndRelaunch: only what follows the kill changes.
-            S::Kill { kill, .. } | S::KillAndRelaunch { kill } => killing(kill, desired),
+            // The update kill goes on while its job is still wanted.
+            S::KillBlobUpdate { ref kill } if wanted(&kill.job) => state,
+            // Kill <--(Assign)--> KillAndRelaunch, KillBlobUpdate --(Assign other / none)--> Kill:
+            // only what follows the kill changes.
+            S::Kill { kill, .. } | S::KillAndRelaunch { kill } | S::KillBlobUpdate { kill } => killing(kill, desired),
         }
     }
 
@@ -208,6 +246,10 @@ impl Step<'_> {
             S::KillAndRelaunch { mut kill } if kill.worker.is_none() => {
                 self.term(&mut kill, worker);
                 S::KillAndRelaunch { kill }
+            }
+            S::KillBlobUpdate { mut kill } if kill.worker.is_none() => {
+                self.term(&mut kill, worker);
+                S::KillBlobUpdate { kill }
             }
             other => {
                 self.stray(worker);
@@ -247,6 +289,11 @@ impl Step<'_> {
                 let next = Some(kill.job.clone());
                 self.killed(kill, next)
             }
+            S::KillBlobUpdate { kill } if ours(&kill.worker) => {
+                record(&mut self.slot, kill.reason);
+                self.slot.error = None;
+                update_killed(kill)
+            }
             // An old or unknown worker: already forgotten above, nothing else to do.
             other => other,
         }
@@ -255,8 +302,9 @@ impl Step<'_> {
     fn adopt(&mut self, state: SlotState, worker: Worker, job: Arc<SlotJob>) -> SlotState {
         use SlotState as S;
         match state {
-            // Empty, WaitingForBlobs, Backoff --(Adopt)--> Running: same process, no relaunch.
-            S::Empty | S::WaitingForBlobs { .. } | S::Backoff { .. } => {
+            // Empty, WaitingForBlobs, WaitingForBlobUpdate, Backoff --(Adopt)--> Running: same
+            // process, no relaunch.
+            S::Empty | S::WaitingForBlobs { .. } | S::WaitingForBlobUpdate { .. } | S::Backoff { .. } => {
                 if state.job() != Some(&job) {
                     self.forget_job();
                 }
@@ -334,6 +382,13 @@ impl Step<'_> {
         self.kill_for(job, worker, reason, next)
     }
 
+    /// Stops `worker` of `job` to relaunch the same job on updated blobs; not a failure.
+    fn update_kill(&mut self, job: Arc<SlotJob>, worker: Worker) -> SlotState {
+        let mut kill = Killing { job, worker: None, reason: ExitReason::Killed, sigkill_sent: false, deadline: None };
+        self.term(&mut kill, worker);
+        SlotState::KillBlobUpdate { kill }
+    }
+
     /// Stops `worker` of `job` because the assignment changed to `next`.
     fn kill_then(&mut self, job: Arc<SlotJob>, worker: Option<Worker>, next: Option<Arc<SlotJob>>) -> SlotState {
         self.kill_for(job, worker, ExitReason::Killed, next)
@@ -359,7 +414,7 @@ impl Step<'_> {
         kill.deadline = Some(after(self.env.now, self.policy.shutdown_grace));
     }
 
-    /// Kill, KillAndRelaunch --(shutdown_grace: SIGKILL, then SIGKILL again every grace)
+    /// Kill, KillAndRelaunch, KillBlobUpdate --(shutdown_grace: SIGKILL, then again every grace)
     fn escalate(&mut self, kill: &mut Killing) {
         let (Some(worker), Some(deadline)) = (&kill.worker, kill.deadline) else { return };
         if self.env.now < deadline {
@@ -388,4 +443,10 @@ fn killing(kill: Killing, next: Option<Arc<SlotJob>>) -> SlotState {
         Some(next) if *next == *kill.job => SlotState::KillAndRelaunch { kill },
         next => SlotState::Kill { kill, next },
     }
+}
+
+/// KillBlobUpdate --(the killed worker is gone, or never started)--> WaitingForBlobUpdate: the
+/// relaunch waits for `BlobsReady`, so it always starts on what is local by then.
+fn update_killed(kill: Killing) -> SlotState {
+    SlotState::WaitingForBlobUpdate { job: kill.job }
 }

@@ -1,9 +1,11 @@
 //! Scripts of (wait, input) → (actions, state) through the slot, one per transition of the
 //! module docs and per hard case (kill during launch, assignment change while a worker dies,
 //! crash loop). Time is a plain `Instant` plus offsets: nothing sleeps. This file holds the
-//! script driver and the start / run / crash / backoff cases; [`kill`] the kill cases; [`readout`]
-//! what the executor and `gale status` read off a slot.
+//! script driver and the start / run / crash / backoff cases; [`kill`] the kill cases;
+//! [`blob_update`] restarts on updated blobs and blob problems; [`readout`] what the executor
+//! and `gale status` read off a slot.
 
+mod blob_update;
 mod kill;
 mod readout;
 
@@ -347,6 +349,8 @@ fn exits_of_unknown_workers_are_only_forgotten_in_every_state() {
         &[assign(&a), Input::BlobsReady(a.clone()), up("w1"), hb("w1")],
         &[assign(&a), Input::BlobsReady(a.clone()), up("w1"), unassign()],
         &[assign(&a), Input::BlobsReady(a.clone()), up("w1"), Input::Restart],
+        &[assign(&a), Input::BlobsReady(a.clone()), up("w1"), Input::BlobUpdate(a.clone())],
+        &[assign(&a), Input::BlobsReady(a.clone()), up("w1"), Input::BlobUpdate(a.clone()), exit("w1", 143)],
         &[assign(&a), Input::BlobsReady(a.clone()), Input::Deferred { until: Instant::now() + GRACE }],
     ];
     for setup in setups {

@@ -1,7 +1,7 @@
 //! Assignment sync: what ZooKeeper says this host's ports should run.
 //!
 //! Runs as a job of the `sync-supervisor` queue, triggered by a persistent recursive watch on
-//! `<root>/assignments` (see [`watch_assignments`]), by every new session or reconnect (a
+//! `<root>/assignments` (see [`watch_dir`]), by every new session or reconnect (a
 //! watch may miss events across a reconnect), and by the `sync_secs` timer as a safety net.
 //!
 //! One pass: list the topologies; stat each; re-read (get + decode + validate) only those
@@ -223,15 +223,15 @@ impl AssignmentSync {
     }
 }
 
-/// Keeps a persistent recursive watch on `<root>/assignments` for every session and requests
-/// an assignment sync on each change. Ends when `stop` turns true.
-pub async fn watch_assignments(
-    root: String,
+/// Keeps a persistent recursive watch on `dir` (`<root>/assignments`, `<root>/blobstore`) for
+/// every session and calls `on_change` on each change, and once per new watch (events may have
+/// been missed in between). Ends when `stop` turns true.
+pub async fn watch_dir(
+    dir: String,
     mut client: watch::Receiver<Option<ZkClient>>,
     mut stop: watch::Receiver<bool>,
     on_change: impl Fn() + Send + 'static,
 ) {
-    let dir = format!("{root}/assignments");
     loop {
         // Wait for a session; hold the client only while setting the watch up.
         let setup = async {

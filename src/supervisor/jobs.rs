@@ -3,14 +3,16 @@
 //! `sync-supervisor` runs everything that reads the cluster's intent from ZooKeeper:
 //! [`SupervisorJob::Sync`] (the timer's and every new session's full sync: check our
 //! registration, then the assignments) and [`SupervisorJob::Assignments`] (a watch saw a change
-//! under `/assignments`). The `sync-processes` queue's jobs live with their handler in
-//! `processes.rs`.
+//! under `/assignments`), each followed by the blob sync, and [`SupervisorJob::Blobs`] (the
+//! `/blobstore` watch, the `blob.sync_secs` timer, a download that ended). The `sync-processes`
+//! queue's jobs live with their handler in `processes.rs`.
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::assignments::AssignmentSync;
+use super::blobs::BlobSync;
 use crate::cluster::membership::{Command, ZkStatus};
 use crate::cluster::zk::ZkClient;
 use crate::event::{Job, JobError, JobHandler};
@@ -19,8 +21,10 @@ use crate::event::{Job, JobError, JobHandler};
 pub enum SupervisorJob {
     /// Full sync: registration safety net, then assignments.
     Sync,
-    /// Only the assignments (a watch fired).
+    /// Only the assignments (a watch fired), then the blobs they use.
     Assignments,
+    /// Only the blobs (see `blobs.rs`); also runs without a session, from what was read.
+    Blobs,
 }
 
 impl Job for SupervisorJob {
@@ -28,6 +32,7 @@ impl Job for SupervisorJob {
         match self {
             SupervisorJob::Sync => "sync-supervisor",
             SupervisorJob::Assignments => "sync-assignments",
+            SupervisorJob::Blobs => "sync-blobs",
         }
     }
 }
@@ -41,6 +46,7 @@ pub struct SupervisorSync {
     /// The session for reading, handed out by the membership task while registered.
     pub client: watch::Receiver<Option<ZkClient>>,
     pub assignments: AssignmentSync,
+    pub blobs: BlobSync,
     /// Counts completed full syncs; the daemon waits for the first before it reports `running`.
     pub completed: watch::Sender<u64>,
     /// How long the registration check may wait for the membership task.
@@ -72,16 +78,22 @@ impl SupervisorSync {
 
 impl JobHandler<SupervisorJob> for SupervisorSync {
     async fn run(&mut self, job: SupervisorJob) -> Result<(), JobError> {
+        if job == SupervisorJob::Blobs {
+            // Finished downloads are installed and published with or without a session.
+            let client = self.usable_session().ok();
+            return Ok(self.blobs.sync(client.as_ref()).await?);
+        }
         // The client clone lives for this job only (the session closes when all are dropped).
         let client = self.usable_session()?;
-        match job {
-            SupervisorJob::Sync => {
-                self.verify_registration().await?;
-                self.assignments.sync(&client).await?;
-                self.completed.send_modify(|n| *n += 1);
-            }
-            SupervisorJob::Assignments => self.assignments.sync(&client).await?,
+        if job == SupervisorJob::Sync {
+            self.verify_registration().await?;
         }
-        Ok(())
+        self.assignments.sync(&client).await?;
+        // A blob problem must not hold back the readiness that assignments give.
+        let blobs = self.blobs.sync(Some(&client)).await;
+        if job == SupervisorJob::Sync {
+            self.completed.send_modify(|n| *n += 1);
+        }
+        Ok(blobs?)
     }
 }

@@ -15,7 +15,9 @@
 //! Workers are never touched by any of this: they outlive the agent (SPEC §4).
 
 pub mod assignments;
+pub mod blobs;
 mod jobs;
+mod links;
 pub mod processes;
 pub mod records;
 mod session_log;
@@ -35,7 +37,7 @@ use crate::cluster::model::{Health, unix_ms};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::Config;
 use crate::config::OnSessionLoss;
-use crate::event::{new_queue, run_queue, spawn_queue, spawn_timer};
+use crate::event::{new_queue, run_queue, spawn_timer};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
 use crate::local_state::{self, LocalState, StateError};
@@ -133,6 +135,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (deadline_tx, deadline_rx) = watch::channel(None);
     let (hints_tx, mut hints_rx) = tokio::sync::mpsc::channel::<String>(256);
     let proc_queue = new_queue::<ProcessJob>("sync-processes");
+    // The blob cache, rebuilt from disk (crash leftovers removed) before any worker is adopted:
+    // adopted workers reference the entries they link to.
+    let cache = {
+        let (root, tmp) = (local_dir.root().join("blobs"), local_dir.tmp_dir());
+        tokio::task::spawn_blocking(move || crate::blob::BlobCache::open(&root, &tmp))
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?
+            .map_err(|e| {
+                RunError::Internal(format!(
+                    "cannot open the blob cache {}: {e}",
+                    config.supervisor.local_dir.join("blobs").display()
+                ))
+            })?
+    };
+    let cache: crate::blob::SharedCache = Arc::new(Mutex::new(cache));
+    let (blob_view_tx, blob_view_rx) = watch::channel(Arc::new(blobs::BlobView::default()));
     let mut processes = Processes::new(
         ProcessConfig {
             supervisor_id: id.clone(),
@@ -153,6 +171,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         deadline_tx,
         hints_tx,
         zk.status.clone(),
+        cache.clone(),
+        blob_view_rx.clone(),
         LocalDirCheck {
             lock_path: local_dir.lock_path(),
             lock_inode: local_dir
@@ -174,8 +194,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let proc_task = run_queue(&proc_queue, processes);
 
     let (synced_tx, mut synced_rx) = watch::channel(0u64);
-    let (sync_queue, sync_task) = spawn_queue(
-        "sync-supervisor",
+    let sync_queue = new_queue::<SupervisorJob>("sync-supervisor");
+    let blob_sync = blobs::BlobSync::new(
+        blobs::BlobSyncConfig {
+            root: config.zookeeper.root.clone(),
+            tmp: local_dir.tmp_dir(),
+            cache_target_bytes: config.blob.cache_target_mb.saturating_mul(1024 * 1024),
+            download_timeout: config.blob.download_timeout,
+            download_retries: config.blob.download_retries,
+        },
+        cache.clone(),
+        desired_rx.clone(),
+        blob_view_tx,
+        {
+            let q = sync_queue.clone();
+            Arc::new(move || {
+                q.request(SupervisorJob::Blobs);
+            })
+        },
+    );
+    let sync_task = run_queue(
+        &sync_queue,
         jobs::SupervisorSync {
             membership: zk.commands.clone(),
             zk_status: zk.status.clone(),
@@ -188,6 +227,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 assigned,
                 desired_tx,
             ),
+            blobs: blob_sync,
             completed: synced_tx,
             timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
         },
@@ -195,10 +235,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (timers_stop_tx, timers_stop_rx) = watch::channel(false);
     let timers = [
         spawn_timer(sync_queue.clone(), SupervisorJob::Sync, config.supervisor.sync, timers_stop_rx.clone()),
+        spawn_timer(sync_queue.clone(), SupervisorJob::Blobs, config.blob.sync, timers_stop_rx.clone()),
         spawn_timer(proc_queue.clone(), ProcessJob::Monitor, config.supervisor.monitor, timers_stop_rx.clone()),
         tokio::spawn(processes::deadline_timer(deadline_rx, proc_queue.clone(), timers_stop_rx.clone())),
-        tokio::spawn(assignments::watch_assignments(
-            config.zookeeper.root.clone(),
+        tokio::spawn(assignments::watch_dir(
+            format!("{}/blobstore", config.zookeeper.root),
+            zk.client.clone(),
+            timers_stop_rx.clone(),
+            {
+                let q = sync_queue.clone();
+                move || {
+                    q.request(SupervisorJob::Blobs);
+                }
+            },
+        )),
+        tokio::spawn(assignments::watch_dir(
+            format!("{}/assignments", config.zookeeper.root),
             zk.client.clone(),
             timers_stop_rx.clone(),
             {
@@ -208,13 +260,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             },
         )),
-        // Sources that only need to wake the process queue: a new assignment view, heartbeat hints.
+        // Sources that only need to wake the process queue: a new assignment view, a new blob
+        // view, heartbeat hints.
         tokio::spawn({
             let (q, mut desired, mut stop) = (proc_queue.clone(), desired_rx, timers_stop_rx.clone());
+            let mut blob_view = blob_view_rx;
             async move {
                 loop {
                     tokio::select! {
                         res = desired.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
+                        res = blob_view.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
                         Some(_) = hints_rx.recv() => { q.request(ProcessJob::Reconcile); }
                         _ = stop.wait_for(|s| *s) => break,
                     }

@@ -26,7 +26,10 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::assignments::AssignmentView;
+use super::blobs::BlobView;
+use super::links::{self, BlobLinks};
 use super::records::{LocalAssignments, PortJob, WorkerRecord, WorkerRecords};
+use crate::blob::SharedCache;
 use crate::cluster::assignment::LivenessMode;
 use crate::cluster::membership::{NodeReport, ZkStatus};
 use crate::cluster::model::{ExitReason, LastExit, WorkerInfo, unix_ms};
@@ -138,6 +141,8 @@ pub struct Processes {
     adopted: std::collections::BTreeSet<String>,
     /// Worker dirs to clean at the end of the job (after any relaunch, off the restart path).
     cleanup: Vec<String>,
+    /// Blob links of the workers and the cache entries each slot holds.
+    links: BlobLinks,
 }
 
 /// The local dir the agent depends on must stay the one it locked.
@@ -183,6 +188,8 @@ impl Processes {
         deadline: watch::Sender<Option<Instant>>,
         hints: mpsc::Sender<String>,
         zk_status: watch::Receiver<ZkStatus>,
+        cache: SharedCache,
+        blob_view: watch::Receiver<Arc<BlobView>>,
         local_dir_check: LocalDirCheck,
     ) -> Processes {
         let now = Instant::now();
@@ -214,6 +221,7 @@ impl Processes {
             stopped_for_session_loss: None,
             adopted: std::collections::BTreeSet::new(),
             cleanup: Vec::new(),
+            links: BlobLinks::new(cache, blob_view),
         }
     }
 
@@ -278,6 +286,7 @@ impl Processes {
                 "adopted a worker that kept running while the agent was down");
             let w = Worker { worker_id: id.clone(), pid: record.process.pid };
             self.adopted.insert(id.clone());
+            self.links.adopt(port, &job, &self.config.local_dir.join("workers").join(&id));
             self.feed(port, Input::Adopt { worker: w, job: job.clone() }, now, wall).await;
             // The last sync before the agent went down may have moved this port on (the agent
             // persisted it and died before acting): act on that persisted result now, the
@@ -460,6 +469,15 @@ impl Processes {
     async fn launch(&mut self, port: u16, job: &SlotJob) -> Input {
         let worker_id = uuid::Uuid::new_v4().to_string();
         let worker_dir = self.config.local_dir.join("workers").join(&worker_id);
+        // GALE_BLOB_DIR exists even when the job has no blobs (SPEC §4 promises the directory).
+        let blobs = match self.links.link(port, job, &worker_dir) {
+            Ok(blobs) => blobs,
+            Err(e) => {
+                warn!(port, topology = %job.topology_id, error = %e, "cannot launch a worker");
+                self.remove_worker_dir(&worker_id);
+                return Input::LaunchFailed(e);
+            }
+        };
         let spec = worker::LaunchSpec {
             topology_id: job.topology_id.clone(),
             worker_id: worker_id.clone(),
@@ -467,15 +485,11 @@ impl Processes {
             supervisor_id: self.config.supervisor_id.clone(),
             command: job.launch.command.clone(),
             env: job.launch.env.clone(),
-            blob_dir: worker_dir.join("blobs"),
+            blob_dir: links::blob_dir(&worker_dir),
             worker_dir,
             log_file: worker::worker_log_path(&self.config.log_dir, &job.topology_id, port),
-            blobs: BTreeMap::new(),
+            blobs,
         };
-        // GALE_BLOB_DIR exists even when the job has no blobs (SPEC §4 promises the directory).
-        if let Err(e) = std::fs::create_dir_all(&spec.blob_dir) {
-            warn!(port, path = %spec.blob_dir.display(), error = %e, "cannot create the worker's blob dir");
-        }
         let spawned = match worker::spawn(&spec) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -624,12 +638,7 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         }
         let ports: Vec<u16> = self.slots.keys().copied().collect();
         for port in ports {
-            // Blob delivery is not built yet: a job's blobs count as present, and a
-            // `{blob:NAME}` in its command fails the launch with a reported reason.
-            if let crate::slot::SlotState::WaitingForBlobs { job } = &self.slots[&port].state {
-                let job = job.clone();
-                self.feed(port, Input::BlobsReady(job), now, wall).await;
-            }
+            self.check_blobs(port, now, wall).await;
             self.feed(port, Input::Tick, now, wall).await;
         }
         if self.records_dirty
@@ -637,6 +646,12 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         {
             error!(error = %e, "cannot persist worker records");
         }
+        let held: BTreeMap<u16, (Option<String>, bool)> = self
+            .slots
+            .iter()
+            .map(|(port, slot)| (*port, (slot.job().map(|j| j.topology_id.clone()), slot.worker().is_some())))
+            .collect();
+        self.links.release_unused(&held);
         self.publish();
         for worker_id in std::mem::take(&mut self.cleanup) {
             self.clean_worker_dir(&worker_id);
@@ -653,6 +668,32 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
 }
 
 impl Processes {
+    /// Blobs for one slot: a slot waiting for its blobs launches once they are all local (or
+    /// shows why not); a live worker gets new versions through its links, or is restarted on
+    /// them when a blob says `restart_on_update`.
+    async fn check_blobs(&mut self, port: u16, now: Instant, wall: u64) {
+        use crate::slot::SlotState as S;
+        let input = match &self.slots[&port].state {
+            S::WaitingForBlobs { job } | S::WaitingForBlobUpdate { job } => match self.links.ready(port, job) {
+                Ok(()) => Input::BlobsReady(job.clone()),
+                Err(error) => Input::BlobProblem { job: job.clone(), error },
+            },
+            S::Running { job, worker, .. } | S::WaitingForWorkerStart { job, worker: Some(worker), .. }
+                if !job.blobs.is_empty() =>
+            {
+                let dir = self.config.local_dir.join("workers").join(&worker.worker_id);
+                if !self.links.check(port, job, &dir).restart {
+                    return;
+                }
+                info!(port, topology = %job.topology_id, worker = %worker.worker_id,
+                    "a blob with restart_on_update has a new version: restarting the worker on it");
+                Input::BlobUpdate(job.clone())
+            }
+            _ => return,
+        };
+        self.feed(port, input, now, wall).await;
+    }
+
     /// The assignment to apply now: the latest synced view, or nothing at all once the
     /// session has been gone longer than `stop_workers_after` (`on_session_loss =
     /// "stop_workers"`). `None` before the first sync: apply nothing, change nothing.

@@ -11,12 +11,17 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
+
+use gale::proc_identity::ProcessIdentity;
+use nix::sys::signal::killpg;
+use serde_json::Value;
+use zookeeper_client as zkc;
 
 pub const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 
@@ -471,4 +476,146 @@ pub fn setup(root: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let config = AgentSpec::new(&shared_zk().connect_string(), root).write(tmp.path());
     (tmp, config)
+}
+
+// ------------------------------------------------------------------------------------------
+// Workers: processes, SupervisorInfo, logs (shared by the tests that run workers)
+
+/// SIGKILLs, at the end of a test, every worker it saw and every process whose cwd is under
+/// the test's `<local_dir>/workers` (a worker's children included). Declare it BEFORE the
+/// agent, so the agent is dropped (killed) first and cannot relaunch anything.
+pub struct Reaper {
+    workers_dir: PathBuf,
+    seen: Mutex<Vec<ProcessIdentity>>,
+}
+
+impl Reaper {
+    pub fn new(workers_dir: PathBuf) -> Reaper {
+        Reaper { workers_dir, seen: Mutex::new(Vec::new()) }
+    }
+
+    pub fn track(&self, pid: u32) {
+        if let Ok(identity) = ProcessIdentity::of(pid) {
+            self.seen.lock().unwrap().push(identity);
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for identity in self.seen.lock().unwrap().iter() {
+            let _ = gale::worker::signal_group(identity, Signal::SIGKILL);
+        }
+        for pid in pids_with_cwd_under(&self.workers_dir) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+pub fn pids_with_cwd_under(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .collect()
+}
+
+/// `(state, ppid, pgrp, session)` from `/proc/<pid>/stat`.
+pub fn proc_stat(pid: u32) -> Option<(char, i32, i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// Running (a zombie, which nobody may reap in this container, counts as gone).
+pub fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, ..)| !matches!(state, 'Z' | 'X'))
+}
+
+// ---- ZooKeeper
+
+/// Creates or overwrites a persistent node with raw bytes.
+pub async fn put_raw(zk: &zkc::Client, path: &str, data: &[u8]) {
+    create_parents(zk, path).await;
+    let options = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    match zk.create(path, data, &options).await {
+        Ok(_) => {}
+        Err(zkc::Error::NodeExists) => {
+            zk.set_data(path, data, None).await.unwrap_or_else(|e| panic!("setting {path}: {e}"));
+        }
+        Err(e) => panic!("creating {path}: {e}"),
+    }
+}
+
+pub async fn put_json(zk: &zkc::Client, path: &str, value: &Value) {
+    put_raw(zk, path, &serde_json::to_vec(value).unwrap()).await;
+}
+
+pub async fn delete(zk: &zkc::Client, path: &str) {
+    zk.delete(path, None).await.unwrap_or_else(|e| panic!("deleting {path}: {e}"));
+}
+
+pub async fn read_json(zk: &zkc::Client, path: &str) -> Option<(Value, zkc::Stat)> {
+    match zk.get_data(path).await {
+        Ok((data, stat)) => Some((serde_json::from_slice(&data).expect("node holds JSON"), stat)),
+        Err(zkc::Error::NoNode) => None,
+        Err(e) => panic!("reading {path}: {e}"),
+    }
+}
+
+/// Polls SupervisorInfo until `pred` holds; panics with the last payload seen and the agent
+/// log on timeout.
+pub async fn wait_info(
+    zk: &zkc::Client,
+    path: &str,
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value, &zkc::Stat) -> bool,
+) -> (Value, zkc::Stat) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Some((info, stat)) = read_json(zk, path).await {
+            if pred(&info, &stat) {
+                return (info, stat);
+            }
+            last = Some(info);
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last SupervisorInfo: {}\nagent log:\n{}",
+                last.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+                agent.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `workers[]` entry of `port`.
+pub fn slot(info: &Value, port: u16) -> Option<&Value> {
+    info["workers"].as_array()?.iter().find(|w| w["port"] == port)
+}
+
+pub fn slot_state(info: &Value, port: u16) -> Option<&str> {
+    slot(info, port)?["state"].as_str()
+}
+
+pub fn slot_pid(info: &Value, port: u16) -> Option<u32> {
+    slot(info, port)?["pid"].as_u64().map(|p| p as u32)
+}
+
+pub fn running_pid(info: &Value, port: u16) -> Option<u32> {
+    (slot_state(info, port) == Some("running")).then(|| slot_pid(info, port)).flatten()
+}
+
+// ---- worker logs
+
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
 }

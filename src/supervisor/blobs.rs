@@ -1,0 +1,368 @@
+//! Blob sync: which blob versions this host's assignments need, and getting them local.
+//!
+//! Runs on the `sync-supervisor` queue, after every assignment sync, when the persistent watch
+//! on `<root>/blobstore` fires, on the `blob.sync_secs` timer (the safety net), and when a
+//! download ends. One pass:
+//!
+//! 1. install the downloads that finished (a rename into the cache under its lock), record the
+//!    ones that failed (retried with backoff: 2 s, doubling, at most 5 min; each attempt is
+//!    itself `1 + download_retries` tries);
+//! 2. for every blob key an assigned job uses, stat `/blobstore/<key>` and re-read only a node
+//!    whose data changed (no remote check at all for an unchanged version: the cache is
+//!    content addressed, a present entry is the verified content);
+//! 3. per (key, extract): the current version's content is local, downloading (one download
+//!    per content however many slots want it), failed, or has no usable BlobMeta;
+//! 4. reference what each slot's assignment wants, clean the cache down to `cache_target_mb`
+//!    (never a referenced entry), and publish a [`BlobView`] for the process side.
+//!
+//! Downloads run as tasks, not on the queue: a 200 MB blob must not hold up assignment sync.
+//!
+//! Invariants:
+//! - a version is only "ready" once its entry is in the cache: fetched, size and sha256
+//!   verified, unpacked, fsynced, renamed in. Nothing else is ever published as usable;
+//! - a BlobMeta that turns bad (invalid payload, node removed) keeps the last good version
+//!   known to this process, so running workers and cached content stay usable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::assignments::AssignmentView;
+use crate::blob::{BlobCache, BlobMeta, CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged};
+use crate::cluster::zk::{ZkClient, ZkError};
+
+/// First wait before a failed download is tried again; doubles per failure.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// One blob as an assignment uses it: its key, and whether it is unpacked.
+pub type BlobUse = (String, bool);
+
+/// What the process side knows about one [`BlobUse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobStatus {
+    /// The current version (BlobMeta), if one is known.
+    pub version: Option<u64>,
+    /// The current version's content, once it is in the cache.
+    pub ready: Option<(EntryId, PathBuf)>,
+    /// Why it is not ready, if something went wrong (not while a download simply runs).
+    pub error: Option<String>,
+    /// A download of the current version is running.
+    pub downloading: bool,
+}
+
+/// Every blob the assigned jobs use, published after each pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobView {
+    pub blobs: BTreeMap<BlobUse, BlobStatus>,
+    pub cache: CacheStats,
+}
+
+/// Settings of the blob sync (`[blob]`).
+#[derive(Debug, Clone)]
+pub struct BlobSyncConfig {
+    pub root: String,
+    pub tmp: PathBuf,
+    pub cache_target_bytes: u64,
+    pub download_timeout: Duration,
+    pub download_retries: u32,
+}
+
+#[derive(Debug)]
+struct MetaEntry {
+    /// `mzxid` when last read; `None` while the node is missing.
+    zxid: Option<i64>,
+    good: Option<BlobMeta>,
+    problem: Option<String>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    count: u32,
+    retry_at: Instant,
+    error: String,
+}
+
+#[derive(Debug)]
+struct Done {
+    id: EntryId,
+    blob: BlobUse,
+    version: u64,
+    result: Result<Staged, CacheError>,
+}
+
+/// State of the blob sync; owned by the `sync-supervisor` handler.
+pub struct BlobSync {
+    config: BlobSyncConfig,
+    cache: SharedCache,
+    assignments: watch::Receiver<Option<Arc<AssignmentView>>>,
+    metas: BTreeMap<String, MetaEntry>,
+    /// Running downloads, one per content.
+    downloads: BTreeMap<EntryId, tokio::task::JoinHandle<()>>,
+    /// Failed downloads by (blob, version): a new version is tried at once.
+    failures: BTreeMap<(BlobUse, u64), Failure>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Requests another pass (a download ended, a retry is due).
+    wake: Arc<dyn Fn() + Send + Sync>,
+    publish: watch::Sender<Arc<BlobView>>,
+    /// The wanted references of the last pass, to count each new use of a present entry as a hit.
+    wanted: BTreeMap<RefOwner, BTreeSet<EntryId>>,
+    /// Problems already logged, so each is logged once (again when it changes).
+    reported: BTreeMap<BlobUse, String>,
+}
+
+impl std::fmt::Debug for BlobSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobSync").field("downloads", &self.downloads.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for BlobSync {
+    fn drop(&mut self) {
+        // A stop abandons downloads; their staging dirs are swept at the next start.
+        for task in self.downloads.values() {
+            task.abort();
+        }
+    }
+}
+
+impl BlobSync {
+    pub fn new(
+        config: BlobSyncConfig,
+        cache: SharedCache,
+        assignments: watch::Receiver<Option<Arc<AssignmentView>>>,
+        publish: watch::Sender<Arc<BlobView>>,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> BlobSync {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        BlobSync {
+            config,
+            cache,
+            assignments,
+            metas: BTreeMap::new(),
+            downloads: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            done_tx,
+            done_rx,
+            wake,
+            publish,
+            wanted: BTreeMap::new(),
+            reported: BTreeMap::new(),
+        }
+    }
+
+    fn dir(&self) -> String {
+        format!("{}/blobstore", self.config.root)
+    }
+
+    /// One pass (module docs). Without a session (`client` None) it works from the BlobMeta
+    /// already read. A ZooKeeper error is returned after the rest of the pass is done.
+    pub async fn sync(&mut self, client: Option<&ZkClient>) -> Result<(), ZkError> {
+        self.collect_done().await;
+        let Some(view) = self.assignments.borrow().clone() else {
+            // Before the first assignment sync nothing is known to be needed (or unneeded).
+            return Ok(());
+        };
+        let uses: BTreeSet<BlobUse> =
+            view.jobs.values().flat_map(|j| j.blobs.iter().map(|b| (b.key.clone(), b.extract))).collect();
+        let keys: BTreeSet<String> = uses.iter().map(|(k, _)| k.clone()).collect();
+        self.metas.retain(|k, _| keys.contains(k));
+        let mut zk_result = Ok(());
+        if let Some(client) = client {
+            for key in &keys {
+                if let Err(e) = self.read_meta(client, key).await {
+                    zk_result = Err(e);
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut blobs = BTreeMap::new();
+        for blob in uses {
+            let status = self.status(&blob, now);
+            blobs.insert(blob, status);
+        }
+        self.failures.retain(|(blob, version), _| blobs.get(blob).is_some_and(|s| s.version == Some(*version)));
+        self.report(&blobs);
+        // References: each slot's assignment wants the current version of each of its blobs.
+        let mut wanted: BTreeMap<RefOwner, BTreeSet<EntryId>> = BTreeMap::new();
+        for (port, job) in &view.jobs {
+            let ids = job
+                .blobs
+                .iter()
+                .filter_map(|b| blobs.get(&(b.key.clone(), b.extract))?.ready.as_ref().map(|(id, _)| id.clone()));
+            wanted.entry((*port, job.topology_id.clone())).or_default().extend(ids);
+        }
+        let target = self.config.cache_target_bytes;
+        let cache = self.cache.clone();
+        let previous = std::mem::take(&mut self.wanted);
+        let (wanted, stats) = tokio::task::spawn_blocking(move || {
+            let mut cache = cache.lock().unwrap();
+            for (owner, ids) in &wanted {
+                for id in ids {
+                    if !previous.get(owner).is_some_and(|p| p.contains(id)) {
+                        // A slot and assignment starting to use content already here.
+                        cache.hit(id);
+                    }
+                }
+            }
+            cache.set_wanted(&wanted);
+            if cache.total_bytes() > target {
+                cache.cleanup(target);
+            }
+            (wanted, cache.stats())
+        })
+        .await
+        .expect("blob cache task panicked");
+        self.wanted = wanted;
+        self.publish.send_if_modified(|current| {
+            let next = BlobView { blobs, cache: stats };
+            if **current == next {
+                false
+            } else {
+                *current = Arc::new(next);
+                true
+            }
+        });
+        zk_result
+    }
+
+    /// Re-reads `/blobstore/<key>` if its data changed since the last read.
+    async fn read_meta(&mut self, client: &ZkClient, key: &str) -> Result<(), ZkError> {
+        let path = format!("{}/{key}", self.dir());
+        let entry = self.metas.entry(key.to_owned()).or_insert(MetaEntry { zxid: None, good: None, problem: None });
+        let Some(stat) = client.stat(&path).await? else {
+            entry.zxid = None;
+            entry.problem = Some(format!("no BlobMeta at {path}"));
+            return Ok(());
+        };
+        if entry.zxid == Some(stat.mzxid) {
+            return Ok(());
+        }
+        let Some((data, stat)) = client.get(&path).await? else {
+            entry.zxid = None;
+            entry.problem = Some(format!("no BlobMeta at {path}"));
+            return Ok(());
+        };
+        entry.zxid = Some(stat.mzxid);
+        match BlobMeta::decode(&path, &data) {
+            Ok(meta) => {
+                if entry.good.as_ref().is_some_and(|g| g.version != meta.version) {
+                    info!(key, version = meta.version, "new blob version");
+                }
+                entry.good = Some(meta);
+                entry.problem = None;
+            }
+            Err(e) => {
+                warn!(key, error = %e, kept_version = entry.good.as_ref().map(|g| g.version),
+                    "ignoring an invalid BlobMeta; the last good version stays in use");
+                entry.problem = Some(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The status of one blob use, starting its download if it is due.
+    fn status(&mut self, blob: &BlobUse, now: Instant) -> BlobStatus {
+        let meta_entry = self.metas.get(&blob.0);
+        let Some(meta) = meta_entry.and_then(|m| m.good.clone()) else {
+            let error = meta_entry
+                .and_then(|m| m.problem.clone())
+                .unwrap_or_else(|| format!("BlobMeta of `{}` not read yet", blob.0));
+            return BlobStatus { version: None, ready: None, error: Some(error), downloading: false };
+        };
+        let version = Some(meta.version);
+        let id = match EntryId::of(&meta, blob.1) {
+            Ok(id) => id,
+            Err(e) => return BlobStatus { version, ready: None, error: Some(e.to_string()), downloading: false },
+        };
+        if let Some(path) = self.cache.lock().unwrap().path(&id) {
+            return BlobStatus { version, ready: Some((id, path.to_owned())), error: None, downloading: false };
+        }
+        // While a retry runs, the slot keeps showing why the last attempt failed.
+        let failure = self.failures.get(&(blob.clone(), meta.version));
+        let error = failure.map(|f| format!("{} (failed {} times, retrying with backoff)", f.error, f.count));
+        if self.downloads.contains_key(&id) {
+            return BlobStatus { version, ready: None, error, downloading: true };
+        }
+        if failure.is_some_and(|f| f.retry_at > now) {
+            return BlobStatus { version, ready: None, error, downloading: false };
+        }
+        self.start_download(blob.clone(), meta, id);
+        BlobStatus { version, ready: None, error, downloading: true }
+    }
+
+    fn start_download(&mut self, blob: BlobUse, meta: BlobMeta, id: EntryId) {
+        info!(key = %meta.key, version = meta.version, extract = blob.1, url = %meta.url, "downloading blob");
+        self.cache.lock().unwrap().count_miss();
+        let (tmp, timeout, retries) =
+            (self.config.tmp.clone(), self.config.download_timeout, self.config.download_retries);
+        let (tx, wake) = (self.done_tx.clone(), self.wake.clone());
+        let task_id = id.clone();
+        let task = tokio::spawn(async move {
+            let result = BlobCache::stage(&meta, blob.1, &tmp, timeout, retries).await;
+            let _ = tx.send(Done { id: task_id, blob, version: meta.version, result });
+            wake();
+        });
+        self.downloads.insert(id, task);
+    }
+
+    /// Installs finished downloads and records failed ones.
+    async fn collect_done(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            let Done { id, blob, version, result } = done;
+            self.downloads.remove(&id);
+            let result = match result {
+                Ok(staged) => {
+                    let cache = self.cache.clone();
+                    tokio::task::spawn_blocking(move || cache.lock().unwrap().install(staged).map(drop))
+                        .await
+                        .expect("blob install task panicked")
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    self.failures.remove(&(blob, version));
+                }
+                Err(e) => {
+                    let key = (blob, version);
+                    let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
+                    let delay = RETRY_FIRST.saturating_mul(1 << (count - 1).min(10)).min(RETRY_MAX);
+                    warn!(key = %key.0.0, version, error = %e, attempt = count, retry_in_s = delay.as_secs(),
+                        "blob download failed; nothing of it is used");
+                    let retry_at = Instant::now() + delay;
+                    self.failures.insert(key, Failure { count, retry_at, error: e.to_string() });
+                    let wake = self.wake.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(retry_at).await;
+                        wake();
+                    });
+                }
+            }
+        }
+    }
+
+    fn report(&mut self, blobs: &BTreeMap<BlobUse, BlobStatus>) {
+        for (blob, status) in blobs {
+            match &status.error {
+                Some(error) if self.reported.get(blob) != Some(error) => {
+                    // Failures are logged where they happen; this names what waits on them.
+                    info!(key = %blob.0, extract = blob.1, problem = %error, "blob not available");
+                    self.reported.insert(blob.clone(), error.clone());
+                }
+                None if self.reported.remove(blob).is_some() => {
+                    info!(key = %blob.0, extract = blob.1, version = status.version, "blob available again");
+                }
+                _ => {}
+            }
+        }
+        self.reported.retain(|b, _| blobs.contains_key(b));
+    }
+}
