@@ -87,14 +87,20 @@ for _ in $(seq 1 100); do grep -q 'state=running' "$work/agent.log" && break; sl
 echo "== agent log so far"
 cat "$work/agent.log"
 echo
+echo "== publishing the example's code as a blob (gale blob put wordcount-code ... --store $work/blobstore)"
+mkdir -p "$work/blobstore"
+tar czf "$work/wordcount-code.tar.gz" -C examples/wordcount .
+"$GALE" blob put wordcount-code "$work/wordcount-code.tar.gz" --store "$work/blobstore"
 echo "== submitting the example topology (gale topology submit examples/wordcount.json --auto-place 2)"
-sed "s|@GALE_EXAMPLES@|$PWD/examples|" examples/wordcount.json > "$work/wordcount.json"
-"$GALE" topology submit "$work/wordcount.json" --auto-place 2
+"$GALE" topology submit examples/wordcount.json --auto-place 2
 for _ in $(seq 1 100); do [ -s "$work/logs/workers/wordcount/6701/worker.log" ] && break; sleep 0.1; done
 echo
 echo "== the local state (gale state dump)"
 "$GALE" state dump | awk '/^version/ { n++ } n <= 1' | cut -c 1-160
-echo "== workers, refreshed every 5 s. Try: kill -9 <pid> (restarted at once). Ctrl-C to stop."
+echo "== workers, refreshed every 5 s. Ctrl-C to stop. Try:"
+echo "   kill -9 <pid>                          (restarted at once)"
+echo "   GALE_CONFIG=$work/gale.toml $GALE blob put wordcount-code $work/wordcount-code.tar.gz --store $work/blobstore"
+echo "                                          (a new version: workers restart on it)"
 while kill -0 "$agent" 2>/dev/null; do
   date +%T
   "$GALE" cluster supervisors

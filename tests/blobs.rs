@@ -461,6 +461,15 @@ async fn a_new_version_restarts_or_relinks_as_the_assignment_says() {
     // The old link never dangled: every line of the relinked worker shows one or two.
     let log = read_log(&case.worker_log("relinks", 6701));
     assert!(log.lines().all(|l| l.ends_with("content=one") || l.ends_with("content=two")), "{log}");
+
+    // The same bytes as a new version are still a new version (SPEC §3.3): restarted again.
+    publish(3, b"two").await;
+    let info = case
+        .wait_info(&zk, &agent, "a restart for version 3", |i| running_pid(i, 6700).is_some_and(|p| p != new_pid))
+        .await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+    assert_eq!(slot(&info, 6700).unwrap()["restarts"], json!(2));
+    assert_eq!(running_pid(&info, 6701), Some(relinks_pid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

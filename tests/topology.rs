@@ -172,13 +172,8 @@ async fn auto_place_spreads_the_example_over_free_slots_of_both_hosts() {
     let other_file = write_json(tmp.path(), "other.json", &other);
     expect(&config, &["topology", "submit", other_file.to_str().unwrap()], 0);
 
-    // The example, as the demo prepares it.
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let example = std::fs::read_to_string(examples.join("wordcount.json"))
-        .unwrap()
-        .replace("@GALE_EXAMPLES@", examples.to_str().unwrap());
-    let file = tmp.path().join("wordcount.json");
-    std::fs::write(&file, example).unwrap();
+    // The example, as the demo submits it.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/wordcount.json");
     let file_arg = file.to_str().unwrap();
 
     let (out, _) = expect(&config, &["topology", "submit", file_arg, "--auto-place", "2"], 0);
@@ -190,8 +185,8 @@ async fn auto_place_spreads_the_example_over_free_slots_of_both_hosts() {
     assert_eq!(sups, ["sup-a", "sup-b"], "one worker per host: {node}");
     assert!(node["workers"].as_array().unwrap().contains(&json!({"supervisor_id": "sup-a", "port": 6701})), "{node}");
     assert!(out.contains("(host host-a)") && out.contains("(host host-b)"), "{out}");
-    let script = examples.join("wordcount/worker.sh");
-    assert_eq!(node["launch"]["command"][1], json!(script.to_str().unwrap()));
+    assert_eq!(node["launch"]["command"][1], json!("{blob:code}/worker.sh"), "the code comes as a blob");
+    assert_eq!(node["blobs"][0]["key"], json!("wordcount-code"));
 
     // Its own earlier placements do not count as taken: three slots are free for it.
     let (out, _) = expect(&config, &["topology", "submit", file_arg, "--auto-place", "3"], 0);

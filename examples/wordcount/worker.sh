@@ -1,10 +1,10 @@
 #!/bin/sh
 # A toy wordcount worker for gale (SPEC §4 worker contract), POSIX sh (Debian's dash).
 #
-# Run by examples/wordcount.json as: /bin/sh @GALE_EXAMPLES@/wordcount/worker.sh --port {port}
-# The assignment holds the literal @GALE_EXAMPLES@, since command[0] must be absolute and the
-# checkout's location is not known in advance: the demo replaces it with the absolute path of
-# the examples/ directory before `gale topology submit examples/wordcount.json --auto-place 2`.
+# Shipped as blob `wordcount-code` (a tar.gz of this directory, unpacked by the agent) and run
+# by examples/wordcount.json as: /bin/sh {blob:code}/worker.sh --port {port}. The demo publishes
+# the blob (`gale blob put`) before `gale topology submit examples/wordcount.json --auto-place 2`;
+# publishing a changed copy restarts the workers on it (`restart_on_update`).
 #
 # It logs its start, then every second pretends to count some words and touches
 # $GALE_HEARTBEAT_FILE (liveness "heartbeat": a stale file means hung). SIGTERM (gale's stop)

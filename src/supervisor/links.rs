@@ -29,8 +29,24 @@ use crate::slot::SlotJob;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Held {
     topology: String,
-    /// Blob name → entry.
-    links: BTreeMap<String, EntryId>,
+    /// Blob name → what its link points at.
+    links: BTreeMap<String, Linked>,
+}
+
+/// One blob link: the content, and the BlobMeta version it was linked as. A new version is
+/// an update even when its bytes are the same (SPEC §3.3: a new version restarts); the
+/// version of an adopted worker's link is unknown (`None`), and then only the content counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Linked {
+    id: EntryId,
+    version: Option<u64>,
+}
+
+impl Linked {
+    /// Whether the current `version` of content `id` differs from this link.
+    fn outdated_by(&self, id: &EntryId, version: Option<u64>) -> bool {
+        self.id != *id || (self.version.is_some() && version.is_some() && self.version != version)
+    }
 }
 
 /// The result of checking a running worker's links against the current blob versions.
@@ -64,19 +80,22 @@ impl BlobLinks {
 
     /// Where each blob of `job` on `port` comes from for a launch now: the current version if
     /// local, else the version this slot's previous worker of the same topology linked to.
-    fn resolve(&self, port: u16, job: &SlotJob) -> Result<BTreeMap<String, (EntryId, PathBuf)>, Option<String>> {
+    fn resolve(&self, port: u16, job: &SlotJob) -> Result<BTreeMap<String, (Linked, PathBuf)>, Option<String>> {
         let view = self.view.borrow().clone();
         let cache = self.cache.lock().unwrap();
         let held = self.held.get(&port).filter(|h| h.topology == job.topology_id);
         let mut out = BTreeMap::new();
         for blob in &job.blobs {
             let status = view.blobs.get(&(blob.key.clone(), blob.extract));
-            let current = status.and_then(|s| s.ready.as_ref()).filter(|(id, _)| cache.contains(id));
+            let current = status.and_then(|s| {
+                let (id, path) = s.ready.as_ref().filter(|(id, _)| cache.contains(id))?;
+                Some((Linked { id: id.clone(), version: s.version }, path.clone()))
+            });
             let fallback = || {
-                let id = held?.links.get(&blob.name)?;
-                Some((id.clone(), cache.path(id)?.to_owned()))
+                let linked = held?.links.get(&blob.name)?;
+                Some((linked.clone(), cache.path(&linked.id)?.to_owned()))
             };
-            match current.cloned().or_else(fallback) {
+            match current.or_else(fallback) {
                 Some(found) => {
                     out.insert(blob.name.clone(), found);
                 }
@@ -100,7 +119,7 @@ impl BlobLinks {
             let names: Vec<&str> = job.blobs.iter().map(|b| b.name.as_str()).collect();
             e.unwrap_or_else(|| format!("blobs {} are not local yet", names.join(", ")))
         })?;
-        let ids: BTreeSet<EntryId> = resolved.values().map(|(id, _)| id.clone()).collect();
+        let ids: BTreeSet<EntryId> = resolved.values().map(|(l, _)| l.id.clone()).collect();
         let owner = (port, job.topology_id.clone());
         if let Err(missing) = self.cache.lock().unwrap().set_linked(&owner, &ids) {
             return Err(format!("blob cache entry {} vanished before the launch", missing.sha256));
@@ -109,12 +128,12 @@ impl BlobLinks {
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut paths = BTreeMap::new();
         let mut links = BTreeMap::new();
-        for (name, (id, target)) in resolved {
+        for (name, (linked, target)) in resolved {
             let link = dir.join(&name);
             replace_link(&dir, &name, &target)
                 .map_err(|e| format!("cannot link blob `{name}` at {}: {e}", link.display()))?;
             paths.insert(name.clone(), link);
-            links.insert(name, id);
+            links.insert(name, linked);
         }
         self.held.insert(port, Held { topology: job.topology_id.clone(), links });
         Ok(paths)
@@ -130,13 +149,13 @@ impl BlobLinks {
             let Ok(target) = std::fs::read_link(dir.join(&blob.name)) else { continue };
             match cache.entry_of(&target).filter(|id| cache.contains(id)) {
                 Some(id) => {
-                    links.insert(blob.name.clone(), id);
+                    links.insert(blob.name.clone(), Linked { id, version: None });
                 }
                 None => warn!(port, blob = %blob.name, target = %target.display(),
                     "an adopted worker's blob link points at nothing in the cache; it will be relinked"),
             }
         }
-        let ids = links.values().cloned().collect();
+        let ids = links.values().map(|l| l.id.clone()).collect();
         let owner = (port, job.topology_id.clone());
         cache.set_linked(&owner, &ids).expect("only present entries");
         self.held.insert(port, Held { topology: job.topology_id.clone(), links });
@@ -153,11 +172,9 @@ impl BlobLinks {
         };
         let mut links = held.links.clone();
         for blob in &job.blobs {
-            let Some((id, target)) = view.blobs.get(&(blob.key.clone(), blob.extract)).and_then(|s| s.ready.clone())
-            else {
-                continue;
-            };
-            if links.get(&blob.name) == Some(&id) {
+            let Some(status) = view.blobs.get(&(blob.key.clone(), blob.extract)) else { continue };
+            let Some((id, target)) = status.ready.clone() else { continue };
+            if links.get(&blob.name).is_some_and(|l| !l.outdated_by(&id, status.version)) {
                 continue;
             }
             if blob.restart_on_update {
@@ -165,7 +182,7 @@ impl BlobLinks {
                 continue;
             }
             let dir = blob_dir(worker_dir);
-            let mut wanted: BTreeSet<EntryId> = links.values().cloned().collect();
+            let mut wanted: BTreeSet<EntryId> = links.values().map(|l| l.id.clone()).collect();
             wanted.insert(id.clone());
             // Reference the new entry before the worker can see it.
             if self.cache.lock().unwrap().set_linked(&(port, job.topology_id.clone()), &wanted).is_err() {
@@ -175,13 +192,13 @@ impl BlobLinks {
                 Ok(()) => {
                     info!(port, blob = %blob.name, key = %blob.key, sha256 = %id.sha256,
                         "switched a running worker's blob link to the new version");
-                    links.insert(blob.name.clone(), id);
+                    links.insert(blob.name.clone(), Linked { id, version: status.version });
                 }
                 Err(e) => warn!(port, blob = %blob.name, error = %e, "cannot switch a blob link; will retry"),
             }
         }
         if links != held.links {
-            let ids = links.values().cloned().collect();
+            let ids = links.values().map(|l| l.id.clone()).collect();
             let _ = self.cache.lock().unwrap().set_linked(&(port, job.topology_id.clone()), &ids);
             self.held.insert(port, Held { topology: job.topology_id.clone(), links });
         }
