@@ -9,11 +9,13 @@
 //! Entry point for the daemon: [`run`]. The binary (`src/main.rs`) only parses the command
 //! line, loads the config, sets up logging and maps errors to exit codes.
 
+pub mod admin;
 pub mod blob;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod ident;
 pub mod lifecycle;
 pub mod local_dir;

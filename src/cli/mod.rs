@@ -6,6 +6,7 @@
 mod blob;
 mod cluster;
 mod daemon;
+mod ops;
 mod state;
 mod topology;
 
@@ -44,6 +45,31 @@ pub enum Command {
     /// Blobs in ZooKeeper's blobstore: put, list, rm
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// This host's agent: state, ZooKeeper session, slots, health, blob cache
+    Status {
+        /// Print the JSON document (the admin endpoint's /status) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on one of this host's workers (through the control socket)
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+    /// Stop every worker on this host gracefully and keep them stopped (survives agent restarts)
+    Drain {
+        /// Return only once no worker runs any more
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Undo `gale drain`: assigned workers start again
+    Undrain,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Kill and relaunch the worker on PORT now (not counted as a failure)
+    Restart { port: u16 },
+    /// Forget PORT's earlier failures and end its backoff now
+    ResetBackoff { port: u16 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +162,17 @@ pub fn main(args: Args) -> ExitCode {
         }
         Command::Blob(BlobCommand::List) => blob::list(&config_path(&args)),
         Command::Blob(BlobCommand::Rm { key }) => blob::rm(&config_path(&args), key),
+        Command::Status { json } => ops::status(&config_path(&args), *json),
+        Command::Worker(WorkerCommand::Restart { port }) => {
+            ops::operate(&config_path(&args), crate::admin::control::Operation::RestartWorker { port: *port })
+        }
+        Command::Worker(WorkerCommand::ResetBackoff { port }) => {
+            ops::operate(&config_path(&args), crate::admin::control::Operation::ResetBackoff { port: *port })
+        }
+        Command::Drain { wait } => {
+            ops::operate(&config_path(&args), crate::admin::control::Operation::Drain { wait: *wait })
+        }
+        Command::Undrain => ops::operate(&config_path(&args), crate::admin::control::Operation::Undrain),
     };
     match result {
         Ok(code) => code,

@@ -50,6 +50,35 @@ pub enum SlotStateName {
     Backoff,
 }
 
+impl SlotStateName {
+    pub const ALL: [SlotStateName; 9] = [
+        SlotStateName::Empty,
+        SlotStateName::WaitingForBlobs,
+        SlotStateName::WaitingForWorkerStart,
+        SlotStateName::Running,
+        SlotStateName::Kill,
+        SlotStateName::KillAndRelaunch,
+        SlotStateName::KillBlobUpdate,
+        SlotStateName::WaitingForBlobUpdate,
+        SlotStateName::Backoff,
+    ];
+
+    /// The SPEC §3.1 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotStateName::Empty => "empty",
+            SlotStateName::WaitingForBlobs => "waiting_for_blobs",
+            SlotStateName::WaitingForWorkerStart => "waiting_for_worker_start",
+            SlotStateName::Running => "running",
+            SlotStateName::Kill => "kill",
+            SlotStateName::KillAndRelaunch => "kill_and_relaunch",
+            SlotStateName::KillBlobUpdate => "kill_blob_update",
+            SlotStateName::WaitingForBlobUpdate => "waiting_for_blob_update",
+            SlotStateName::Backoff => "backoff",
+        }
+    }
+}
+
 /// Why a worker process ended (SPEC §3.1 `last_exit.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,6 +89,20 @@ pub enum ExitReason {
     MemoryLimit,
     Killed,
     Lost,
+}
+
+impl ExitReason {
+    /// The SPEC §3.1 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Exited => "exited",
+            ExitReason::StartTimeout => "start_timeout",
+            ExitReason::HeartbeatTimeout => "heartbeat_timeout",
+            ExitReason::MemoryLimit => "memory_limit",
+            ExitReason::Killed => "killed",
+            ExitReason::Lost => "lost",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

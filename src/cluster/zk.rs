@@ -51,12 +51,28 @@ where
     F: std::future::Future<Output = Result<T, zk::Error>>,
 {
     if client.state() == zk::SessionState::Disconnected {
+        crate::admin::metrics().zk_op(op, "not_sent");
         return Err(ZkError::new(op, path, zk::Error::ConnectionLoss));
     }
-    match tokio::time::timeout(OP_TIMEOUT, request()).await {
+    let result = match tokio::time::timeout(OP_TIMEOUT, request()).await {
         Ok(result) => result.map_err(|e| ZkError::new(op, path, e)),
         Err(_) => Err(ZkError::new(op, path, zk::Error::Timeout)),
-    }
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => match e.class() {
+            ErrorClass::NoNode => "no_node",
+            ErrorClass::NodeExists => "node_exists",
+            ErrorClass::BadVersion => "bad_version",
+            ErrorClass::NotEmpty => "not_empty",
+            ErrorClass::ConnectionLoss => "connection_loss",
+            ErrorClass::SessionGone => "session_gone",
+            ErrorClass::NoAuth => "no_auth",
+            ErrorClass::Other => "error",
+        },
+    };
+    crate::admin::metrics().zk_op(op, outcome);
+    result
 }
 
 /// What the caller should do about an error.

@@ -65,4 +65,6 @@ state_keys! {
     LocalAssignmentsKey: crate::supervisor::records::LocalAssignments = "local-assignments";
     /// Every worker process the agent started and has not yet seen exit.
     Workers: crate::supervisor::records::WorkerRecords = "workers";
+    /// `gale drain` is in force: it survives an agent restart until `gale undrain`.
+    Drained: bool = "drained";
 }

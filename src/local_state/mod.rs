@@ -75,6 +75,7 @@ pub use dump::{VersionInfo, VersionStatus, dump, versions};
 pub use error::{StateError, WriteStep};
 pub use format::{Defect, Entries, FORMAT_VERSION};
 pub use keys::{
-    EarlierSessionIds, Key, LastSessionId, LocalAssignmentsKey, SessionOwner, SupervisorId, ToJson, Workers, known_keys,
+    Drained, EarlierSessionIds, Key, LastSessionId, LocalAssignmentsKey, SessionOwner, SupervisorId, ToJson, Workers,
+    known_keys,
 };
 pub use store::{Batch, KEEP_VERSIONS, LocalState};

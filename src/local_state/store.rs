@@ -67,12 +67,26 @@ impl LocalState {
         Self::open_with_clock(dir, system_now_ms)
     }
 
-    pub(super) fn open_with_clock(dir: &Path, clock: fn() -> u64) -> Result<LocalState, StateError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| StateError::CreateDir { dir: dir.to_owned(), source })?;
+    /// Reads the newest good version without creating, cleaning or writing anything (for
+    /// commands that run beside a live agent). `None` if the directory does not exist.
+    pub fn read_only(dir: &Path) -> Result<Option<LocalState>, StateError> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let (listing, version, entries) = Self::read_newest(dir)?;
+        Ok(Some(LocalState {
+            dir: dir.to_owned(),
+            version,
+            highest_seen: listing.keys().next_back().copied(),
+            entries,
+            clock: system_now_ms,
+            #[cfg(test)]
+            fail_at: None,
+        }))
+    }
+
+    /// The directory listing and the newest version that checks out.
+    fn read_newest(dir: &Path) -> Result<(scan::Listing, Option<u64>, Entries), StateError> {
         let listing = scan::scan(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?;
 
         let mut newest_good = None;
@@ -99,6 +113,17 @@ impl LocalState {
                 return Err(StateError::NoReadableVersion { dir: dir.to_owned(), count, newest, reason });
             }
         };
+
+        Ok((listing, version, entries))
+    }
+
+    pub(super) fn open_with_clock(dir: &Path, clock: fn() -> u64) -> Result<LocalState, StateError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::CreateDir { dir: dir.to_owned(), source })?;
+        let (listing, version, entries) = Self::read_newest(dir)?;
 
         // Cleaning only after a successful read: a directory we refuse to start on is left
         // exactly as found for whoever investigates it.

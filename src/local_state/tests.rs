@@ -389,7 +389,15 @@ fn known_keys_decode_to_json() {
     let keys = known_keys();
     assert_eq!(
         keys.keys().copied().collect::<Vec<_>>(),
-        ["earlier-session-ids", "last-session-id", "local-assignments", "session-owner", "supervisor-id", "workers"]
+        [
+            "drained",
+            "earlier-session-ids",
+            "last-session-id",
+            "local-assignments",
+            "session-owner",
+            "supervisor-id",
+            "workers"
+        ]
     );
     let bytes = bincode::serialize(&vec![3i64, 2]).unwrap();
     assert_eq!(keys["earlier-session-ids"](&bytes).unwrap(), serde_json::json!([3, 2]));

@@ -322,6 +322,14 @@ impl SlotState {
             Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } | Self::KillBlobUpdate { kill } => Some(&kill.job),
         }
     }
+
+    /// The kill in progress, if the slot is stopping its worker.
+    pub fn killing(&self) -> Option<&Killing> {
+        match self {
+            Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } | Self::KillBlobUpdate { kill } => Some(kill),
+            _ => None,
+        }
+    }
 }
 
 /// One port: its state and what is reported about it.

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::actions::ActionSync;
 use super::assignments::AssignmentSync;
 use super::blobs::BlobSync;
 use crate::cluster::membership::{Command, ZkStatus};
@@ -25,6 +26,8 @@ pub enum SupervisorJob {
     Assignments,
     /// Only the blobs (see `blobs.rs`); also runs without a session, from what was read.
     Blobs,
+    /// Pending ZooKeeper actions under `/actions/<id>` (see `actions.rs`).
+    Actions,
 }
 
 impl Job for SupervisorJob {
@@ -33,6 +36,7 @@ impl Job for SupervisorJob {
             SupervisorJob::Sync => "sync-supervisor",
             SupervisorJob::Assignments => "sync-assignments",
             SupervisorJob::Blobs => "sync-blobs",
+            SupervisorJob::Actions => "sync-actions",
         }
     }
 }
@@ -47,6 +51,7 @@ pub struct SupervisorSync {
     pub client: watch::Receiver<Option<ZkClient>>,
     pub assignments: AssignmentSync,
     pub blobs: BlobSync,
+    pub actions: ActionSync,
     /// Counts completed full syncs; the daemon waits for the first before it reports `running`.
     pub completed: watch::Sender<u64>,
     /// How long the registration check may wait for the membership task.
@@ -85,6 +90,9 @@ impl JobHandler<SupervisorJob> for SupervisorSync {
         }
         // The client clone lives for this job only (the session closes when all are dropped).
         let client = self.usable_session()?;
+        if job == SupervisorJob::Actions {
+            return Ok(self.actions.sync(&client).await?);
+        }
         if job == SupervisorJob::Sync {
             self.verify_registration().await?;
         }
@@ -93,6 +101,8 @@ impl JobHandler<SupervisorJob> for SupervisorSync {
         let blobs = self.blobs.sync(Some(&client)).await;
         if job == SupervisorJob::Sync {
             self.completed.send_modify(|n| *n += 1);
+            // The watch may have missed actions across a reconnect.
+            self.actions.sync(&client).await?;
         }
         Ok(blobs?)
     }

@@ -78,6 +78,11 @@ impl BlobLinks {
         BlobLinks { cache, view, held: BTreeMap::new() }
     }
 
+    /// The blob view last published by the blob sync.
+    pub fn view(&self) -> Arc<BlobView> {
+        self.view.borrow().clone()
+    }
+
     /// Where each blob of `job` on `port` comes from for a launch now: the current version if
     /// local, else the version this slot's previous worker of the same topology linked to.
     fn resolve(&self, port: u16, job: &SlotJob) -> Result<BTreeMap<String, (Linked, PathBuf)>, Option<String>> {

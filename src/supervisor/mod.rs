@@ -14,6 +14,7 @@
 //!
 //! Workers are never touched by any of this: they outlive the agent (SPEC §4).
 
+mod actions;
 pub mod assignments;
 pub mod blobs;
 mod jobs;
@@ -58,6 +59,8 @@ pub enum RunError {
     Credentials(#[from] crate::cluster::zk::CredentialsError),
     #[error("{0}")]
     Internal(String),
+    #[error("health checks failed with health.on_failure = \"exit\": workers stopped")]
+    HealthExit,
 }
 
 impl RunError {
@@ -68,6 +71,7 @@ impl RunError {
             RunError::LocalDir(LocalDirError::Locked { .. }) => ExitCode::IdentityConflict,
             RunError::Membership(MembershipError::IdentityConflict { .. }) => ExitCode::IdentityConflict,
             RunError::Credentials(_) => ExitCode::Config,
+            RunError::HealthExit => ExitCode::HealthCheck,
             _ => ExitCode::Failure,
         }
     }
@@ -106,13 +110,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (report_tx, report_rx) = watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
     let report_tx = Arc::new(report_tx);
+    let started_at_ms = unix_ms();
+    let identity_hostname = hostname.clone();
     let identity = Identity {
         id: id.clone(),
         hostname,
         slots: config.supervisor.slots.clone(),
         capacity: config.supervisor.capacity,
         labels: config.supervisor.labels.clone(),
-        started_at_ms: unix_ms(),
+        started_at_ms,
     };
     let membership_config = MembershipConfig {
         connect: ConnectOptions::from_config(&config)?,
@@ -151,6 +157,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let cache: crate::blob::SharedCache = Arc::new(Mutex::new(cache));
     let (blob_view_tx, blob_view_rx) = watch::channel(Arc::new(blobs::BlobView::default()));
+    // Operations (control socket, ZooKeeper actions) go to the executor; health and drain hold
+    // its workers; it publishes its slots for status.
+    let (ops_tx, ops_rx) = tokio::sync::mpsc::unbounded_channel();
+    let drained = state.lock().unwrap().get::<local_state::Drained>()?.unwrap_or(false);
+    if drained {
+        warn!("this host is drained (gale drain): no worker runs until `gale undrain`");
+    }
+    let (drained_tx, drained_rx) = watch::channel(drained);
+    let (health_tx, health_rx) = watch::channel(crate::health::HealthReport::default());
+    let (slots_tx, slots_rx) = watch::channel(Vec::new());
     let mut processes = Processes::new(
         ProcessConfig {
             supervisor_id: id.clone(),
@@ -180,6 +196,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
             state_dir: local_dir.state_dir(),
         },
+        processes::OpsWiring { requests: ops_rx, drained, drained_tx, health: health_rx.clone(), slots_tx },
     );
     processes.set_queue(proc_queue.clone());
     let assigned = state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
@@ -228,11 +245,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 desired_tx,
             ),
             blobs: blob_sync,
+            actions: actions::ActionSync::new(&config.zookeeper.root, &id, ops_tx.clone()),
             completed: synced_tx,
             timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
         },
     );
     let (timers_stop_tx, timers_stop_rx) = watch::channel(false);
+    let (_health_settings_tx, health_settings_rx) =
+        watch::channel((crate::health::HealthSettings::from_config(&config.health), config.health.interval));
     let timers = [
         spawn_timer(sync_queue.clone(), SupervisorJob::Sync, config.supervisor.sync, timers_stop_rx.clone()),
         spawn_timer(sync_queue.clone(), SupervisorJob::Blobs, config.blob.sync, timers_stop_rx.clone()),
@@ -250,6 +270,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
         )),
         tokio::spawn(assignments::watch_dir(
+            actions::action_dir(&config.zookeeper.root, &id),
+            zk.client.clone(),
+            timers_stop_rx.clone(),
+            {
+                let q = sync_queue.clone();
+                move || {
+                    q.request(SupervisorJob::Actions);
+                }
+            },
+        )),
+        tokio::spawn(crate::health::run_periodically(health_settings_rx, health_tx, timers_stop_rx.clone())),
+        tokio::spawn(assignments::watch_dir(
             format!("{}/assignments", config.zookeeper.root),
             zk.client.clone(),
             timers_stop_rx.clone(),
@@ -264,10 +296,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // view, heartbeat hints.
         tokio::spawn({
             let (q, mut desired, mut stop) = (proc_queue.clone(), desired_rx, timers_stop_rx.clone());
-            let mut blob_view = blob_view_rx;
+            let mut blob_view = blob_view_rx.clone();
+            let mut health = health_rx.clone();
             async move {
                 loop {
                     tokio::select! {
+                        res = health.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
                         res = desired.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
                         res = blob_view.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
                         Some(_) = hints_rx.recv() => { q.request(ProcessJob::Reconcile); }
@@ -277,6 +311,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }),
     ];
+    // The read-only admin endpoint and the control socket; a port or socket that cannot be
+    // bound fails the start (an operator must not think the endpoint is there).
+    let sources = crate::admin::Sources {
+        supervisor_id: id.clone(),
+        hostname: identity_hostname.clone(),
+        started_at_ms,
+        on_failure: match config.health.on_failure {
+            crate::config::OnHealthFailure::Drain => "drain".into(),
+            crate::config::OnHealthFailure::Exit => "exit".into(),
+        },
+        cache_target_bytes: config.blob.cache_target_mb.saturating_mul(1024 * 1024),
+        report: report_tx.subscribe(),
+        zk: zk.status.clone(),
+        slots: slots_rx.clone(),
+        health: health_rx.clone(),
+        cache: blob_view_rx.clone(),
+        drained: drained_rx.clone(),
+        queues: vec![queue_probe(&sync_queue), queue_probe(&proc_queue)],
+    };
+    let mut servers = Vec::new();
+    if let Some(addr) = config.admin.listen {
+        let serve = crate::admin::http::bind(addr, sources.clone(), timers_stop_rx.clone())
+            .await
+            .map_err(|e| RunError::Internal(format!("cannot listen on admin.listen = {addr}: {e}")))?;
+        info!(listen = %addr, "admin endpoint: /live /ready /status /metrics");
+        servers.push(tokio::spawn(serve));
+    }
+    let socket = config.control_socket();
+    let serve = crate::admin::control::bind(&socket, ops_tx.clone(), timers_stop_rx.clone())
+        .map_err(|e| RunError::Internal(format!("cannot create the control socket {}: {e}", socket.display())))?;
+    servers.push(tokio::spawn(serve));
     proc_queue.request(ProcessJob::Monitor);
 
     let watchdog = systemd.watchdog_interval();
@@ -284,6 +349,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| RunError::Internal(format!("cannot install the SIGHUP handler: {e}")))?;
     tokio::pin!(shutdown);
+    let mut drained_watch = drained_rx.clone();
+    let mut health_watch = health_rx.clone();
+    let mut slots_watch = slots_rx.clone();
+    // With on_failure = "exit": set once the checks fail; the agent exits 3 when the workers
+    // are gone (or after a bound, if one will not die).
+    let mut exiting_for_health: Option<tokio::time::Instant> = None;
+    let exit_bound = config.worker.shutdown_grace * 3 + Duration::from_secs(10);
 
     // The main loop: everything here is cheap; work happens on the queues and in tasks.
     let outcome: Result<(), RunError> = loop {
@@ -304,10 +376,52 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
             Ok(()) = synced_rx.changed() => {
                 if matches!(lifecycle, Lifecycle::Starting | Lifecycle::Recovering) && zk.status.borrow().registered {
-                    lifecycle = transition(lifecycle, Lifecycle::Running, "registered and first sync done");
+                    let (to, why) = if *drained_rx.borrow() {
+                        (Lifecycle::Draining, "registered and first sync done; drained (gale undrain to resume)")
+                    } else {
+                        (Lifecycle::Running, "registered and first sync done")
+                    };
+                    lifecycle = transition(lifecycle, to, why);
                     report_tx.send_modify(|r| r.lifecycle = lifecycle);
-                    systemd.ready("running");
+                    systemd.ready(lifecycle.as_str());
                 }
+            }
+            Ok(()) = drained_watch.changed() => {
+                let drained = *drained_watch.borrow_and_update();
+                let to = match (lifecycle, drained) {
+                    (Lifecycle::Running, true) => Some((Lifecycle::Draining, "gale drain: stopping workers")),
+                    (Lifecycle::Draining, false) => Some((Lifecycle::Running, "gale undrain")),
+                    _ => None,
+                };
+                if let Some((to, why)) = to {
+                    lifecycle = transition(lifecycle, to, why);
+                    report_tx.send_modify(|r| r.lifecycle = lifecycle);
+                }
+            }
+            Ok(()) = health_watch.changed() => {
+                let report = health_watch.borrow_and_update().clone();
+                let health = if report.healthy { Health::Healthy } else { Health::Unhealthy };
+                report_tx.send_if_modified(|r| {
+                    let changed = r.health != health;
+                    r.health = health;
+                    changed
+                });
+                if !report.healthy
+                    && config.health.on_failure == crate::config::OnHealthFailure::Exit
+                    && exiting_for_health.is_none()
+                {
+                    error!("health checks failed with on_failure = \"exit\": stopping every worker, then exiting 3");
+                    exiting_for_health = Some(tokio::time::Instant::now() + exit_bound);
+                }
+            }
+            Ok(()) = slots_watch.changed(), if exiting_for_health.is_some() => {
+                if slots_watch.borrow_and_update().iter().all(|s| s.pid.is_none()) {
+                    break Err(RunError::HealthExit);
+                }
+            }
+            () = async { match exiting_for_health { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                warn!("workers still running {}s after the health failure; exiting anyway", exit_bound.as_secs());
+                break Err(RunError::HealthExit);
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => systemd.watchdog(),
             Some(()) = sighup.recv() => {
@@ -321,7 +435,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     systemd.stopping();
     report_tx.send_modify(|r| r.lifecycle = Lifecycle::Stopping);
     let _ = timers_stop_tx.send(true);
-    for timer in timers {
+    for timer in timers.into_iter().chain(servers) {
         let _ = timer.await;
     }
     sync_queue.close();
@@ -347,6 +461,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Ok(_) => {}
             Err(_) => warn!("zookeeper session did not close in 10s; the server will expire it"),
         }
+    }
+    if let Err(RunError::HealthExit) = &outcome {
+        // A deliberate stop (Storm's behaviour): the workers are stopped, nothing to recover.
+        local_dir.mark_clean_shutdown()?;
+        error!("exiting 3: health checks failed (health.on_failure = \"exit\")");
+        return outcome;
     }
     if let Err(e) = &outcome {
         // A fatal stop is not a clean one: the next start should recover.
@@ -391,4 +511,22 @@ async fn resolve_id(config: &Config, state: &Arc<Mutex<LocalState>>) -> Result<S
     })
     .await
     .map_err(|e| RunError::Internal(e.to_string()))?
+}
+
+/// Reads a queue's counters for status and metrics.
+fn queue_probe<J: crate::event::Job>(queue: &crate::event::QueueHandle<J>) -> crate::admin::QueueProbe {
+    use std::sync::atomic::Ordering::Relaxed;
+    let queue = queue.clone();
+    Arc::new(move || {
+        let stats = queue.stats();
+        crate::admin::QueueDoc {
+            name: queue.name().to_owned(),
+            depth: queue.depth(),
+            runs: stats.runs.load(Relaxed),
+            failures: stats.failures.load(Relaxed),
+            coalesced: stats.coalesced.load(Relaxed),
+            run_seconds_total: stats.run_micros_total.load(Relaxed) as f64 / 1e6,
+            last_run_ms: stats.last_run_micros.load(Relaxed) as f64 / 1e3,
+        }
+    })
 }

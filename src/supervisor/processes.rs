@@ -39,6 +39,9 @@ use crate::proc_identity::{Liveness, ProcessIdentity};
 use crate::slot::{Action, Env, Input, Policy, Signal, Slot, SlotJob, Worker, step};
 use crate::worker;
 
+#[path = "operations.rs"]
+mod operations;
+
 /// Something that happened to a worker, reported by the tasks that watch them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcEvent {
@@ -143,6 +146,32 @@ pub struct Processes {
     cleanup: Vec<String>,
     /// Blob links of the workers and the cache entries each slot holds.
     links: BlobLinks,
+    /// Operator operations (control socket, ZooKeeper actions) and the drain/health holds.
+    ops: Ops,
+    /// When the exit of each port's last crashed worker was seen (restart latency metric).
+    exit_seen: BTreeMap<u16, Instant>,
+}
+
+/// What the executor takes from outside its queue: operations, the health verdict, and where
+/// it publishes its slots for status.
+#[derive(Debug)]
+pub struct OpsWiring {
+    pub requests: mpsc::UnboundedReceiver<crate::admin::control::Request>,
+    /// `drained` as persisted by the previous run.
+    pub drained: bool,
+    pub drained_tx: watch::Sender<bool>,
+    pub health: watch::Receiver<crate::health::HealthReport>,
+    pub slots_tx: watch::Sender<Vec<crate::admin::SlotStatus>>,
+}
+
+#[derive(Debug)]
+struct Ops {
+    wiring: OpsWiring,
+    drained: bool,
+    /// `drain --wait` requests, answered once no worker runs.
+    drain_waiters: Vec<tokio::sync::oneshot::Sender<crate::admin::control::Reply>>,
+    /// The health verdict last acted on (for logging the change once).
+    held_for_health: bool,
 }
 
 /// The local dir the agent depends on must stay the one it locked.
@@ -191,6 +220,7 @@ impl Processes {
         cache: SharedCache,
         blob_view: watch::Receiver<Arc<BlobView>>,
         local_dir_check: LocalDirCheck,
+        ops: OpsWiring,
     ) -> Processes {
         let now = Instant::now();
         let wall = unix_ms();
@@ -222,6 +252,8 @@ impl Processes {
             adopted: std::collections::BTreeSet::new(),
             cleanup: Vec::new(),
             links: BlobLinks::new(cache, blob_view),
+            ops: Ops { drained: ops.drained, wiring: ops, drain_waiters: Vec::new(), held_for_health: false },
+            exit_seen: BTreeMap::new(),
         }
     }
 
@@ -413,7 +445,18 @@ impl Processes {
         while let Some(input) = pending.pop_front() {
             let Some(slot) = self.slots.remove(&port) else { return };
             let env = Env { now, wall_ms: wall, jitter: fastrand::f64() };
+            let exited = matches!(input, Input::Exited { .. });
+            let last_exit = slot.last_exit.clone();
             let (slot, actions) = step(slot, input, &env, &self.config.policy);
+            if exited
+                && slot.last_exit != last_exit
+                && let Some(exit) = &slot.last_exit
+            {
+                crate::admin::metrics().exit(exit.reason.as_str());
+                if exit.reason == ExitReason::Exited {
+                    self.exit_seen.insert(port, now);
+                }
+            }
             self.slots.insert(port, slot);
             for action in actions {
                 if let Some(next) = self.perform(port, action, now).await {
@@ -426,11 +469,26 @@ impl Processes {
     async fn perform(&mut self, port: u16, action: Action, now: Instant) -> Option<Input> {
         match action {
             Action::Launch { job, restart } => {
+                let m = crate::admin::metrics();
                 if restart && let Err(until) = self.budget.take(now) {
                     warn!(port, "node restart budget exhausted; the relaunch waits");
+                    m.restarts_deferred.inc();
                     return Some(Input::Deferred { until });
                 }
-                Some(self.launch(port, &job).await)
+                let answer = self.launch(port, &job).await;
+                let exit_seen = self.exit_seen.remove(&port);
+                if let Input::Launched(_) = answer {
+                    m.launches.inc();
+                    if restart {
+                        m.restarts.inc();
+                        if let Some(seen) = exit_seen {
+                            m.restart_latency.observe(Instant::now().duration_since(seen).as_secs_f64());
+                        }
+                    }
+                } else {
+                    m.launch_failures.inc();
+                }
+                Some(answer)
             }
             Action::Signal { worker, signal } => {
                 let Some(record) = self.records.get(&worker.worker_id) else {
@@ -441,6 +499,11 @@ impl Processes {
                     Signal::Term => nix::sys::signal::Signal::SIGTERM,
                     Signal::Kill => nix::sys::signal::Signal::SIGKILL,
                 };
+                if signal == Signal::Term
+                    && let Some(reason) = self.slots.get(&port).and_then(|s| s.state.killing()).map(|k| k.reason)
+                {
+                    crate::admin::metrics().kill(reason.as_str());
+                }
                 match worker::signal_group(&record.process, sig) {
                     Ok(outcome) => info!(port, worker = %worker.worker_id, pid = worker.pid, signal = %sig, ?outcome,
                         state = ?self.slots.get(&port).map(Slot::state_name), "stopping worker"),
@@ -578,6 +641,15 @@ impl Processes {
                 true
             }
         });
+        let statuses = self.slot_statuses();
+        self.ops.wiring.slots_tx.send_if_modified(|current| {
+            if *current == statuses {
+                false
+            } else {
+                *current = statuses;
+                true
+            }
+        });
         let next = self.slots.values().filter_map(Slot::next_deadline).min();
         self.deadline.send_if_modified(|d| {
             if *d == next {
@@ -621,6 +693,7 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         for (port, worker_id) in self.poll_heartbeats() {
             self.feed(port, Input::Heartbeat { worker_id }, now, wall).await;
         }
+        self.apply_operations(now, wall).await;
         let view = self.desired_now(now);
         if let Some(view) = view {
             let ports: Vec<u16> = self.slots.keys().copied().collect();
@@ -652,6 +725,7 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
             .map(|(port, slot)| (*port, (slot.job().map(|j| j.topology_id.clone()), slot.worker().is_some())))
             .collect();
         self.links.release_unused(&held);
+        self.answer_drain_waiters();
         self.publish();
         for worker_id in std::mem::take(&mut self.cleanup) {
             self.clean_worker_dir(&worker_id);
@@ -698,6 +772,13 @@ impl Processes {
     /// session has been gone longer than `stop_workers_after` (`on_session_loss =
     /// "stop_workers"`). `None` before the first sync: apply nothing, change nothing.
     fn desired_now(&mut self, now: Instant) -> Option<Arc<AssignmentView>> {
+        let view = self.session_policy(now);
+        // Drained by the operator, or failing health checks (`on_failure`): nothing runs, the
+        // assignments are kept and apply again once the hold ends.
+        if self.hold() { Some(Arc::new(AssignmentView::default())) } else { view }
+    }
+
+    fn session_policy(&mut self, now: Instant) -> Option<Arc<AssignmentView>> {
         let connected = {
             let zk = self.zk_status.borrow();
             zk.registered && zk.state == "connected"

@@ -1,0 +1,238 @@
+//! What an operator reads and does on a host: the status document, the metrics, the read-only
+//! HTTP endpoints (SPEC §8) and the control socket for mutations.
+//!
+//! Nothing here owns agent state. The endpoints read the `watch` channels the owners publish
+//! ([`Sources`]) and build a [`Status`] per request; operations are forwarded to their owner
+//! (the executor, the main loop) as [`control::Operation`]s and answered from there.
+
+pub mod control;
+pub mod http;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::cluster::membership::{NodeReport, ZkStatus};
+use crate::cluster::model::{LastExit, SlotStateName, unix_ms};
+use crate::health::{HealthReport, ScriptResult};
+use crate::lifecycle::Lifecycle;
+use crate::supervisor::blobs::BlobView;
+
+pub use metrics::metrics;
+
+/// One slot as `gale status` shows it (every configured port, `empty` included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    pub port: u16,
+    pub state: SlotStateName,
+    pub topology_id: Option<String>,
+    pub worker_id: Option<String>,
+    pub pid: Option<u32>,
+    /// When the slot entered its state (unix ms).
+    pub since_ms: u64,
+    /// Since when the worker has been running (unix ms), while it is.
+    pub running_since_ms: Option<u64>,
+    pub restarts: u32,
+    pub last_exit: Option<LastExit>,
+    /// End of the backoff wait (unix ms), in `backoff`.
+    pub backoff_until_ms: Option<u64>,
+    /// What the slot waits for before it can launch (blobs downloading or failing).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZkStatusDoc {
+    pub state: String,
+    pub session_id: Option<String>,
+    pub registered: bool,
+    pub sessions: u64,
+    pub registrations: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthDoc {
+    /// `healthy`, `unhealthy` or `unknown` (no run yet).
+    pub state: String,
+    /// `drain` or `exit`.
+    pub on_failure: String,
+    pub runs: u64,
+    pub last_run_ms: Option<u64>,
+    pub scripts: Vec<ScriptResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDoc {
+    pub entries: usize,
+    pub bytes: u64,
+    pub target_bytes: u64,
+    pub referenced: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub downloading: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDoc {
+    pub name: String,
+    pub depth: usize,
+    pub runs: u64,
+    pub failures: u64,
+    pub coalesced: u64,
+    pub run_seconds_total: f64,
+    pub last_run_ms: f64,
+}
+
+/// `GET /status`, `gale status --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub supervisor_id: String,
+    pub hostname: String,
+    /// Lifecycle state (SPEC §6).
+    pub state: String,
+    /// Workers stopped by `gale drain` (or a `drain` action).
+    pub drained: bool,
+    pub started_at_ms: u64,
+    pub time_ms: u64,
+    pub zookeeper: ZkStatusDoc,
+    pub slots: Vec<SlotStatus>,
+    pub health: HealthDoc,
+    pub cache: CacheDoc,
+    pub queues: Vec<QueueDoc>,
+}
+
+/// A queue's numbers, read at request time.
+pub type QueueProbe = Arc<dyn Fn() -> QueueDoc + Send + Sync>;
+
+/// Everything the endpoints read; cheap to clone.
+#[derive(Clone)]
+pub struct Sources {
+    pub supervisor_id: String,
+    pub hostname: String,
+    pub started_at_ms: u64,
+    pub on_failure: String,
+    pub cache_target_bytes: u64,
+    pub report: watch::Receiver<NodeReport>,
+    pub zk: watch::Receiver<ZkStatus>,
+    pub slots: watch::Receiver<Vec<SlotStatus>>,
+    pub health: watch::Receiver<HealthReport>,
+    pub cache: watch::Receiver<Arc<BlobView>>,
+    pub drained: watch::Receiver<bool>,
+    pub queues: Vec<QueueProbe>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").field("supervisor_id", &self.supervisor_id).finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.report.borrow().lifecycle
+    }
+
+    /// `/ready`: running (or draining) with a registered, connected session.
+    pub fn ready(&self) -> bool {
+        let zk = self.zk.borrow();
+        matches!(self.lifecycle(), Lifecycle::Running | Lifecycle::Draining) && zk.registered && zk.state == "connected"
+    }
+
+    pub fn status(&self) -> Status {
+        let zk = self.zk.borrow().clone();
+        let health = Some(self.health.borrow().clone()).filter(|h| h.runs > 0);
+        let (cache, downloading) = {
+            let view = self.cache.borrow();
+            (view.cache, view.blobs.values().filter(|b| b.downloading).count())
+        };
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            supervisor_id: self.supervisor_id.clone(),
+            hostname: self.hostname.clone(),
+            state: self.lifecycle().as_str().to_owned(),
+            drained: *self.drained.borrow(),
+            started_at_ms: self.started_at_ms,
+            time_ms: unix_ms(),
+            zookeeper: ZkStatusDoc {
+                state: zk.state.to_owned(),
+                session_id: zk.session_id.clone(),
+                registered: zk.registered,
+                sessions: zk.sessions,
+                registrations: zk.registrations,
+            },
+            slots: self.slots.borrow().clone(),
+            health: HealthDoc {
+                state: match &health {
+                    None => "unknown",
+                    Some(h) if h.healthy => "healthy",
+                    Some(_) => "unhealthy",
+                }
+                .to_owned(),
+                on_failure: self.on_failure.clone(),
+                runs: health.as_ref().map_or(0, |h| h.runs),
+                last_run_ms: health.as_ref().map(|h| h.at_ms),
+                scripts: health.map(|h| h.scripts).unwrap_or_default(),
+            },
+            cache: CacheDoc {
+                entries: cache.entries,
+                bytes: cache.bytes,
+                target_bytes: self.cache_target_bytes,
+                referenced: cache.referenced,
+                hits: cache.hits,
+                misses: cache.misses,
+                downloading,
+            },
+            queues: self.queues.iter().map(|probe| probe()).collect(),
+        }
+    }
+
+    /// Copies what lives elsewhere into the metrics, right before a scrape.
+    pub fn refresh_metrics(&self) {
+        let m = metrics();
+        let status = self.status();
+        metrics::Metrics::one_hot(
+            &m.lifecycle,
+            "state",
+            &["starting", "recovering", "running", "draining", "stopping"],
+            &status.state,
+        );
+        metrics::Metrics::one_hot(
+            &m.zk_session,
+            "state",
+            &["connecting", "connected", "disconnected", "expired", "closed", "auth_failed"],
+            &status.zookeeper.state,
+        );
+        m.zk_registered.set(i64::from(status.zookeeper.registered));
+        m.add_delta("zk_sessions", &m.zk_sessions, status.zookeeper.sessions);
+        m.add_delta("zk_registrations", &m.zk_registrations, status.zookeeper.registrations);
+        let mut by_state: BTreeMap<&str, i64> = BTreeMap::new();
+        for slot in &status.slots {
+            *by_state.entry(slot.state.as_str()).or_default() += 1;
+        }
+        for state in SlotStateName::ALL {
+            let n = by_state.get(state.as_str()).copied().unwrap_or(0);
+            m.workers.get_or_create(&vec![("state", state.as_str().to_owned())]).set(n);
+        }
+        for q in &status.queues {
+            let l = vec![("queue", q.name.clone())];
+            m.queue_depth.get_or_create(&l).set(q.depth as i64);
+            m.add_delta(&format!("qr/{}", q.name), &m.queue_runs.get_or_create(&l), q.runs);
+            m.add_delta(&format!("qf/{}", q.name), &m.queue_failures.get_or_create(&l), q.failures);
+            m.add_delta(&format!("qc/{}", q.name), &m.queue_coalesced.get_or_create(&l), q.coalesced);
+            m.add_delta_f64(&format!("qs/{}", q.name), &m.queue_run_seconds.get_or_create(&l), q.run_seconds_total);
+        }
+        m.healthy.set(i64::from(status.health.state == "healthy"));
+        for script in &status.health.scripts {
+            m.health_script.get_or_create(&vec![("script", script.script.clone())]).set(i64::from(script.healthy));
+        }
+        m.cache_bytes.set(status.cache.bytes as i64);
+        m.cache_entries.set(status.cache.entries as i64);
+        m.add_delta("cache_hits", &m.cache_hits, status.cache.hits);
+        m.add_delta("cache_misses", &m.cache_misses, status.cache.misses);
+    }
+}

@@ -1,0 +1,228 @@
+//! This host's agent, for people and scripts: `gale status [--json]` (read from the admin
+//! endpoint), and the mutations through the control socket: `gale worker restart|reset-backoff
+//! PORT`, `gale drain [--wait]`, `gale undrain`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{CliError, client_runtime, load_config};
+use crate::admin::control::{self, Operation};
+use crate::admin::{SlotStatus, Status};
+use crate::config::Config;
+use crate::lifecycle::ExitCode;
+
+pub fn status(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
+    let config = load_config(config_path)?;
+    match fetch_status(&config) {
+        Ok(status) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+            } else {
+                print!("{}", render(&status, crate::cluster::model::unix_ms()));
+            }
+            Ok(ExitCode::Clean)
+        }
+        Err(why) => {
+            down(&config, &why, json)?;
+            // Down is not a success for scripts (`gale status && …`).
+            Ok(ExitCode::Failure)
+        }
+    }
+}
+
+/// `GET /status` from the running agent.
+fn fetch_status(config: &Config) -> Result<Status, String> {
+    let Some(addr) = config.admin.listen else {
+        return Err("admin.listen is \"\" (the admin endpoint is disabled)".into());
+    };
+    let host = if addr.ip().is_unspecified() {
+        // Listening on every address: ask over loopback.
+        std::net::SocketAddr::new(
+            if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
+            addr.port(),
+        )
+    } else {
+        addr
+    };
+    let url = format!("http://{host}/status");
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+    let mut response = agent.get(&url).call().map_err(|e| format!("no answer from {url}: {e}"))?;
+    let body = response.body_mut().read_to_string().map_err(|e| format!("reading {url}: {e}"))?;
+    serde_json::from_str(&body).map_err(|e| format!("{url} answered something that is not a status: {e}"))
+}
+
+/// The daemon does not answer: say so, and show what it persisted.
+fn down(config: &Config, why: &str, json: bool) -> Result<(), CliError> {
+    let dir = config.supervisor.local_dir.join("state");
+    let state = crate::local_state::LocalState::read_only(&dir)
+        .map_err(|e| CliError::new(ExitCode::Failure, format!("the agent does not answer ({why}), and {e}")))?;
+    let get = |state: &crate::local_state::LocalState| {
+        let assignments = state.get::<crate::local_state::LocalAssignmentsKey>().ok().flatten().unwrap_or_default();
+        let workers = state.get::<crate::local_state::Workers>().ok().flatten().unwrap_or_default();
+        let id = state.get::<crate::local_state::SupervisorId>().ok().flatten();
+        let drained = state.get::<crate::local_state::Drained>().ok().flatten().unwrap_or(false);
+        (assignments, workers, id, drained)
+    };
+    let (assignments, workers, id, drained) = state.as_ref().map(get).unwrap_or_default();
+    if json {
+        let workers: Vec<serde_json::Value> = workers
+            .values()
+            .map(|w| {
+                let alive = w.process.liveness() == crate::proc_identity::Liveness::Alive;
+                serde_json::json!({"port": w.port, "topology_id": w.topology_id, "worker_id": w.worker_id,
+                    "pid": w.process.pid, "alive": alive, "launched_at_ms": w.launched_at_ms})
+            })
+            .collect();
+        let assigned: serde_json::Map<String, serde_json::Value> =
+            assignments.iter().map(|(p, j)| (p.to_string(), serde_json::json!(j.topology_id))).collect();
+        let doc = serde_json::json!({"state": "down", "error": why, "supervisor_id": id, "drained": drained,
+            "local_state": dir, "assignments": assigned, "workers": workers});
+        println!("{}", serde_json::to_string_pretty(&doc).expect("serializes"));
+        return Ok(());
+    }
+    println!("agent: DOWN ({why})");
+    println!("last persisted local state ({}):", dir.display());
+    println!("  supervisor id: {}", id.as_deref().unwrap_or("(none yet)"));
+    if drained {
+        println!("  drained: yes (gale undrain after the agent is back)");
+    }
+    if assignments.is_empty() {
+        println!("  assigned ports: none");
+    }
+    for (port, job) in &assignments {
+        println!("  port {port}: topology {}", job.topology_id);
+    }
+    for w in workers.values() {
+        let alive = w.process.liveness() == crate::proc_identity::Liveness::Alive;
+        println!(
+            "  worker {} port {} topology {} pid {}: {}",
+            w.worker_id,
+            w.port,
+            w.topology_id,
+            w.process.pid,
+            if alive { "still running (the next agent adopts it)" } else { "gone" }
+        );
+    }
+    Ok(())
+}
+
+/// `1h02m`, `5m12s`, `42s`.
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The table for people; everything in it is in the JSON too.
+pub fn render(status: &Status, now_ms: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let zk = &status.zookeeper;
+    let _ = writeln!(
+        out,
+        "supervisor {}  host {}  state {}{}  up {}",
+        status.supervisor_id,
+        status.hostname,
+        status.state,
+        if status.drained { " (drained)" } else { "" },
+        duration(now_ms.saturating_sub(status.started_at_ms))
+    );
+    let _ = writeln!(
+        out,
+        "zookeeper  {}{}, session {}",
+        zk.state,
+        if zk.registered { ", registered" } else { ", NOT registered" },
+        zk.session_id.as_deref().unwrap_or("-")
+    );
+    let h = &status.health;
+    let failing: Vec<&str> = h.scripts.iter().filter(|s| !s.healthy).map(|s| s.script.as_str()).collect();
+    let _ = writeln!(
+        out,
+        "health     {} ({} check(s), on_failure {}){}",
+        h.state,
+        h.scripts.len(),
+        h.on_failure,
+        if failing.is_empty() { String::new() } else { format!(", failing: {}", failing.join(", ")) }
+    );
+    let c = &status.cache;
+    let _ = writeln!(
+        out,
+        "blob cache {} in {} entries (target {}), {} hits, {} misses{}",
+        mib(c.bytes),
+        c.entries,
+        mib(c.target_bytes),
+        c.hits,
+        c.misses,
+        if c.downloading > 0 { format!(", {} downloading", c.downloading) } else { String::new() }
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<6} {:<24} {:<20} {:>8} {:>8} {:>8}  {:<22} NOTE",
+        "PORT", "STATE", "TOPOLOGY", "PID", "UPTIME", "RESTARTS", "LAST EXIT"
+    );
+    for slot in &status.slots {
+        let _ = writeln!(out, "{}", row(slot, now_ms));
+    }
+    out
+}
+
+fn row(slot: &SlotStatus, now_ms: u64) -> String {
+    let dash = || "-".to_owned();
+    let last_exit = slot.last_exit.as_ref().map_or_else(dash, |e| {
+        let how = match (&e.signal, e.code) {
+            (Some(sig), _) => sig.clone(),
+            (None, Some(code)) => format!("code {code}"),
+            (None, None) => "?".into(),
+        };
+        format!("{} {how}", e.reason.as_str())
+    });
+    let mut notes = Vec::new();
+    if let Some(until) = slot.backoff_until_ms {
+        notes.push(format!("next try in {}", duration(until.saturating_sub(now_ms))));
+    }
+    notes.extend(slot.waiting_for.iter().cloned());
+    if let Some(e) = &slot.error {
+        notes.push(e.clone());
+    }
+    format!(
+        "{:<6} {:<24} {:<20} {:>8} {:>8} {:>8}  {:<22} {}",
+        slot.port,
+        slot.state.as_str(),
+        slot.topology_id.clone().unwrap_or_else(dash),
+        slot.pid.map_or_else(dash, |p| p.to_string()),
+        slot.running_since_ms.map_or_else(dash, |t| duration(now_ms.saturating_sub(t))),
+        slot.restarts,
+        last_exit,
+        notes.join("; ")
+    )
+}
+
+/// Sends `op` over the control socket and prints the answer.
+pub fn operate(config_path: &Path, op: Operation) -> Result<ExitCode, CliError> {
+    let config = load_config(config_path)?;
+    let socket = config.control_socket();
+    let reply = client_runtime()?.block_on(control::request(&socket, &op)).map_err(|e| {
+        CliError::new(
+            ExitCode::Failure,
+            format!(
+                "cannot reach the agent's control socket {}: {e} (is `gale run` up, and are you root?)",
+                socket.display()
+            ),
+        )
+    })?;
+    if reply.ok {
+        println!("{}", reply.message);
+        Ok(ExitCode::Clean)
+    } else {
+        Err(CliError::new(ExitCode::Failure, reply.message))
+    }
+}
