@@ -1,0 +1,281 @@
+//! Operating an agent: the admin endpoints (real HTTP), `gale status`, the control socket
+//! commands and ZooKeeper actions, against the real binary and a real ZooKeeper, with real
+//! worker processes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use zookeeper_client as zkc;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A crash-looping or sleeping worker, by `$MODE`.
+const WORKER_SH: &str = "case \"$MODE\" in crash) sleep 0.3; exit 1;; *) exec /bin/sleep 1000;; esac";
+
+struct Case {
+    tmp: tempfile::TempDir,
+    root: String,
+    id: String,
+    config: PathBuf,
+    admin: u16,
+}
+
+impl Case {
+    /// Root `/o-<name>`, id `sup-<name>`, the admin endpoint on a free loopback port; `extra`
+    /// is appended to the config.
+    fn new(name: &str, extra: &str) -> Case {
+        let tmp = tempfile::Builder::new().prefix(&format!("gale-o-{name}-")).tempdir().unwrap();
+        let root = format!("/o-{name}");
+        let id = format!("sup-{name}");
+        let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&tmp.path().join("agent"));
+        let admin = free_port();
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\""));
+        std::fs::write(&config, format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n{extra}")).unwrap();
+        Case { tmp, root, id, config, admin }
+    }
+
+    fn local(&self) -> PathBuf {
+        self.tmp.path().join("agent/local")
+    }
+
+    fn reaper(&self) -> Reaper {
+        Reaper::new(self.local().join("workers"))
+    }
+
+    fn info_path(&self) -> String {
+        format!("{}/supervisors/{}", self.root, self.id)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    async fn assign(&self, zk: &zkc::Client, topology: &str, port: u16, mode: &str) {
+        let a = json!({"schema": 1, "topology_id": topology,
+            "launch": {"command": ["/bin/sh", "-c", WORKER_SH], "env": {"MODE": mode}, "liveness": "process"},
+            "workers": [{"supervisor_id": self.id, "port": port}]});
+        put_json(zk, &format!("{}/assignments/{topology}", self.root), &a).await;
+    }
+
+    async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_info(zk, &self.info_path(), agent, what, LONG, |i, _| pred(i)).await.0
+    }
+
+    fn gale(&self, args: &[&str]) -> (i32, String, String) {
+        let out = gale(&self.config, args);
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+}
+
+/// `GET url`: (status code, body); 0 when nothing answers.
+fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+fn status_json(case: &Case) -> Value {
+    let (code, body) = http_get(&case.url("/status"));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn slot_of(status: &Value, port: u16) -> Value {
+    status["slots"].as_array().unwrap().iter().find(|s| s["port"] == port).cloned().unwrap()
+}
+
+/// The value of the metric line `name` (exact, labels included), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_status_and_the_table_agree_with_what_runs() {
+    let case = Case::new("endpoints", "");
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    case.assign(&zk, "sleeper", 6700, "sleep").await;
+    let agent = Agent::start(&case.config);
+    let info = case.wait_info(&zk, &agent, "the worker running", |i| running_pid(i, 6700).is_some()).await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+
+    assert_eq!(http_get(&case.url("/live")).0, 200);
+    eventually("ready", LONG, || async { (http_get(&case.url("/ready")).0 == 200).then_some(()) }).await;
+    assert_eq!(http_get(&case.url("/nothing")).0, 404);
+
+    let status = status_json(&case);
+    assert_eq!(status["supervisor_id"], json!(case.id));
+    assert_eq!(status["state"], json!("running"));
+    assert_eq!(status["zookeeper"]["state"], json!("connected"));
+    assert_eq!(status["zookeeper"]["registered"], json!(true));
+    let s = slot_of(&status, 6700);
+    assert_eq!(
+        (s["state"].clone(), s["topology_id"].clone(), s["pid"].clone()),
+        (json!("running"), json!("sleeper"), json!(pid))
+    );
+    assert_eq!(s["worker_id"], slot(&info, 6700).unwrap()["worker_id"]);
+    assert_eq!(slot_of(&status, 6701)["state"], json!("empty"));
+    assert!(status["queues"].as_array().unwrap().iter().any(|q| q["name"] == "sync-processes"));
+
+    // `gale status --json` is the same document; the table shows the same facts.
+    let (code, out, err) = case.gale(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cli: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli["slots"], status["slots"]);
+    assert_eq!(cli["supervisor_id"], status["supervisor_id"]);
+    let (code, table, _) = case.gale(&["status"]);
+    assert_eq!(code, 0);
+    let row = table.lines().find(|l| l.starts_with("6700")).unwrap_or_else(|| panic!("{table}"));
+    for word in ["running", "sleeper", &pid.to_string()] {
+        assert!(row.contains(word), "{row}");
+    }
+    assert!(table.contains("state running") && table.contains("registered"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("6701") && l.contains("empty")), "{table}");
+
+    let (code, metrics) = http_get(&case.url("/metrics"));
+    assert_eq!(code, 200);
+    assert_eq!(metric(&metrics, "gale_workers{state=\"running\"}"), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "gale_workers{state=\"empty\"}"), Some(1.0));
+    assert_eq!(metric(&metrics, "gale_worker_launches_total"), Some(1.0));
+    assert_eq!(metric(&metrics, "gale_lifecycle_state{state=\"running\"}"), Some(1.0));
+    assert_eq!(metric(&metrics, "gale_zk_session_state{state=\"connected\"}"), Some(1.0));
+    assert!(metric(&metrics, "gale_queue_runs_total{queue=\"sync-processes\"}").unwrap() >= 1.0);
+    assert!(metric(&metrics, "gale_zk_operations_total{op=\"create\",result=\"ok\"}").is_some(), "{metrics}");
+    for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        assert!(line.starts_with("gale_"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_commands_do_what_they_say_once() {
+    let case = Case::new("control", "");
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    case.assign(&zk, "sleeper", 6700, "sleep").await;
+    case.assign(&zk, "crasher", 6701, "crash").await;
+    let agent = Agent::start(&case.config);
+    let info = case
+        .wait_info(&zk, &agent, "6700 running, 6701 in backoff", |i| {
+            running_pid(i, 6700).is_some() && slot_state(i, 6701) == Some("backoff")
+        })
+        .await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(case.local().join("control.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket is private");
+
+    // restart: a new process, counted as a restart, not a failure.
+    let (code, out, err) = case.gale(&["worker", "restart", "6700"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("port 6700"), "{out}");
+    let info = case.wait_info(&zk, &agent, "6700 relaunched", |i| running_pid(i, 6700).is_some_and(|p| p != pid)).await;
+    let s = slot(&info, 6700).unwrap();
+    reaper.track(running_pid(&info, 6700).unwrap());
+    assert_eq!((s["restarts"].clone(), s["last_exit"]["reason"].clone()), (json!(1), json!("killed")), "{s}");
+    assert!(!alive(pid));
+
+    // reset-backoff: the 30 s backoff ends now.
+    let restarts = slot(&info, 6701).unwrap()["restarts"].as_u64().unwrap();
+    let (code, _, err) = case.gale(&["worker", "reset-backoff", "6701"]);
+    assert_eq!(code, 0, "{err}");
+    case.wait_info(&zk, &agent, "6701 relaunched at once", |i| {
+        slot(i, 6701).is_some_and(|s| s["restarts"].as_u64().unwrap() > restarts)
+    })
+    .await;
+
+    // Bad requests name what is wrong; nothing changes.
+    let (code, _, err) = case.gale(&["worker", "restart", "6799"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("6799") && err.contains("not one of this agent's slots"), "{err}");
+
+    // drain --wait returns once no worker runs; SupervisorInfo says draining; it survives a restart.
+    let (code, out, err) = case.gale(&["drain", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("drained"), "{out}");
+    let info = case.wait_info(&zk, &agent, "draining, no workers", |i| i["state"] == "draining").await;
+    assert!(slot_pid(&info, 6700).is_none(), "{info}");
+    assert_eq!(status_json(&case)["drained"], json!(true));
+    let (_, table, _) = case.gale(&["status"]);
+    assert!(table.contains("(drained)"), "{table}");
+    let (code, out, _) = case.gale(&["undrain"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("undrained"), "{out}");
+    let info = case
+        .wait_info(&zk, &agent, "running again with its worker", |i| {
+            i["state"] == "running" && running_pid(i, 6700).is_some()
+        })
+        .await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_actions_apply_once_and_are_deleted() {
+    let case = Case::new("actions", "");
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    case.assign(&zk, "sleeper", 6700, "sleep").await;
+    let agent = Agent::start(&case.config);
+    let info = case.wait_info(&zk, &agent, "running", |i| running_pid(i, 6700).is_some()).await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    let dir = format!("{}/actions/{}", case.root, case.id);
+    put_json(&zk, &format!("{dir}/a-1"), &json!({"schema": 1, "action": "restart_worker", "port": 6700})).await;
+    put_json(&zk, &format!("{dir}/a-2"), &json!({"schema": 1, "action": "reboot"})).await;
+    put_json(&zk, &format!("{dir}/a-3"), &json!({"schema": 1, "action": "restart_worker"})).await;
+    eventually("every action node deleted", LONG, || async {
+        zk.list_children(&dir).await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    let info = case.wait_info(&zk, &agent, "relaunched", |i| running_pid(i, 6700).is_some_and(|p| p != pid)).await;
+    let new_pid = running_pid(&info, 6700).unwrap();
+    reaper.track(new_pid);
+    // Once: a second relaunch does not follow.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let info = case.wait_info(&zk, &agent, "settled", |i| running_pid(i, 6700).is_some()).await;
+    assert_eq!(running_pid(&info, 6700), Some(new_pid));
+    assert_eq!(slot(&info, 6700).unwrap()["restarts"], json!(1));
+    let log = agent.log_text();
+    assert!(log.contains("unknown action `reboot`") && log.contains("needs a `port`"), "{log}");
+    let (_, metrics) = http_get(&case.url("/metrics"));
+    assert_eq!(metric(&metrics, "gale_actions_total{action=\"restart_worker\",result=\"ok\"}"), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "gale_actions_total{action=\"invalid\",result=\"error\"}"), Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_the_agent_is_down_and_shows_the_persisted_state() {
+    let case = Case::new("down", "");
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    case.assign(&zk, "sleeper", 6700, "sleep").await;
+    let mut agent = Agent::start(&case.config);
+    let info = case.wait_info(&zk, &agent, "running", |i| running_pid(i, 6700).is_some()).await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), 0);
+    let (code, out, _) = case.gale(&["status"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DOWN"), "{out}");
+    assert!(out.contains("port 6700: topology sleeper"), "{out}");
+    assert!(out.contains(&format!("pid {pid}: still running")), "{out}");
+    let (code, out, _) = case.gale(&["status", "--json"]);
+    assert_eq!(code, 1);
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["state"], json!("down"));
+    assert_eq!(doc["workers"][0]["alive"], json!(true));
+    assert!(!Path::new(&case.local().join("control.sock")).exists(), "socket removed at stop");
+}
