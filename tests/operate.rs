@@ -279,3 +279,72 @@ async fn status_says_when_the_agent_is_down_and_shows_the_persisted_state() {
     assert_eq!(doc["workers"][0]["alive"], json!(true));
     assert!(!Path::new(&case.local().join("control.sock")).exists(), "socket removed at stop");
 }
+
+/// Writes numbered lines (`<n> xxxx…`, ~200 bytes) at about 2 MB/s.
+const FAST_SH: &str = r#"pad=$(printf '%0190d' 0); n=0
+while :; do seq $n $((n+4999)) | sed "s/\$/ $pad/"; n=$((n+5000)); sleep 0.5; done"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_worker_log_is_rotated_within_its_limits_and_followed_across_rotations() {
+    let case = Case::new("logs", "");
+    let text = std::fs::read_to_string(&case.config).unwrap();
+    let logs = "[logs]\nworker_log_max_mb = 1\nworker_log_keep = 2\nnode_quota_mb = 3\n";
+    std::fs::write(&case.config, text.replacen("[logs]\n", logs, 1)).unwrap();
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let a = json!({"schema": 1, "topology_id": "fast",
+        "launch": {"command": ["/bin/sh", "-c", FAST_SH], "liveness": "process"},
+        "workers": [{"supervisor_id": case.id, "port": 6700}]});
+    put_json(&zk, &format!("{}/assignments/fast", case.root), &a).await;
+    let agent = Agent::start(&case.config);
+    let info = case.wait_info(&zk, &agent, "running", |i| running_pid(i, 6700).is_some()).await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+    let dir = case.tmp.path().join("agent/logs/workers/fast/6700");
+    wait_for("the worker to write", LONG, || dir.join("worker.log").exists().then_some(()));
+
+    // Follow from now on, like an operator would.
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_gale"))
+        .args(["--config", case.config.to_str().unwrap(), "logs", "fast", "-f", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut text);
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let rotations =
+        |case: &Case| metric(&http_get(&case.url("/metrics")).1, "gale_worker_log_rotations_total").unwrap_or(0.0);
+    let start = rotations(&case);
+    eventually("two more rotations", LONG, || async { (rotations(&case) >= start + 2.0).then_some(()) }).await;
+    let rotated = std::fs::read_to_string(dir.join("worker.log.1")).unwrap();
+    let last_rotated: u64 = rotated.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).max().unwrap();
+    // Let the follower catch up with what comes after, then stop it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    let followed = reader.join().unwrap();
+    let numbers: Vec<u64> = followed.lines().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
+    assert!(
+        numbers.iter().any(|n| *n > last_rotated),
+        "the follower saw nothing written after a rotation (last rotated {last_rotated}, followed up to {:?})",
+        numbers.last()
+    );
+
+    // Kept: worker.log and at most 2 rotated files; the rotated ones fit the node quota.
+    let mut names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert!(names.iter().all(|n| ["worker.log", "worker.log.1", "worker.log.2"].contains(&n.as_str())), "{names:?}");
+    let rotated_bytes: u64 = names
+        .iter()
+        .filter(|n| n.as_str() != "worker.log")
+        .map(|n| std::fs::metadata(dir.join(n)).unwrap().len())
+        .sum();
+    assert!(rotated_bytes <= 3 * 1024 * 1024, "rotated files over the node quota: {rotated_bytes}");
+    let (_, metrics) = http_get(&case.url("/metrics"));
+    assert!(metric(&metrics, "gale_worker_log_files_deleted_total").unwrap() >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "gale_worker_log_bytes").unwrap() > 0.0);
+}

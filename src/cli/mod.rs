@@ -6,6 +6,7 @@
 mod blob;
 mod cluster;
 mod daemon;
+mod logs;
 mod ops;
 mod state;
 mod topology;
@@ -33,6 +34,18 @@ pub enum Command {
     Run,
     /// Parse and validate the config; print the effective config (defaults filled) as TOML
     CheckConfig,
+    /// Print, or follow, a worker's log on this host
+    Logs {
+        /// A port (digits only): that slot's log, under the topology that wrote it last; or a topology id: the logs of all its ports
+        #[arg(value_name = "TOPOLOGY_ID|PORT")]
+        target: String,
+        /// Keep printing what is appended (a copy-truncate rotation is followed from the start of the file)
+        #[arg(short, long)]
+        follow: bool,
+        /// Print the last N lines of each log
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
+        lines: u64,
+    },
     /// The local state store
     #[command(subcommand)]
     State(StateCommand),
@@ -149,6 +162,7 @@ pub fn main(args: Args) -> ExitCode {
     let result = match &args.command {
         Command::Run => daemon::run(&config_path(&args)),
         Command::CheckConfig => check_config(&config_path(&args)),
+        Command::Logs { target, follow, lines } => logs::logs(&config_path(&args), target, *follow, *lines),
         Command::State(StateCommand::Dump) => state::dump(&config_path(&args)),
         Command::Cluster(ClusterCommand::Supervisors { json }) => cluster::supervisors(&config_path(&args), *json),
         Command::Topology(TopologyCommand::Submit { file, auto_place }) => {

@@ -280,6 +280,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             },
         )),
+        tokio::spawn(rotate_worker_logs(
+            config.supervisor.log_dir.join("workers"),
+            crate::worker::LogPolicy::from_config(&config.logs),
+            config.supervisor.monitor,
+            timers_stop_rx.clone(),
+        )),
         tokio::spawn(crate::health::run_periodically(health_settings_rx, health_tx, timers_stop_rx.clone())),
         tokio::spawn(assignments::watch_dir(
             format!("{}/assignments", config.zookeeper.root),
@@ -529,4 +535,31 @@ fn queue_probe<J: crate::event::Job>(queue: &crate::event::QueueHandle<J>) -> cr
             last_run_ms: stats.last_run_micros.load(Relaxed) as f64 / 1e3,
         }
     })
+}
+
+/// Worker log rotation and the node quota, every `interval`, on its own task (file copies of
+/// up to `worker_log_max_mb` must never hold up a queue).
+async fn rotate_worker_logs(
+    root: std::path::PathBuf,
+    policy: crate::worker::LogPolicy,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (root, policy) = (root.clone(), policy.clone());
+        let Ok(report) = tokio::task::spawn_blocking(move || crate::worker::logrotate::sweep(&root, &policy)).await
+        else {
+            continue;
+        };
+        let m = crate::admin::metrics();
+        m.log_rotations.inc_by(report.rotated.len() as u64);
+        m.log_files_deleted.inc_by(report.deleted.len() as u64);
+        m.worker_log_bytes.set(i64::try_from(report.total_bytes).unwrap_or(i64::MAX));
+    }
 }

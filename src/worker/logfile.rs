@@ -1,10 +1,11 @@
 //! Where a worker's output goes: `<log_dir>/workers/<topology-id>/<port>/worker.log` (SPEC §4).
 //!
 //! Keyed by topology and port, not by worker id, so that the log of a slot survives the worker's
-//! relaunches under new ids and `gale logs <topology> <port>` finds it without asking anyone.
+//! relaunches under new ids and `gale logs <topology>|<port>` finds it without asking anyone.
 //! The path is only built here; [`super::launch::spawn`] creates the directory and opens the
 //! file in append mode (several generations of the worker write one after the other, and a
-//! worker keeps writing to it while the agent restarts).
+//! worker keeps writing to it while the agent restarts). That is also why
+//! [`super::logrotate`] rotates it by copy-then-truncate rather than by rename.
 //!
 //! Invariant: `topology` has passed [`crate::ident::validate`] before it gets here (assignment
 //! validation does it), so it cannot contain `/` or `..`.

@@ -8,6 +8,7 @@
 //! - [`signal`]: signal a worker's process group, only after proving it is ours;
 //! - [`heartbeat`]: a worker's heartbeat file, its mtime and an inotify hint;
 //! - [`logfile`]: where a worker's output goes;
+//! - [`logrotate`]: rotation of those logs (copy, then truncate) and the node quota on them;
 //! - [`control`]: the narrow [`ProcessControl`] trait the executor uses, and the real
 //!   implementation; `fake` (tests only) records calls and injects failures.
 //!
@@ -22,6 +23,7 @@ pub mod fake;
 pub mod heartbeat;
 pub mod launch;
 pub mod logfile;
+pub mod logrotate;
 pub mod signal;
 
 #[cfg(test)]
@@ -32,4 +34,5 @@ pub use exit::{ExitReport, ExitWatch, describe, signal_name, wait_adopted};
 pub use heartbeat::{HeartbeatError, HeartbeatWatcher, heartbeat_file, last_heartbeat};
 pub use launch::{LaunchError, LaunchSpec, LaunchStep, Placeholders, Spawned, expand, spawn};
 pub use logfile::worker_log_path;
+pub use logrotate::{LogPolicy, SweepReport};
 pub use signal::{SignalOutcome, signal_group};
