@@ -552,7 +552,7 @@ async fn rotate_worker_logs(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let (root, policy) = (root.clone(), policy.clone());
+        let root = root.clone();
         let Ok(report) = tokio::task::spawn_blocking(move || crate::worker::logrotate::sweep(&root, &policy)).await
         else {
             continue;
