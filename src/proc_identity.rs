@@ -80,9 +80,57 @@ fn parse_stat(stat: &str) -> Option<(u64, char)> {
     Some((fields.nth(18)?.parse().ok()?, state))
 }
 
+/// Pids of the processes in process group `pgid` that have not exited (zombies are left out:
+/// they run nothing, and an orphaned one waits on a parent that may never reap it).
+///
+/// Scans `/proc`, so it costs a read per process on the host: for the rare case where a group
+/// is known to still have members. A process that vanishes during the scan is skipped.
+pub fn live_group_members(pgid: u32) -> std::io::Result<Vec<u32>> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => {
+                if parse_state_and_group(&stat)
+                    .is_some_and(|(state, group)| group == pgid && !matches!(state, 'Z' | 'X'))
+                {
+                    members.push(pid);
+                }
+            }
+            // Exited between the listing and the read (ESRCH shows up as NotFound or as an
+            // error with no kind on some kernels): not a live member either way.
+            Err(_) => continue,
+        }
+    }
+    Ok(members)
+}
+
+/// State letter (field 3) and process group (field 5) of a `/proc/<pid>/stat` line.
+fn parse_state_and_group(stat: &str) -> Option<(char, u32)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(1)?.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_state_and_group_after_a_command_name_with_spaces_and_parens() {
+        let stat = "4242 (my (odd) name) S 1 4240 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_state_and_group(stat), Some(('S', 4240)));
+        assert_eq!(parse_state_and_group("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_a_live_member_of_its_group() {
+        let pgid = nix::unistd::getpgrp().as_raw() as u32;
+        assert!(live_group_members(pgid).unwrap().contains(&std::process::id()));
+    }
 
     #[test]
     fn parses_start_time_after_a_command_name_with_spaces_and_parens() {

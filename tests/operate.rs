@@ -348,3 +348,56 @@ async fn a_fast_worker_log_is_rotated_within_its_limits_and_followed_across_rota
     assert!(metric(&metrics, "gale_worker_log_files_deleted_total").unwrap() >= 1.0, "{metrics}");
     assert!(metric(&metrics, "gale_worker_log_bytes").unwrap() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_live_keys_names_restart_keys_and_rejects_an_invalid_file() {
+    let case = Case::new("reload", "");
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let original = std::fs::read_to_string(&case.config)
+        .unwrap()
+        .replace("heartbeat_refresh_secs = 5", "heartbeat_refresh_secs = 60");
+    std::fs::write(&case.config, &original).unwrap();
+    let mut agent = Agent::start(&case.config);
+    let path = case.info_path();
+    let (_, stat) = wait_info(&zk, &path, &agent, "registered", LONG, |i, _| i["state"] == "running").await;
+    // Unchanged content and a 60 s refresh: no rewrite for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, quiet) = read_json(&zk, &path).await.unwrap();
+    assert_eq!(quiet.version, stat.version, "no rewrite with an unchanged payload and a 60 s refresh");
+
+    // SIGHUP with a 1 s refresh (and a slot change, which needs a restart).
+    let edited = original
+        .replace("heartbeat_refresh_secs = 60", "heartbeat_refresh_secs = 1")
+        .replace("slots = [6700, 6701]", "slots = [6700, 6701, 6702]");
+    std::fs::write(&case.config, &edited).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_log("config reload: applied key=supervisor.heartbeat_refresh_secs", LONG);
+    agent.wait_log("needs a restart of the agent; the running value stays key=supervisor.slots", LONG);
+    let (_, before) = read_json(&zk, &path).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (info, after) = read_json(&zk, &path).await.unwrap();
+    assert!(
+        after.version >= before.version + 2,
+        "refreshed about every second now: {} -> {}",
+        before.version,
+        after.version
+    );
+    assert_eq!(info["slots"], json!([6700, 6701]), "slots keep their running value");
+
+    // A change seen by the file watch alone: labels are live.
+    std::fs::write(&case.config, edited.replace("rack = \"r1\"", "rack = \"r2\"")).unwrap();
+    wait_info(&zk, &path, &agent, "the new label advertised", LONG, |i, _| i["labels"]["rack"] == "r2").await;
+
+    // An invalid file is rejected whole; the agent runs on with what it had.
+    std::fs::write(&case.config, edited.replace("heartbeat_secs = 1", "heartbeat_secs = \"soon\"")).unwrap();
+    agent.wait_log("config reload rejected: the running config stays", LONG);
+    let (_, stat) = read_json(&zk, &path).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (info, later) = read_json(&zk, &path).await.unwrap();
+    assert!(later.version > stat.version, "still heartbeating");
+    assert_eq!(info["labels"]["rack"], json!("r2"));
+    assert_eq!(http_get(&case.url("/live")).0, 200);
+    let (_, metrics) = http_get(&case.url("/metrics"));
+    assert!(metric(&metrics, "gale_config_reloads_total{result=\"rejected\"}").unwrap() >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "gale_config_reloads_total{result=\"applied\"}").unwrap() >= 2.0);
+}

@@ -98,6 +98,14 @@ pub enum SessionEvent {
 pub enum Command {
     /// Re-read our node and repair it if needed (the periodic sync's safety net).
     Verify(oneshot::Sender<Result<(), String>>),
+    /// A config reload: new heartbeat timing and advertised labels/capacity (applied at once,
+    /// or when the next session starts if there is none now).
+    Reconfigure {
+        heartbeat: Duration,
+        heartbeat_refresh: Duration,
+        labels: std::collections::BTreeMap<String, String>,
+        capacity: crate::config::Capacity,
+    },
 }
 
 /// Persists the session ids this agent opens (with the identity of this process).
@@ -378,6 +386,22 @@ impl Membership {
                     } else {
                         self.heartbeat(client).await
                     }
+                }
+                Wake::Command(Command::Reconfigure { heartbeat: every, heartbeat_refresh, labels, capacity }) => {
+                    if every != self.config.heartbeat {
+                        heartbeat = tokio::time::interval(every);
+                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    info!(
+                        heartbeat_s = every.as_secs(),
+                        refresh_s = heartbeat_refresh.as_secs(),
+                        "heartbeat reconfigured"
+                    );
+                    self.config.heartbeat = every;
+                    self.config.heartbeat_refresh = heartbeat_refresh;
+                    self.identity.labels = labels;
+                    self.identity.capacity = capacity;
+                    self.heartbeat(client).await
                 }
                 Wake::Command(Command::Verify(reply)) => {
                     let result = self.verify(client).await;

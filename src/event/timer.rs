@@ -18,14 +18,43 @@ pub fn spawn_timer<J: Job>(
     queue: QueueHandle<J>,
     job: J,
     period: Duration,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let (_fixed, period) = watch::channel(period);
+    spawn_timer_with(queue, job, period, stop)
+}
+
+/// As [`spawn_timer`], with a period that can change (a config reload): a new period restarts
+/// the timer, the next tick one new period later.
+pub fn spawn_timer_with<J: Job>(
+    queue: QueueHandle<J>,
+    job: J,
+    mut period: watch::Receiver<Duration>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut current = *period.borrow_and_update();
+        let start = |p: Duration| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + p, p);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticks
+        };
+        let mut ticks = start(current);
+        let mut changes = true;
         loop {
             tokio::select! {
                 _ = ticks.tick() => { queue.request(job); }
+                res = period.changed(), if changes => match res {
+                    // The sender is gone: the period is fixed from now on.
+                    Err(_) => changes = false,
+                    Ok(()) => {
+                        let next = *period.borrow_and_update();
+                        if next != current {
+                            current = next;
+                            ticks = start(current);
+                        }
+                    }
+                },
                 res = stop.wait_for(|stopped| *stopped) => {
                     let _ = res;
                     break;

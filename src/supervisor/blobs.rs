@@ -115,6 +115,8 @@ pub struct BlobSync {
     wanted: BTreeMap<RefOwner, BTreeSet<EntryId>>,
     /// Problems already logged, so each is logged once (again when it changes).
     reported: BTreeMap<BlobUse, String>,
+    /// Reloaded config (`[blob]` applies live).
+    live: Option<watch::Receiver<Arc<crate::config::Config>>>,
 }
 
 impl std::fmt::Debug for BlobSync {
@@ -154,7 +156,13 @@ impl BlobSync {
             publish,
             wanted: BTreeMap::new(),
             reported: BTreeMap::new(),
+            live: None,
         }
+    }
+
+    /// Follow config reloads: `[blob]` settings apply from the next pass.
+    pub fn follow_config(&mut self, config: watch::Receiver<Arc<crate::config::Config>>) {
+        self.live = Some(config);
     }
 
     fn dir(&self) -> String {
@@ -164,6 +172,14 @@ impl BlobSync {
     /// One pass (module docs). Without a session (`client` None) it works from the BlobMeta
     /// already read. A ZooKeeper error is returned after the rest of the pass is done.
     pub async fn sync(&mut self, client: Option<&ZkClient>) -> Result<(), ZkError> {
+        if let Some(live) = self.live.as_mut()
+            && live.has_changed().unwrap_or(false)
+        {
+            let blob = live.borrow_and_update().blob.clone();
+            self.config.cache_target_bytes = blob.cache_target_mb.saturating_mul(1024 * 1024);
+            self.config.download_timeout = blob.download_timeout;
+            self.config.download_retries = blob.download_retries;
+        }
         self.collect_done().await;
         let Some(view) = self.assignments.borrow().clone() else {
             // Before the first assignment sync nothing is known to be needed (or unneeded).

@@ -21,6 +21,7 @@ mod jobs;
 mod links;
 pub mod processes;
 pub mod records;
+mod reload;
 mod session_log;
 
 use std::future::Future;
@@ -38,7 +39,7 @@ use crate::cluster::model::{Health, unix_ms};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::Config;
 use crate::config::OnSessionLoss;
-use crate::event::{new_queue, run_queue, spawn_timer};
+use crate::event::{new_queue, run_queue, spawn_timer_with};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
 use crate::local_state::{self, LocalState, StateError};
@@ -141,6 +142,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (deadline_tx, deadline_rx) = watch::channel(None);
     let (hints_tx, mut hints_rx) = tokio::sync::mpsc::channel::<String>(256);
     let proc_queue = new_queue::<ProcessJob>("sync-processes");
+    // Reloaded config reaches its users through these (see `reload.rs`).
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     // The blob cache, rebuilt from disk (crash leftovers removed) before any worker is adopted:
     // adopted workers reference the entries they link to.
     let cache = {
@@ -196,7 +199,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
             state_dir: local_dir.state_dir(),
         },
-        processes::OpsWiring { requests: ops_rx, drained, drained_tx, health: health_rx.clone(), slots_tx },
+        processes::OpsWiring {
+            requests: ops_rx,
+            drained,
+            drained_tx,
+            health: health_rx.clone(),
+            slots_tx,
+            config: config_rx.clone(),
+        },
     );
     processes.set_queue(proc_queue.clone());
     let assigned = state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
@@ -230,6 +240,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })
         },
     );
+    let mut blob_sync = blob_sync;
+    blob_sync.follow_config(config_rx.clone());
     let sync_task = run_queue(
         &sync_queue,
         jobs::SupervisorSync {
@@ -251,12 +263,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     );
     let (timers_stop_tx, timers_stop_rx) = watch::channel(false);
-    let (_health_settings_tx, health_settings_rx) =
+    let (sync_period_tx, sync_period_rx) = watch::channel(config.supervisor.sync);
+    let (monitor_period_tx, monitor_period_rx) = watch::channel(config.supervisor.monitor);
+    let (blob_period_tx, blob_period_rx) = watch::channel(config.blob.sync);
+    let (log_policy_tx, log_policy_rx) = watch::channel(crate::worker::LogPolicy::from_config(&config.logs));
+    let (health_settings_tx, health_settings_rx) =
         watch::channel((crate::health::HealthSettings::from_config(&config.health), config.health.interval));
     let timers = [
-        spawn_timer(sync_queue.clone(), SupervisorJob::Sync, config.supervisor.sync, timers_stop_rx.clone()),
-        spawn_timer(sync_queue.clone(), SupervisorJob::Blobs, config.blob.sync, timers_stop_rx.clone()),
-        spawn_timer(proc_queue.clone(), ProcessJob::Monitor, config.supervisor.monitor, timers_stop_rx.clone()),
+        spawn_timer_with(sync_queue.clone(), SupervisorJob::Sync, sync_period_rx, timers_stop_rx.clone()),
+        spawn_timer_with(sync_queue.clone(), SupervisorJob::Blobs, blob_period_rx, timers_stop_rx.clone()),
+        spawn_timer_with(proc_queue.clone(), ProcessJob::Monitor, monitor_period_rx, timers_stop_rx.clone()),
         tokio::spawn(processes::deadline_timer(deadline_rx, proc_queue.clone(), timers_stop_rx.clone())),
         tokio::spawn(assignments::watch_dir(
             format!("{}/blobstore", config.zookeeper.root),
@@ -282,7 +298,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         tokio::spawn(rotate_worker_logs(
             config.supervisor.log_dir.join("workers"),
-            crate::worker::LogPolicy::from_config(&config.logs),
+            log_policy_rx,
             config.supervisor.monitor,
             timers_stop_rx.clone(),
         )),
@@ -355,6 +371,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| RunError::Internal(format!("cannot install the SIGHUP handler: {e}")))?;
     tokio::pin!(shutdown);
+    let reload_targets = reload::Targets {
+        config: config_tx,
+        membership: zk.commands.clone(),
+        sync_period: sync_period_tx,
+        monitor_period: monitor_period_tx,
+        blob_period: blob_period_tx,
+        health: health_settings_tx,
+        log_policy: log_policy_tx,
+    };
+    let mut running = config.clone();
+    let (mut file_changes, _config_watcher) = watch_config_file(&config.path);
     let mut drained_watch = drained_rx.clone();
     let mut health_watch = health_rx.clone();
     let mut slots_watch = slots_rx.clone();
@@ -406,6 +433,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             Ok(()) = health_watch.changed() => {
                 let report = health_watch.borrow_and_update().clone();
+                let m = crate::admin::metrics();
+                for script in &report.scripts {
+                    m.health_runs.get_or_create(&vec![("outcome", script.outcome.as_str().to_owned())]).inc();
+                }
                 let health = if report.healthy { Health::Healthy } else { Health::Unhealthy };
                 report_tx.send_if_modified(|r| {
                     let changed = r.health != health;
@@ -431,7 +462,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => systemd.watchdog(),
             Some(()) = sighup.recv() => {
-                warn!("SIGHUP received: live config reload is not available in this version; restart the agent to apply config changes");
+                info!(config = %config.path.display(), "SIGHUP: reloading the config");
+                running = apply_reload(&running, &reload_targets);
+            }
+            Some(()) = file_changes.recv() => {
+                // An editor's save is several events: let them settle, then read once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while file_changes.try_recv().is_ok() {}
+                info!(config = %config.path.display(), "the config file changed: reloading");
+                running = apply_reload(&running, &reload_targets);
             }
         }
     };
@@ -541,7 +580,7 @@ fn queue_probe<J: crate::event::Job>(queue: &crate::event::QueueHandle<J>) -> cr
 /// up to `worker_log_max_mb` must never hold up a queue).
 async fn rotate_worker_logs(
     root: std::path::PathBuf,
-    policy: crate::worker::LogPolicy,
+    policy: watch::Receiver<crate::worker::LogPolicy>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -553,6 +592,7 @@ async fn rotate_worker_logs(
             _ = stop.wait_for(|s| *s) => return,
         }
         let root = root.clone();
+        let policy = *policy.borrow();
         let Ok(report) = tokio::task::spawn_blocking(move || crate::worker::logrotate::sweep(&root, &policy)).await
         else {
             continue;
@@ -561,5 +601,65 @@ async fn rotate_worker_logs(
         m.log_rotations.inc_by(report.rotated.len() as u64);
         m.log_files_deleted.inc_by(report.deleted.len() as u64);
         m.worker_log_bytes.set(i64::try_from(report.total_bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// Applies a reload of `running.path` and returns the config now in force.
+fn apply_reload(running: &Config, targets: &reload::Targets) -> Config {
+    let m = crate::admin::metrics();
+    let count = |result: &str| m.config_reloads.get_or_create(&vec![("result", result.to_owned())]).inc();
+    match reload::reload(&running.path, running, targets) {
+        reload::Outcome::Rejected(e) => {
+            error!(error = %e, "config reload rejected: the running config stays");
+            count("rejected");
+            running.clone()
+        }
+        reload::Outcome::Unchanged => {
+            info!("config reload: nothing changed");
+            count("unchanged");
+            running.clone()
+        }
+        reload::Outcome::Applied { live, restart } => {
+            for key in &live {
+                info!(key = %key, "config reload: applied");
+            }
+            for key in &restart {
+                warn!(key = %key, "config reload: this key needs a restart of the agent; the running value stays");
+            }
+            count("applied");
+            targets.config.borrow().as_ref().clone()
+        }
+    }
+}
+
+/// A `notify` watch on the config file's directory (editors replace the file rather than
+/// write it), reporting changes of that file name. `None` watcher if it cannot be set up:
+/// SIGHUP still works.
+fn watch_config_file(
+    path: &std::path::Path,
+) -> (tokio::sync::mpsc::UnboundedReceiver<()>, Option<notify::RecommendedWatcher>) {
+    use notify::Watcher;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(std::ffi::OsStr::to_owned)) else {
+        return (rx, None);
+    };
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !event.kind.is_access()
+            && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            let _ = tx.send(());
+        }
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => (rx, Some(w)),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            (rx, None)
+        }
     }
 }

@@ -162,6 +162,8 @@ pub struct OpsWiring {
     pub drained_tx: watch::Sender<bool>,
     pub health: watch::Receiver<crate::health::HealthReport>,
     pub slots_tx: watch::Sender<Vec<crate::admin::SlotStatus>>,
+    /// Reloaded config: `[worker]`, `[restart]` and the session-loss policy apply live.
+    pub config: watch::Receiver<Arc<crate::config::Config>>,
 }
 
 #[derive(Debug)]
@@ -666,6 +668,10 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
     async fn run(&mut self, job: ProcessJob) -> Result<(), JobError> {
         let now = Instant::now();
         let wall = unix_ms();
+        if self.ops.wiring.config.has_changed().unwrap_or(false) {
+            let config = self.ops.wiring.config.borrow_and_update().clone();
+            self.reconfigure(&config);
+        }
         if job == ProcessJob::Monitor {
             // Safety net for adopted workers (not our children): their exit normally arrives
             // through a pidfd at once; if that watch failed, it is noticed here.
@@ -742,6 +748,21 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
 }
 
 impl Processes {
+    /// A config reload: new timeouts, restart policy and session-loss policy, for every step
+    /// from now on (a running backoff or grace period keeps the deadline it was given).
+    fn reconfigure(&mut self, config: &crate::config::Config) {
+        self.config.policy = Policy::from_config(&config.worker, &config.restart);
+        self.config.start_timeout = config.worker.start_timeout;
+        self.config.heartbeat_timeout = config.worker.heartbeat_timeout;
+        self.config.max_timeout = config.worker.max_timeout;
+        self.config.node_budget_per_min = config.restart.node_budget_per_min;
+        self.budget.per_min = config.restart.node_budget_per_min;
+        self.config.stop_workers_after = (config.zookeeper.on_session_loss
+            == crate::config::OnSessionLoss::StopWorkers)
+            .then_some(config.zookeeper.stop_workers_after);
+        info!("worker and restart settings reloaded");
+    }
+
     /// Blobs for one slot: a slot waiting for its blobs launches once they are all local (or
     /// shows why not); a live worker gets new versions through its links, or is restarted on
     /// them when a blob says `restart_on_update`.

@@ -195,10 +195,18 @@ fn placeholder_value(name: &str, arg: &str, p: &Placeholders) -> Result<String, 
 }
 
 /// Variables set by the agent itself and addressed to its own main pid (systemd notify socket,
-/// watchdog, socket activation). A worker inheriting them could speak to systemd as if it were
-/// the agent, so they are removed from the worker's environment.
+/// watchdog, socket activation). A worker or health script inheriting them could speak to
+/// systemd as if it were the agent, so they are removed from every child's environment.
 const AGENT_ONLY_ENV: &[&str] =
     &["NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
+
+/// Removes [`AGENT_ONLY_ENV`] from what `command` inherits. Every process the agent starts
+/// (workers here, health scripts in [`crate::health`]) goes through this.
+pub(crate) fn remove_agent_only_env(command: &mut std::process::Command) {
+    for name in AGENT_ONLY_ENV {
+        command.env_remove(name);
+    }
+}
 
 /// Starts the worker described by `spec`. Must run inside a tokio runtime (the child is a
 /// `tokio::process::Child`). Does not wait for anything but `exec`: a worker that exits at
@@ -264,9 +272,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
         .env("GALE_WORKER_DIR", &spec.worker_dir)
         .env("GALE_HEARTBEAT_FILE", heartbeat_file(&spec.worker_dir))
         .env("GALE_BLOB_DIR", &spec.blob_dir);
-    for name in AGENT_ONLY_ENV {
-        command.env_remove(name);
-    }
+    remove_agent_only_env(&mut command);
     crate::sys::new_session_on_exec(&mut command);
     // kill_on_drop stays false (the default): dropping the handle, or the agent stopping,
     // must never stop a worker.

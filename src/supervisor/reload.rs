@@ -1,0 +1,178 @@
+//! Config reload (SPEC §2): on SIGHUP or a change of the file (seen by a `notify` watch).
+//!
+//! The new file is loaded and validated whole; an invalid one is rejected and the running
+//! config stays. Of a valid one, every changed key is either applied live (timeouts,
+//! intervals, restart policy, health, logs, labels, blob settings) or, for the keys that define
+//! what the agent IS (servers, root, session timeouts, auth, local_dir, log_dir, id, hostname,
+//! slots, admin.listen, logs.format), logged as needing a restart and left at its running value.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+
+/// Keys (dotted, as in the file) that only a restart can change; a prefix ends in `.`.
+const RESTART_ONLY: &[&str] = &[
+    "zookeeper.servers",
+    "zookeeper.root",
+    "zookeeper.session_timeout_ms",
+    "zookeeper.connect_timeout_ms",
+    "zookeeper.auth",
+    "supervisor.local_dir",
+    "supervisor.log_dir",
+    "supervisor.id",
+    "supervisor.hostname",
+    "supervisor.slots",
+    "admin.listen",
+    "logs.format",
+];
+
+/// Whether a changed `key` can be applied without a restart.
+pub fn is_live(key: &str) -> bool {
+    !RESTART_ONLY.iter().any(|k| key == *k || key.starts_with(&format!("{k}.")))
+}
+
+/// Every key whose effective value differs, dotted (`supervisor.heartbeat_refresh_secs`).
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let flat = |c: &Config| {
+        let table: toml::Table = c.to_toml().parse().expect("the effective config is valid TOML");
+        let mut out = BTreeMap::new();
+        flatten("", &toml::Value::Table(table), &mut out);
+        out
+    };
+    let (a, b) = (flat(old), flat(new));
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        toml::Value::Table(t) if !prefix.starts_with("supervisor.labels") && prefix != "supervisor.capacity" => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+/// The config to run with: `new`, except the restart-only settings, which keep `old`'s.
+pub fn merge(old: &Config, new: &Config) -> Config {
+    let mut merged = new.clone();
+    merged.path = old.path.clone();
+    let z = &mut merged.zookeeper;
+    z.servers = old.zookeeper.servers.clone();
+    z.root = old.zookeeper.root.clone();
+    z.session_timeout = old.zookeeper.session_timeout;
+    z.connect_timeout = old.zookeeper.connect_timeout;
+    z.auth = old.zookeeper.auth.clone();
+    let s = &mut merged.supervisor;
+    s.local_dir = old.supervisor.local_dir.clone();
+    s.log_dir = old.supervisor.log_dir.clone();
+    s.id = old.supervisor.id.clone();
+    s.hostname = old.supervisor.hostname.clone();
+    s.slots = old.supervisor.slots.clone();
+    merged.admin = old.admin.clone();
+    merged.logs.format = old.logs.format;
+    merged
+}
+
+/// The outcome of one reload, for the log and the metric.
+#[derive(Debug)]
+pub enum Outcome {
+    Rejected(String),
+    Unchanged,
+    Applied { live: Vec<String>, restart: Vec<String> },
+}
+
+/// Where live settings go.
+#[derive(Debug)]
+pub struct Targets {
+    pub config: watch::Sender<std::sync::Arc<Config>>,
+    pub membership: mpsc::Sender<crate::cluster::membership::Command>,
+    pub sync_period: watch::Sender<Duration>,
+    pub monitor_period: watch::Sender<Duration>,
+    pub blob_period: watch::Sender<Duration>,
+    pub health: watch::Sender<(crate::health::HealthSettings, Duration)>,
+    pub log_policy: watch::Sender<crate::worker::LogPolicy>,
+}
+
+/// Loads `path` and applies it over `running` (see the module docs).
+pub fn reload(path: &Path, running: &Config, targets: &Targets) -> Outcome {
+    let new = match crate::config::load(path) {
+        Ok(new) => new,
+        Err(e) => return Outcome::Rejected(e.to_string()),
+    };
+    let keys = changed_keys(running, &new);
+    if keys.is_empty() {
+        return Outcome::Unchanged;
+    }
+    let (live, restart): (Vec<String>, Vec<String>) = keys.into_iter().partition(|k| is_live(k));
+    let merged = merge(running, &new);
+    if let Err(e) = crate::logging::set_level(&merged.logs.level) {
+        return Outcome::Rejected(e);
+    }
+    let s = &merged.supervisor;
+    let _ = targets.membership.try_send(crate::cluster::membership::Command::Reconfigure {
+        heartbeat: s.heartbeat,
+        heartbeat_refresh: s.heartbeat_refresh,
+        labels: s.labels.clone(),
+        capacity: s.capacity,
+    });
+    targets.sync_period.send_replace(s.sync);
+    targets.monitor_period.send_replace(s.monitor);
+    targets.blob_period.send_replace(merged.blob.sync);
+    targets.health.send_replace((crate::health::HealthSettings::from_config(&merged.health), merged.health.interval));
+    targets.log_policy.send_replace(crate::worker::LogPolicy::from_config(&merged.logs));
+    targets.config.send_replace(std::sync::Arc::new(merged));
+    Outcome::Applied { live, restart }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let text = format!("[zookeeper]\nservers = [\"127.0.0.1:2181\"]\n{extra}");
+        crate::config::parse(&text, Path::new("/etc/gale/gale.toml")).unwrap()
+    }
+
+    #[test]
+    fn changed_keys_are_named_and_sorted_into_live_and_restart() {
+        let old = config("[supervisor]\nslots = [6700]\nheartbeat_refresh_secs = 60\nlabels = { rack = \"a\" }\n");
+        let new = config("[supervisor]\nslots = [6700, 6701]\nheartbeat_refresh_secs = 5\nlabels = { rack = \"b\" }\n");
+        let keys = changed_keys(&old, &new);
+        assert_eq!(keys, ["supervisor.heartbeat_refresh_secs", "supervisor.labels", "supervisor.slots"]);
+        let live: Vec<&String> = keys.iter().filter(|k| is_live(k)).collect();
+        assert_eq!(live, ["supervisor.heartbeat_refresh_secs", "supervisor.labels"]);
+        let merged = merge(&old, &new);
+        assert_eq!(merged.supervisor.slots, [6700], "slots need a restart");
+        assert_eq!(merged.supervisor.heartbeat_refresh, Duration::from_secs(5));
+        assert_eq!(merged.supervisor.labels["rack"], "b");
+        assert!(changed_keys(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn restart_only_keys_include_auth_and_listen() {
+        for key in ["zookeeper.servers", "zookeeper.auth.scheme", "admin.listen", "logs.format", "supervisor.id"] {
+            assert!(!is_live(key), "{key}");
+        }
+        for key in ["health.interval_secs", "restart.backoff_max_ms", "logs.level", "blob.cache_target_mb"] {
+            assert!(is_live(key), "{key}");
+        }
+    }
+}
