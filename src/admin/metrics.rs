@@ -117,7 +117,11 @@ impl Metrics {
             health_runs: reg!("health_check_runs", "health script runs by outcome", Family::default()),
             healthy: reg!("healthy", "1 while every health check passes", Gauge::default()),
             blob_downloads: reg!("blob_downloads", "blob downloads by result", Family::default()),
-            blob_download_bytes: reg!("blob_download_bytes", "bytes of verified blob downloads", Counter::default()),
+            blob_download_bytes: reg!(
+                "blob_download_bytes",
+                "bytes installed in the cache from verified downloads (unpacked size for archives)",
+                Counter::default()
+            ),
             cache_bytes: reg!("blob_cache_bytes", "bytes in the blob cache", Gauge::default()),
             cache_entries: reg!("blob_cache_entries", "entries in the blob cache", Gauge::default()),
             cache_hits: reg!("blob_cache_hits", "blob uses served from the cache", Counter::default()),

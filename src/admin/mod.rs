@@ -236,3 +236,72 @@ impl Sources {
         m.add_delta("cache_misses", &m.cache_misses, status.cache.misses);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::model::Health;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum J {
+        A,
+        B,
+    }
+    impl crate::event::Job for J {
+        fn name(&self) -> &'static str {
+            "j"
+        }
+    }
+
+    fn probe(queue: &crate::event::QueueHandle<J>) -> QueueProbe {
+        let queue = queue.clone();
+        Arc::new(move || QueueDoc {
+            name: "test-queue".into(),
+            depth: queue.depth(),
+            runs: 0,
+            failures: 0,
+            coalesced: queue.stats().coalesced.load(std::sync::atomic::Ordering::Relaxed),
+            run_seconds_total: 0.0,
+            last_run_ms: 0.0,
+        })
+    }
+
+    #[test]
+    fn queue_depth_and_status_come_from_their_sources() {
+        // A queue nobody runs: requests stay pending.
+        let queue = crate::event::new_queue::<J>("test-queue");
+        queue.request(J::A);
+        queue.request(J::B);
+        queue.request(J::B);
+        let report = NodeReport { lifecycle: Lifecycle::Running, health: Health::Unknown, workers: Vec::new() };
+        let zk = ZkStatus {
+            state: "connected",
+            session_id: Some("0x1".into()),
+            registered: true,
+            registrations: 1,
+            sessions: 1,
+        };
+        let sources = Sources {
+            supervisor_id: "s".into(),
+            hostname: "h".into(),
+            started_at_ms: 0,
+            on_failure: "drain".into(),
+            cache_target_bytes: 1,
+            report: watch::channel(report).1,
+            zk: watch::channel(zk).1,
+            slots: watch::channel(Vec::new()).1,
+            health: watch::channel(HealthReport::default()).1,
+            cache: watch::channel(Arc::new(BlobView::default())).1,
+            drained: watch::channel(false).1,
+            queues: vec![probe(&queue)],
+        };
+        assert!(sources.ready());
+        let status = sources.status();
+        assert_eq!((status.queues[0].depth, status.queues[0].coalesced), (2, 1));
+        assert_eq!(status.health.state, "unknown", "no run yet");
+        sources.refresh_metrics();
+        let text = metrics().encode();
+        assert!(text.contains("gale_queue_depth{queue=\"test-queue\"} 2"), "{text}");
+        assert!(text.contains("gale_queue_coalesced_total{queue=\"test-queue\"} 1"), "{text}");
+    }
+}

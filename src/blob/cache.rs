@@ -94,6 +94,11 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Size of the staged entry (unpacked size for an archive).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub fn discard(self) {
         remove_any(&self.dir);
     }

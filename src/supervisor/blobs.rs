@@ -334,8 +334,10 @@ impl BlobSync {
         while let Ok(done) = self.done_rx.try_recv() {
             let Done { id, blob, version, result } = done;
             self.downloads.remove(&id);
+            let mut bytes = 0;
             let result = match result {
                 Ok(staged) => {
+                    bytes = staged.bytes();
                     let cache = self.cache.clone();
                     tokio::task::spawn_blocking(move || cache.lock().unwrap().install(staged).map(drop))
                         .await
@@ -343,11 +345,15 @@ impl BlobSync {
                 }
                 Err(e) => Err(e),
             };
+            let m = crate::admin::metrics();
             match result {
                 Ok(()) => {
+                    m.blob_downloads.get_or_create(&vec![("result", "ok".to_owned())]).inc();
+                    m.blob_download_bytes.inc_by(bytes);
                     self.failures.remove(&(blob, version));
                 }
                 Err(e) => {
+                    m.blob_downloads.get_or_create(&vec![("result", "failed".to_owned())]).inc();
                     let key = (blob, version);
                     let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
                     let delay = RETRY_FIRST.saturating_mul(1 << (count - 1).min(10)).min(RETRY_MAX);
