@@ -401,3 +401,23 @@ async fn a_reload_applies_live_keys_names_restart_keys_and_rejects_an_invalid_fi
     assert!(metric(&metrics, "gale_config_reloads_total{result=\"rejected\"}").unwrap() >= 1.0, "{metrics}");
     assert!(metric(&metrics, "gale_config_reloads_total{result=\"applied\"}").unwrap() >= 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_an_admin_endpoint_tells_running_from_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AgentSpec::new(&shared_zk().connect_string(), "/o-noadmin").id("sup-noadmin").write(tmp.path());
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let mut agent = Agent::start(&config);
+    wait_info(&zk, "/o-noadmin/supervisors/sup-noadmin", &agent, "running", LONG, |i, _| i["state"] == "running").await;
+    let out = gale(&config, &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("agent: RUNNING, but its status cannot be read") && stdout.contains("admin.listen"),
+        "{stdout}"
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), 0);
+    let stdout = text(&gale(&config, &["status"]).stdout);
+    assert!(stdout.contains("agent: DOWN"), "{stdout}");
+}

@@ -75,13 +75,18 @@ fn down(config: &Config, why: &str, json: bool) -> Result<(), CliError> {
             .collect();
         let assigned: serde_json::Map<String, serde_json::Value> =
             assignments.iter().map(|(p, j)| (p.to_string(), serde_json::json!(j.topology_id))).collect();
-        let doc = serde_json::json!({"state": "down", "error": why, "supervisor_id": id, "drained": drained,
+        let state = if agent_holds_lock(&config.supervisor.local_dir) { "unreachable" } else { "down" };
+        let doc = serde_json::json!({"state": state, "error": why, "supervisor_id": id, "drained": drained,
             "local_state": dir, "assignments": assigned, "workers": workers});
         println!("{}", serde_json::to_string_pretty(&doc).expect("serializes"));
         return Ok(());
     }
-    println!("agent: DOWN ({why})");
-    println!("last persisted local state ({}):", dir.display());
+    if agent_holds_lock(&config.supervisor.local_dir) {
+        println!("agent: RUNNING, but its status cannot be read ({why})");
+    } else {
+        println!("agent: DOWN ({why})");
+    }
+    println!("persisted local state ({}):", dir.display());
     println!("  supervisor id: {}", id.as_deref().unwrap_or("(none yet)"));
     if drained {
         println!("  drained: yes (gale undrain after the agent is back)");
@@ -104,6 +109,17 @@ fn down(config: &Config, why: &str, json: bool) -> Result<(), CliError> {
         );
     }
     Ok(())
+}
+
+/// Whether an agent holds `<local_dir>/lock` (it does for its whole life): tells "down" from
+/// "running without a readable endpoint". Only tries the lock; never creates the file.
+fn agent_holds_lock(local_dir: &Path) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    let Ok(file) = std::fs::File::open(local_dir.join("lock")) else { return false };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_held_briefly) => false,
+        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
+    }
 }
 
 /// `1h02m`, `5m12s`, `42s`.

@@ -361,9 +361,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         servers.push(tokio::spawn(serve));
     }
     let socket = config.control_socket();
-    let serve = crate::admin::control::bind(&socket, ops_tx.clone(), timers_stop_rx.clone())
-        .map_err(|e| RunError::Internal(format!("cannot create the control socket {}: {e}", socket.display())))?;
-    servers.push(tokio::spawn(serve));
+    // Without it the agent still supervises (and ZooKeeper actions still work): say so loudly
+    // rather than refuse to run workers over a path problem.
+    match crate::admin::control::bind(&socket, ops_tx.clone(), timers_stop_rx.clone()) {
+        Ok(serve) => servers.push(tokio::spawn(serve)),
+        Err(e) => error!(path = %socket.display(), error = %e,
+            "cannot create the control socket; gale worker/drain/undrain will not work on this host"),
+    }
     proc_queue.request(ProcessJob::Monitor);
 
     let watchdog = systemd.watchdog_interval();
