@@ -206,8 +206,12 @@ async fn control_commands_do_what_they_say_once() {
     let (code, out, err) = case.gale(&["drain", "--wait"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("drained"), "{out}");
-    let info = case.wait_info(&zk, &agent, "draining, no workers", |i| i["state"] == "draining").await;
-    assert!(slot_pid(&info, 6700).is_none(), "{info}");
+    // `--wait` answered once the executor saw the last exit; SupervisorInfo follows it.
+    case.wait_info(&zk, &agent, "draining, no workers", |i| {
+        i["state"] == "draining" && i["workers"].as_array().is_some_and(|w| w.iter().all(|w| w["pid"].is_null()))
+    })
+    .await;
+    assert!(status_json(&case)["slots"].as_array().unwrap().iter().all(|s| s["pid"].is_null()), "the executor has none");
     assert_eq!(status_json(&case)["drained"], json!(true));
     let (_, table, _) = case.gale(&["status"]);
     assert!(table.contains("(drained)"), "{table}");
