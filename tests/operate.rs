@@ -139,7 +139,8 @@ async fn endpoints_status_and_the_table_agree_with_what_runs() {
     let (code, table, _) = case.gale(&["status"]);
     assert_eq!(code, 0);
     let row = table.lines().find(|l| l.starts_with("6700")).unwrap_or_else(|| panic!("{table}"));
-    for word in ["running", "sleeper", &pid.to_string()] {
+    let short_id: String = s["worker_id"].as_str().unwrap().chars().take(8).collect();
+    for word in ["running", "sleeper", &pid.to_string(), &short_id] {
         assert!(row.contains(word), "{row}");
     }
     assert!(table.contains("state running") && table.contains("registered"), "{table}");
@@ -211,7 +212,10 @@ async fn control_commands_do_what_they_say_once() {
         i["state"] == "draining" && i["workers"].as_array().is_some_and(|w| w.iter().all(|w| w["pid"].is_null()))
     })
     .await;
-    assert!(status_json(&case)["slots"].as_array().unwrap().iter().all(|s| s["pid"].is_null()), "the executor has none");
+    assert!(
+        status_json(&case)["slots"].as_array().unwrap().iter().all(|s| s["pid"].is_null()),
+        "the executor has none"
+    );
     assert_eq!(status_json(&case)["drained"], json!(true));
     let (_, table, _) = case.gale(&["status"]);
     assert!(table.contains("(drained)"), "{table}");

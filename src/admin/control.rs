@@ -94,8 +94,16 @@ pub fn bind(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    // Bound under a temporary name, made private, then renamed into place: the socket is
+    // never reachable at its real path with the umask's permissions.
+    let temp = path.with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(&temp)?;
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp);
+        })?;
     let path: PathBuf = path.to_owned();
     Ok(async move {
         loop {

@@ -132,7 +132,7 @@ impl Metrics {
             log_rotations: reg!("worker_log_rotations", "worker log files rotated", Counter::default()),
             log_files_deleted: reg!(
                 "worker_log_files_deleted",
-                "rotated worker logs deleted for the node quota",
+                "rotated worker logs deleted (past worker_log_keep, or for the node quota)",
                 Counter::default()
             ),
             worker_log_bytes: reg!("worker_log_bytes", "bytes of all worker logs on this host", Gauge::default()),

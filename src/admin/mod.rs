@@ -115,8 +115,8 @@ pub struct Sources {
     pub supervisor_id: String,
     pub hostname: String,
     pub started_at_ms: u64,
-    pub on_failure: String,
-    pub cache_target_bytes: u64,
+    /// The config in force (reloads included): `health.on_failure`, `blob.cache_target_mb`.
+    pub config: watch::Receiver<Arc<crate::config::Config>>,
     pub report: watch::Receiver<NodeReport>,
     pub zk: watch::Receiver<ZkStatus>,
     pub slots: watch::Receiver<Vec<SlotStatus>>,
@@ -173,7 +173,11 @@ impl Sources {
                     Some(_) => "unhealthy",
                 }
                 .to_owned(),
-                on_failure: self.on_failure.clone(),
+                on_failure: match self.config.borrow().health.on_failure {
+                    crate::config::OnHealthFailure::Drain => "drain",
+                    crate::config::OnHealthFailure::Exit => "exit",
+                }
+                .to_owned(),
                 runs: health.as_ref().map_or(0, |h| h.runs),
                 last_run_ms: health.as_ref().map(|h| h.at_ms),
                 scripts: health.map(|h| h.scripts).unwrap_or_default(),
@@ -181,7 +185,7 @@ impl Sources {
             cache: CacheDoc {
                 entries: cache.entries,
                 bytes: cache.bytes,
-                target_bytes: self.cache_target_bytes,
+                target_bytes: self.config.borrow().blob.cache_target_mb.saturating_mul(1024 * 1024),
                 referenced: cache.referenced,
                 hits: cache.hits,
                 misses: cache.misses,
@@ -285,8 +289,11 @@ mod tests {
             supervisor_id: "s".into(),
             hostname: "h".into(),
             started_at_ms: 0,
-            on_failure: "drain".into(),
-            cache_target_bytes: 1,
+            config: watch::channel(Arc::new(
+                crate::config::parse("[zookeeper]\nservers = [\"127.0.0.1:2181\"]\n", std::path::Path::new("/x.toml"))
+                    .unwrap(),
+            ))
+            .1,
             report: watch::channel(report).1,
             zk: watch::channel(zk).1,
             slots: watch::channel(Vec::new()).1,

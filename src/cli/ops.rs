@@ -182,8 +182,8 @@ pub fn render(status: &Status, now_ms: u64) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<6} {:<24} {:<20} {:>8} {:>8} {:>8}  {:<22} NOTE",
-        "PORT", "STATE", "TOPOLOGY", "PID", "UPTIME", "RESTARTS", "LAST EXIT"
+        "{:<6} {:<24} {:<20} {:<8} {:>8} {:>8} {:>8}  {:<22} NOTE",
+        "PORT", "STATE", "TOPOLOGY", "WORKER", "PID", "UPTIME", "RESTARTS", "LAST EXIT"
     );
     for slot in &status.slots {
         let _ = writeln!(out, "{}", row(slot, now_ms));
@@ -210,10 +210,12 @@ fn row(slot: &SlotStatus, now_ms: u64) -> String {
         notes.push(e.clone());
     }
     format!(
-        "{:<6} {:<24} {:<20} {:>8} {:>8} {:>8}  {:<22} {}",
+        "{:<6} {:<24} {:<20} {:<8} {:>8} {:>8} {:>8}  {:<22} {}",
         slot.port,
         slot.state.as_str(),
         slot.topology_id.clone().unwrap_or_else(dash),
+        // The first 8 characters (a UUID's first group) tell workers apart; --json has it whole.
+        slot.worker_id.as_deref().map_or_else(dash, |w| w.chars().take(8).collect()),
         slot.pid.map_or_else(dash, |p| p.to_string()),
         slot.running_since_ms.map_or_else(dash, |t| duration(now_ms.saturating_sub(t))),
         slot.restarts,

@@ -107,8 +107,10 @@ use crate::config::{RestartConfig, WorkerConfig};
 pub use step::{backoff_delay, step};
 
 /// What a slot should run, derived from the assignment for this port. Equality decides "same
-/// job": any change (command, env, blobs, timeouts) means the worker must be replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// job": any change of the assignment's part (command, env, blobs, its own timeouts in
+/// `launch`) means the worker must be replaced. The effective timeouts are NOT part of it: they
+/// also follow the agent's config, and a config reload must not restart workers.
+#[derive(Debug, Clone)]
 pub struct SlotJob {
     pub topology_id: String,
     pub launch: Launch,
@@ -118,6 +120,14 @@ pub struct SlotJob {
     /// Effective heartbeat timeout (same rule); used only with [`LivenessMode::Heartbeat`].
     pub heartbeat_timeout: Duration,
 }
+
+impl PartialEq for SlotJob {
+    fn eq(&self, other: &SlotJob) -> bool {
+        self.topology_id == other.topology_id && self.launch == other.launch && self.blobs == other.blobs
+    }
+}
+
+impl Eq for SlotJob {}
 
 impl SlotJob {
     /// The job of `assignment`; per-topology timeouts are capped by `worker.max_timeout`

@@ -200,6 +200,12 @@ impl Step<'_> {
 
     fn assign(&mut self, state: SlotState, desired: Option<Arc<SlotJob>>) -> SlotState {
         use SlotState as S;
+        // An equal job with other effective timeouts (a config reload): take the new values
+        // for every later deadline, without touching the worker.
+        let state = match &desired {
+            Some(d) => refresh_job(state, d),
+            None => state,
+        };
         let wanted = |job: &Arc<SlotJob>| desired.as_deref() == Some(&**job);
         match state {
             S::Empty => self.begin(desired),
@@ -434,6 +440,33 @@ impl Step<'_> {
     fn stray(&mut self, worker: Worker) {
         self.actions.push(Action::Signal { worker, signal: Signal::Kill });
     }
+}
+
+/// `state` with its job replaced by `desired` where they are the same job (equal, maybe not the
+/// same `Arc`: the effective timeouts may differ).
+fn refresh_job(mut state: SlotState, desired: &Arc<SlotJob>) -> SlotState {
+    use SlotState as S;
+    let swap = |job: &mut Arc<SlotJob>| {
+        if **job == **desired && !Arc::ptr_eq(job, desired) {
+            *job = desired.clone();
+        }
+    };
+    match &mut state {
+        S::Empty => {}
+        S::WaitingForBlobs { job }
+        | S::WaitingForBlobUpdate { job }
+        | S::WaitingForWorkerStart { job, .. }
+        | S::Running { job, .. }
+        | S::Backoff { job, .. } => swap(job),
+        S::Kill { kill, next } => {
+            swap(&mut kill.job);
+            if let Some(next) = next {
+                swap(next);
+            }
+        }
+        S::KillAndRelaunch { kill } | S::KillBlobUpdate { kill } => swap(&mut kill.job),
+    }
+    state
 }
 
 /// The kill state for `kill` followed by `next`: relaunching the killed job is

@@ -382,3 +382,19 @@ fn absurd_timeouts_never_panic() {
     ]);
     assert!(d.slot.next_deadline().is_some_and(|t| t > d.now));
 }
+
+#[test]
+fn new_effective_timeouts_for_the_same_job_apply_without_touching_the_worker() {
+    let a = hj("a");
+    let mut d = Driver::running(&a);
+    // A config reload: same assignment, heartbeat timeout 30 s -> 5 s.
+    let shorter = Arc::new(SlotJob { heartbeat_timeout: Duration::from_secs(5), ..(*a).clone() });
+    assert_eq!(*shorter, *a, "the same job");
+    d.run(&[
+        // The last heartbeat was at 0: hung from 5 s on now, not 30 s.
+        (1_000, assign(&shorter), &[], N::Running),
+        (3_999, TICK, &[], N::Running),
+        (1, TICK, &["term w1"], N::KillAndRelaunch),
+    ]);
+    assert_eq!(d.slot.state.killing().map(|k| k.reason), Some(ExitReason::HeartbeatTimeout));
+}

@@ -163,6 +163,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Operations (control socket, ZooKeeper actions) go to the executor; health and drain hold
     // its workers; it publishes its slots for status.
     let (ops_tx, ops_rx) = tokio::sync::mpsc::unbounded_channel();
+    // What the control socket and actions send: forwarded to the executor with a wake-up, so
+    // an operation is applied at once, not at the next monitor tick.
+    let (front_tx, mut front_rx) = tokio::sync::mpsc::unbounded_channel::<crate::admin::control::Request>();
     let drained = state.lock().unwrap().get::<local_state::Drained>()?.unwrap_or(false);
     if drained {
         warn!("this host is drained (gale drain): no worker runs until `gale undrain`");
@@ -257,7 +260,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 desired_tx,
             ),
             blobs: blob_sync,
-            actions: actions::ActionSync::new(&config.zookeeper.root, &id, ops_tx.clone()),
+            actions: actions::ActionSync::new(&config.zookeeper.root, &id, front_tx.clone()),
             completed: synced_tx,
             timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
         },
@@ -324,6 +327,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 loop {
                     tokio::select! {
                         res = health.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
+                        Some(request) = front_rx.recv() => {
+                            let _ = ops_tx.send(request);
+                            q.request(ProcessJob::Reconcile);
+                        }
                         res = desired.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
                         res = blob_view.changed() => { if res.is_err() { break } q.request(ProcessJob::Reconcile); }
                         Some(_) = hints_rx.recv() => { q.request(ProcessJob::Reconcile); }
@@ -339,11 +346,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         supervisor_id: id.clone(),
         hostname: identity_hostname.clone(),
         started_at_ms,
-        on_failure: match config.health.on_failure {
-            crate::config::OnHealthFailure::Drain => "drain".into(),
-            crate::config::OnHealthFailure::Exit => "exit".into(),
-        },
-        cache_target_bytes: config.blob.cache_target_mb.saturating_mul(1024 * 1024),
+        config: config_rx.clone(),
         report: report_tx.subscribe(),
         zk: zk.status.clone(),
         slots: slots_rx.clone(),
@@ -363,7 +366,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let socket = config.control_socket();
     // Without it the agent still supervises (and ZooKeeper actions still work): say so loudly
     // rather than refuse to run workers over a path problem.
-    match crate::admin::control::bind(&socket, ops_tx.clone(), timers_stop_rx.clone()) {
+    match crate::admin::control::bind(&socket, front_tx.clone(), timers_stop_rx.clone()) {
         Ok(serve) => servers.push(tokio::spawn(serve)),
         Err(e) => error!(path = %socket.display(), error = %e,
             "cannot create the control socket; gale worker/drain/undrain will not work on this host"),
@@ -392,7 +395,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // With on_failure = "exit": set once the checks fail; the agent exits 3 when the workers
     // are gone (or after a bound, if one will not die).
     let mut exiting_for_health: Option<tokio::time::Instant> = None;
-    let exit_bound = config.worker.shutdown_grace * 3 + Duration::from_secs(10);
 
     // The main loop: everything here is cheap; work happens on the queues and in tasks.
     let outcome: Result<(), RunError> = loop {
@@ -448,11 +450,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     changed
                 });
                 if !report.healthy
-                    && config.health.on_failure == crate::config::OnHealthFailure::Exit
+                    && running.health.on_failure == crate::config::OnHealthFailure::Exit
                     && exiting_for_health.is_none()
                 {
                     error!("health checks failed with on_failure = \"exit\": stopping every worker, then exiting 3");
-                    exiting_for_health = Some(tokio::time::Instant::now() + exit_bound);
+                    exiting_for_health = Some(tokio::time::Instant::now() + exit_bound(&running));
                 }
             }
             Ok(()) = slots_watch.changed(), if exiting_for_health.is_some() => {
@@ -461,7 +463,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
             }
             () = async { match exiting_for_health { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
-                warn!("workers still running {}s after the health failure; exiting anyway", exit_bound.as_secs());
+                warn!("workers still running {}s after the health failure; exiting anyway", exit_bound(&running).as_secs());
                 break Err(RunError::HealthExit);
             }
             _ = watchdog_tick.tick(), if watchdog.is_some() => systemd.watchdog(),
@@ -666,4 +668,9 @@ fn watch_config_file(
             (rx, None)
         }
     }
+}
+
+/// How long an `on_failure = "exit"` waits for the workers to stop before exiting anyway.
+fn exit_bound(config: &Config) -> Duration {
+    config.worker.shutdown_grace * 3 + Duration::from_secs(10)
 }

@@ -280,7 +280,16 @@ impl Processes {
             heartbeat_timeout: cap(job.launch.heartbeat_timeout_secs, self.config.heartbeat_timeout),
         };
         match self.jobs.get(&port) {
-            Some(existing) if **existing == wanted => existing.clone(),
+            // Same job and same effective timeouts: the same Arc (cheap comparisons later). A
+            // reload that changed only the timeouts gives a new Arc that still compares equal,
+            // so the running worker stays and later launches and steps use the new values.
+            Some(existing)
+                if **existing == wanted
+                    && existing.start_timeout == wanted.start_timeout
+                    && existing.heartbeat_timeout == wanted.heartbeat_timeout =>
+            {
+                existing.clone()
+            }
             _ => {
                 let job = Arc::new(wanted);
                 self.jobs.insert(port, job.clone());

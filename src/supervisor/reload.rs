@@ -127,12 +127,15 @@ pub fn reload(path: &Path, running: &Config, targets: &Targets) -> Outcome {
         return Outcome::Rejected(e);
     }
     let s = &merged.supervisor;
-    let _ = targets.membership.try_send(crate::cluster::membership::Command::Reconfigure {
+    let sent = targets.membership.try_send(crate::cluster::membership::Command::Reconfigure {
         heartbeat: s.heartbeat,
         heartbeat_refresh: s.heartbeat_refresh,
         labels: s.labels.clone(),
         capacity: s.capacity,
     });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "the heartbeat settings could not be handed over; they apply at the next reload");
+    }
     targets.sync_period.send_replace(s.sync);
     targets.monitor_period.send_replace(s.monitor);
     targets.blob_period.send_replace(merged.blob.sync);
