@@ -75,9 +75,12 @@ impl LocalDir {
         write!(&mut *lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
 
         let dir = LocalDir { root: root.to_owned(), lock };
-        for sub in ["state", "workers"] {
+        // `state/` is the agent's alone. `workers/` may be traversed but not listed by others:
+        // a worker run as another user (run_as_user) reaches its own dir, and nothing else.
+        for (sub, mode) in [("state", 0o700), ("workers", 0o711)] {
             let path = root.join(sub);
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&path).map_err(io("cannot create", &path))?;
+            fs::DirBuilder::new().recursive(true).mode(mode).create(&path).map_err(io("cannot create", &path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io("cannot chmod", &path))?;
         }
         dir.reset_tmp()?;
 

@@ -51,6 +51,27 @@ pub fn new_session_on_exec(command: &mut Command) {
     }
 }
 
+/// Makes the child drop to `uid`/`gid` with supplementary `groups` just before `exec`, in the
+/// order that works: groups and gid first (they need root), uid last. Runs after
+/// [`new_session_on_exec`] when both are registered (hooks run in registration order).
+pub fn switch_user_on_exec(command: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
+    // Built before the fork: the child must not allocate.
+    let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
+    // SAFETY: runs in the forked child before `exec`: `setgroups(2)`, `setgid(2)` and
+    // `setuid(2)` are async-signal-safe raw system calls; the closure only reads the vector
+    // built before the fork (owned by the closure, not shared), allocates nothing and takes no
+    // lock; errors are errno values in `io::Error::Os`, which does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
+            nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+            nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
 /// Registers `fd` with the tokio reactor for readiness `interest`. Must be called inside a
 /// tokio runtime. Used for pidfds, which become readable when their process exits.
 pub fn register_owned_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {

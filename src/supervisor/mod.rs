@@ -186,6 +186,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             node_budget_per_min: config.restart.node_budget_per_min,
             stop_workers_after: (config.zookeeper.on_session_loss == OnSessionLoss::StopWorkers)
                 .then_some(config.zookeeper.stop_workers_after),
+            users: crate::worker::users::UserPolicy::from_config(&config.worker),
         },
         state.clone(),
         desired_rx.clone(),

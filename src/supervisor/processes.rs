@@ -64,6 +64,8 @@ pub struct ProcessConfig {
     /// `zookeeper.on_session_loss = "stop_workers"`: stop every worker after this long without
     /// a ZooKeeper session; `None` keeps them (`keep_workers`).
     pub stop_workers_after: Option<Duration>,
+    /// `worker.run_as_user`, `allowed_users`, `min_uid`.
+    pub users: worker::users::UserPolicy,
 }
 
 /// The `sync-processes` job kinds.
@@ -543,6 +545,14 @@ impl Processes {
     async fn launch(&mut self, port: u16, job: &SlotJob) -> Input {
         let worker_id = uuid::Uuid::new_v4().to_string();
         let worker_dir = self.config.local_dir.join("workers").join(&worker_id);
+        // Refused before anything is created: the reason goes to the slot (and backs off).
+        let run_as = match self.config.users.resolve(&job.topology_id, job.launch.user.as_deref()) {
+            Ok(run_as) => run_as,
+            Err(e) => {
+                warn!(port, topology = %job.topology_id, error = %e, "worker refused");
+                return Input::LaunchFailed(e);
+            }
+        };
         // GALE_BLOB_DIR exists even when the job has no blobs (SPEC §4 promises the directory).
         let blobs = match self.links.link(port, job, &worker_dir) {
             Ok(blobs) => blobs,
@@ -563,6 +573,7 @@ impl Processes {
             worker_dir,
             log_file: worker::worker_log_path(&self.config.log_dir, &job.topology_id, port),
             blobs,
+            run_as,
         };
         let spawned = match worker::spawn(&spec) {
             Ok(spawned) => spawned,
@@ -766,6 +777,7 @@ impl Processes {
         self.config.max_timeout = config.worker.max_timeout;
         self.config.node_budget_per_min = config.restart.node_budget_per_min;
         self.budget.per_min = config.restart.node_budget_per_min;
+        self.config.users = worker::users::UserPolicy::from_config(&config.worker);
         self.config.stop_workers_after = (config.zookeeper.on_session_loss
             == crate::config::OnSessionLoss::StopWorkers)
             .then_some(config.zookeeper.stop_workers_after);

@@ -189,6 +189,7 @@ mod tests {
             log_file: "/nonexistent/log".into(),
             blob_dir: "/nonexistent/blobs".into(),
             blobs: BTreeMap::new(),
+            run_as: None,
         }
     }
 

@@ -61,6 +61,8 @@ pub struct LaunchSpec {
     pub blob_dir: PathBuf,
     /// Blob name → local path, for `{blob:NAME}`.
     pub blobs: BTreeMap<String, PathBuf>,
+    /// Run as this user (`worker.run_as_user`); `None`: as the agent's user.
+    pub run_as: Option<super::users::RunAs>,
 }
 
 /// A worker that was just started.
@@ -247,6 +249,13 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
     if let Some(log_dir) = spec.log_file.parent() {
         dirs.create(log_dir).map_err(|e| io_err(LaunchStep::CreateLogDir, log_dir, e))?;
     }
+    if let Some(user) = &spec.run_as {
+        // The worker writes its heartbeat and whatever it likes into its own dir, as its user.
+        for dir in [spec.worker_dir.as_path(), spec.blob_dir.as_path()].into_iter().filter(|d| d.exists()) {
+            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+                .map_err(|e| io_err(LaunchStep::CreateWorkerDir, dir, e))?;
+        }
+    }
     // std opens it with O_CLOEXEC: the only way the worker gets this descriptor is as its
     // stdout and stderr below.
     let log = OpenOptions::new()
@@ -274,6 +283,10 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
         .env("GALE_BLOB_DIR", &spec.blob_dir);
     remove_agent_only_env(&mut command);
     crate::sys::new_session_on_exec(&mut command);
+    if let Some(user) = &spec.run_as {
+        command.env("USER", &user.name).env("LOGNAME", &user.name);
+        crate::sys::switch_user_on_exec(&mut command, user.uid, user.gid, &user.groups);
+    }
     // kill_on_drop stays false (the default): dropping the handle, or the agent stopping,
     // must never stop a worker.
     let mut child =

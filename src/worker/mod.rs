@@ -9,6 +9,7 @@
 //! - [`heartbeat`]: a worker's heartbeat file, its mtime and an inotify hint;
 //! - [`logfile`]: where a worker's output goes;
 //! - [`logrotate`]: rotation of those logs (copy, then truncate) and the node quota on them;
+//! - [`users`]: which user a worker runs as (`run_as_user`), and the refusals;
 //! - [`control`]: the narrow [`ProcessControl`] trait the executor uses, and the real
 //!   implementation; `fake` (tests only) records calls and injects failures.
 //!
@@ -25,6 +26,7 @@ pub mod launch;
 pub mod logfile;
 pub mod logrotate;
 pub mod signal;
+pub mod users;
 
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,7 @@ fn spec(root: &Path, command: &[&str]) -> LaunchSpec {
         log_file: worker_log_path(&root.join("log"), "wordcount", 6700),
         blob_dir: root.join("local/blobs-of-w-1"),
         blobs: BTreeMap::from([("code".to_owned(), root.join("local/blobs/ab12"))]),
+        run_as: None,
         worker_dir,
     }
 }
