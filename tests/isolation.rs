@@ -94,3 +94,74 @@ async fn a_worker_runs_as_its_allowed_user_and_a_disallowed_one_is_refused() {
     // Nothing was created outside the agent's dirs for the refused ones.
     assert!(!tmp.path().join("agent/logs/workers/as-daemon").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_assignments_are_rejected_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = "/i-hostile";
+    let id = "sup-hostile";
+    let config = AgentSpec::new(&shared_zk().connect_string(), root).id(id).write(&tmp.path().join("agent"));
+    let reaper = Reaper::new(tmp.path().join("agent/local/workers"));
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let mut agent = Agent::start(&config);
+    let path = format!("{root}/supervisors/{id}");
+    wait_info(&zk, &path, &agent, "running", LONG, |i, _| i["state"] == "running").await;
+    let escape = tmp.path().join("escaped");
+    let base = |topology: &str| {
+        json!({"schema": 1, "topology_id": topology,
+               "launch": {"command": ["/bin/sh", "-c", format!("touch {}", escape.display())]},
+               "workers": [{"supervisor_id": id, "port": 6700}]})
+    };
+    let mut hostile = Vec::new();
+    let mut with = |node: &str, topology: &str, edit: &dyn Fn(&mut Value)| {
+        let mut a = base(topology);
+        edit(&mut a);
+        hostile.push((node.to_owned(), a));
+    };
+    with("dotdot", "..", &|_| {});
+    with("traverse", "../../../tmp/x", &|_| {});
+    with("relative", "relative", &|a| a["launch"]["command"] = json!(["bin/sh", "-c", "true"]));
+    with("huge-env", "huge-env", &|a| a["launch"]["env"] = json!({"BIG": "x".repeat(100_000)}));
+    with("bad-env", "bad-env", &|a| a["launch"]["env"] = json!({"A=B": "1"}));
+    with("blob-name", "blob-name", &|a| {
+        a["blobs"] = json!([{"key": "../k", "name": "../../n"}]);
+        a["launch"]["command"] = json!(["{blob:../../n}/run"]);
+    });
+    with("neg", "neg", &|a| a["launch"]["memory_mb"] = json!(-5));
+    with("port0", "port0", &|a| a["workers"] = json!([{"supervisor_id": id, "port": 0}]));
+    with("sup-dots", "sup-dots", &|a| a["workers"] = json!([{"supervisor_id": "../..", "port": 6700}]));
+    for (node, a) in &hostile {
+        put_json(&zk, &format!("{root}/assignments/{node}"), a).await;
+    }
+    // Something valid after them, so we know they were all read.
+    let ok = json!({"schema": 1, "topology_id": "ok", "launch": {"command": ["/bin/sleep", "1000"]},
+                    "workers": [{"supervisor_id": id, "port": 6701}]});
+    put_json(&zk, &format!("{root}/assignments/ok"), &ok).await;
+    let (info, _) =
+        wait_info(&zk, &path, &agent, "the valid one running", LONG, |i, _| running_pid(i, 6701).is_some()).await;
+    reaper.track(running_pid(&info, 6701).unwrap());
+    for node in ["dotdot", "traverse", "relative", "huge-env", "bad-env", "blob-name", "neg", "port0"] {
+        agent.wait_log(
+            &format!("ignoring an invalid assignment; its workers are left as they are topology={node} "),
+            Duration::from_secs(10),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (info, _) = read_json(&zk, &path).await.unwrap();
+    assert_eq!(info["used_slots"], json!([6701]), "nothing hostile runs: {info}");
+    assert!(!escape.exists(), "no hostile command ran");
+    let mut outside: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    outside.sort();
+    assert_eq!(outside, ["agent"], "nothing created outside the agent's dirs");
+    let logs: Vec<String> = std::fs::read_dir(tmp.path().join("agent/logs/workers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(logs, ["ok"]);
+    assert!(agent.try_status().is_none(), "the agent runs on");
+}
