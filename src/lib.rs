@@ -17,6 +17,7 @@ pub mod config;
 pub mod event;
 pub mod health;
 pub mod ident;
+pub mod isolation;
 pub mod lifecycle;
 pub mod local_dir;
 pub mod local_state;

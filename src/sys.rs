@@ -81,3 +81,47 @@ pub fn register_owned_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<
     // was made with. It is closed only when the `AsyncFd` drops it, after deregistering.
     unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
 }
+
+/// Makes the child of `command` join the cgroups whose `cgroup.procs` files `procs` are, before
+/// `exec`: the worker's first instruction already runs under its limits, and nothing it forks
+/// can be born outside them. The files are opened by the caller (the child must not open
+/// paths or allocate); they are close-on-exec, so the worker never holds them.
+///
+/// Writing "0" to `cgroup.procs` moves the writing process (v1 and v2). If a write fails the
+/// child reports the errno and the spawn fails: a worker never runs outside its cgroup.
+pub fn join_cgroups_on_exec(command: &mut Command, procs: Vec<OwnedFd>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the closure runs in the forked child before `exec`. It only calls `write(2)`, an
+    // async-signal-safe system call, on descriptors owned by the closure (moved in, so open
+    // for as long as the `Command` lives, and inherited by the child across `fork`) with a
+    // static one-byte buffer. It allocates nothing (`last_os_error` is an errno in the `Os`
+    // variant), takes no lock and reads no memory other threads write.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in &procs {
+                let written = nix::libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if written != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets `RLIMIT_AS` (soft and hard) to `bytes` in the child of `command` before `exec`: the
+/// rlimits fallback for `memory_mb` where no cgroup can be made (see `isolation`).
+pub fn limit_address_space_on_exec(command: &mut Command, bytes: u64) {
+    let limit = nix::libc::rlimit { rlim_cur: bytes as nix::libc::rlim_t, rlim_max: bytes as nix::libc::rlim_t };
+    // SAFETY: the closure runs in the forked child before `exec`. It only calls
+    // `setrlimit(2)`, an async-signal-safe system call, with a pointer to a `rlimit` copied
+    // into the closure; it allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::setrlimit(nix::libc::RLIMIT_AS, &limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -165,3 +165,85 @@ async fn hostile_assignments_are_rejected_and_create_nothing() {
     assert_eq!(logs, ["ok"]);
     assert!(agent.try_status().is_none(), "the agent runs on");
 }
+
+/// An agent with its own root and id; `extra` is appended to the config.
+async fn limited_agent(name: &str) -> (tempfile::TempDir, std::path::PathBuf, String, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = format!("/i-{name}");
+    let id = format!("sup-{name}");
+    let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&tmp.path().join("agent"));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[restart]\nbackoff_initial_ms = 5000\n")).unwrap();
+    (tmp, config, root, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_over_its_memory_limit_is_killed_reported_as_memory_limit_and_restarted() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: cgroups need root");
+        return;
+    }
+    let (tmp, config, root, id) = limited_agent("oom").await;
+    let reaper = Reaper::new(tmp.path().join("agent/local/workers"));
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let hog =
+        "import time\nb = bytearray(256 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\ntime.sleep(60)";
+    let a = json!({"schema": 1, "topology_id": "hog",
+        "launch": {"command": ["/usr/bin/env", "python3", "-c", hog], "memory_mb": 64},
+        "workers": [{"supervisor_id": id, "port": 6700}]});
+    put_json(&zk, &format!("{root}/assignments/hog"), &a).await;
+    let mut agent = Agent::start(&config);
+    agent.wait_log("worker isolation", Duration::from_secs(30));
+    let log = agent.log_text();
+    if log.contains("mechanism=\"rlimits\"") || log.contains("mechanism=rlimits") {
+        // RLIMIT_AS makes the allocation fail instead: still never above the limit.
+        eprintln!("no cgroup on this host; the kernel-OOM path is not testable here");
+        return;
+    }
+    let path = format!("{root}/supervisors/{id}");
+    let (info, _) = wait_info(&zk, &path, &agent, "an exit for memory_limit", LONG, |i, _| {
+        slot(i, 6700).is_some_and(|s| s["last_exit"]["reason"] == "memory_limit")
+    })
+    .await;
+    let s = slot(&info, 6700).unwrap();
+    assert_eq!(s["last_exit"]["signal"], json!("SIGKILL"), "{s}");
+    // Restarted: at once after the first failure, then with backoff.
+    let (info, _) = wait_info(&zk, &path, &agent, "a backoff after repeated OOM kills", LONG, |i, _| {
+        slot_state(i, 6700) == Some("backoff")
+    })
+    .await;
+    assert!(slot(&info, 6700).unwrap()["restarts"].as_u64() >= Some(1), "{info}");
+    drop(reaper);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grandchild_that_escaped_its_group_and_dir_dies_with_the_workers_cgroup() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: cgroups need root");
+        return;
+    }
+    let (tmp, config, root, id) = limited_agent("escape").await;
+    let pidfile = tmp.path().join("grandchild.pid");
+    // New session, cwd /: neither the process group nor the worker dir finds it again.
+    let script = format!("cd / && setsid sleep 1000 & echo $! > {}; sleep 0.5; exit 0", pidfile.display());
+    let a = json!({"schema": 1, "topology_id": "escaper",
+        "launch": {"command": ["/bin/sh", "-c", script]},
+        "workers": [{"supervisor_id": id, "port": 6700}]});
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    put_json(&zk, &format!("{root}/assignments/escaper"), &a).await;
+    let agent = Agent::start(&config);
+    let grandchild: u32 =
+        wait_for("the grandchild's pid", LONG, || std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok());
+    let log = agent.log_text();
+    if log.contains("mechanism=\"rlimits\"") || log.contains("mechanism=rlimits") {
+        eprintln!("no cgroup on this host; the escaped grandchild cannot be tracked");
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild as i32), nix::sys::signal::Signal::SIGKILL);
+        return;
+    }
+    // The worker exits on its own; its cgroup goes, and the grandchild with it.
+    wait_for("the escaped grandchild to be killed", LONG, || (!alive(grandchild)).then_some(()));
+    // Stop the crash loop.
+    zk.delete(&format!("{root}/assignments/escaper"), None).await.unwrap();
+    drop(agent);
+}

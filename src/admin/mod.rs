@@ -97,6 +97,8 @@ pub struct Status {
     pub state: String,
     /// Workers stopped by `gale drain` (or a `drain` action).
     pub drained: bool,
+    /// How worker limits are enforced (SPEC §7): `cgroup v2`, `cgroup v1` or `rlimits`.
+    pub isolation: String,
     pub started_at_ms: u64,
     pub time_ms: u64,
     pub zookeeper: ZkStatusDoc,
@@ -117,6 +119,8 @@ pub struct Sources {
     pub started_at_ms: u64,
     /// The config in force (reloads included): `health.on_failure`, `blob.cache_target_mb`.
     pub config: watch::Receiver<Arc<crate::config::Config>>,
+    /// How worker limits are enforced: "cgroup v2", "cgroup v1" or "rlimits".
+    pub isolation: String,
     pub report: watch::Receiver<NodeReport>,
     pub zk: watch::Receiver<ZkStatus>,
     pub slots: watch::Receiver<Vec<SlotStatus>>,
@@ -156,6 +160,7 @@ impl Sources {
             hostname: self.hostname.clone(),
             state: self.lifecycle().as_str().to_owned(),
             drained: *self.drained.borrow(),
+            isolation: self.isolation.clone(),
             started_at_ms: self.started_at_ms,
             time_ms: unix_ms(),
             zookeeper: ZkStatusDoc {
@@ -294,6 +299,7 @@ mod tests {
                     .unwrap(),
             ))
             .1,
+            isolation: "rlimits".into(),
             report: watch::channel(report).1,
             zk: watch::channel(zk).1,
             slots: watch::channel(Vec::new()).1,

@@ -151,6 +151,7 @@ pub fn render(status: &Status, now_ms: u64) -> String {
         if status.drained { " (drained)" } else { "" },
         duration(now_ms.saturating_sub(status.started_at_ms))
     );
+    let _ = writeln!(out, "isolation  {}", status.isolation);
     let _ = writeln!(
         out,
         "zookeeper  {}{}, session {}",

@@ -142,6 +142,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (deadline_tx, deadline_rx) = watch::channel(None);
     let (hints_tx, mut hints_rx) = tokio::sync::mpsc::channel::<String>(256);
     let proc_queue = new_queue::<ProcessJob>("sync-processes");
+    // How worker limits are enforced here: cgroup v2, v1, or rlimits (logged with the reason).
+    let isolation = tokio::task::spawn_blocking(|| crate::isolation::detect("gale"))
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))?;
+    info!(mechanism = isolation.as_str(), "worker isolation");
     // Reloaded config reaches its users through these (see `reload.rs`).
     let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
     // The blob cache, rebuilt from disk (crash leftovers removed) before any worker is adopted:
@@ -187,6 +192,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             stop_workers_after: (config.zookeeper.on_session_loss == OnSessionLoss::StopWorkers)
                 .then_some(config.zookeeper.stop_workers_after),
             users: crate::worker::users::UserPolicy::from_config(&config.worker),
+            isolation: isolation.clone(),
         },
         state.clone(),
         desired_rx.clone(),
@@ -348,6 +354,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         hostname: identity_hostname.clone(),
         started_at_ms,
         config: config_rx.clone(),
+        isolation: isolation.as_str().to_owned(),
         report: report_tx.subscribe(),
         zk: zk.status.clone(),
         slots: slots_rx.clone(),

@@ -66,7 +66,13 @@ pub struct ProcessConfig {
     pub stop_workers_after: Option<Duration>,
     /// `worker.run_as_user`, `allowed_users`, `min_uid`.
     pub users: worker::users::UserPolicy,
+    /// How worker limits are enforced here (detected once at start).
+    pub isolation: crate::isolation::Mechanism,
 }
+
+/// The pids limit of every worker where the mechanism has one: far above a real worker's
+/// threads and processes, far below what a fork bomb needs to hurt the host.
+const PIDS_MAX: u64 = 4096;
 
 /// The `sync-processes` job kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -152,6 +158,10 @@ pub struct Processes {
     ops: Ops,
     /// When the exit of each port's last crashed worker was seen (restart latency metric).
     exit_seen: BTreeMap<u16, Instant>,
+    /// Each worker's cgroup (or rlimit holder), by worker id.
+    cgroups: BTreeMap<String, crate::isolation::WorkerCgroup>,
+    /// Cgroups of exited workers, removed at the end of the job (kills what they left).
+    cgroup_cleanup: Vec<crate::isolation::WorkerCgroup>,
 }
 
 /// What the executor takes from outside its queue: operations, the health verdict, and where
@@ -258,6 +268,8 @@ impl Processes {
             links: BlobLinks::new(cache, blob_view),
             ops: Ops { drained: ops.drained, wiring: ops, drain_waiters: Vec::new(), held_for_health: false },
             exit_seen: BTreeMap::new(),
+            cgroups: BTreeMap::new(),
+            cgroup_cleanup: Vec::new(),
         }
     }
 
@@ -332,6 +344,9 @@ impl Processes {
             let w = Worker { worker_id: id.clone(), pid: record.process.pid };
             self.adopted.insert(id.clone());
             self.links.adopt(port, &job, &self.config.local_dir.join("workers").join(&id));
+            if let Some(cgroup) = crate::isolation::WorkerCgroup::adopt(&self.config.isolation, &id) {
+                self.cgroups.insert(id.clone(), cgroup);
+            }
             self.feed(port, Input::Adopt { worker: w, job: job.clone() }, now, wall).await;
             // The last sync before the agent went down may have moved this port on (the agent
             // persisted it and died before acting): act on that persisted result now, the
@@ -358,6 +373,15 @@ impl Processes {
         self.records = kept.clone();
         self.persist_records().await?;
         self.sweep_orphans(&kept);
+        // Cgroups of workers nobody recorded (the agent died between the two): kill and remove.
+        let ids: std::collections::BTreeSet<String> = kept.keys().cloned().collect();
+        match crate::isolation::sweep_orphans(&self.config.isolation, &ids) {
+            Ok(outcome) if !outcome.removed.is_empty() => {
+                warn!(removed = ?outcome.removed, "removed worker cgroups no record names");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot sweep stray worker cgroups"),
+        }
         Ok(())
     }
 
@@ -517,6 +541,13 @@ impl Processes {
                 {
                     crate::admin::metrics().kill(reason.as_str());
                 }
+                if signal == Signal::Kill
+                    && let Some(cgroup) = self.cgroups.get(&worker.worker_id)
+                    && cgroup.tracks_processes()
+                    && let Err(e) = cgroup.kill_all()
+                {
+                    warn!(port, worker = %worker.worker_id, error = %e, "cannot kill the worker's cgroup");
+                }
                 match worker::signal_group(&record.process, sig) {
                     Ok(outcome) => info!(port, worker = %worker.worker_id, pid = worker.pid, signal = %sig, ?outcome,
                         state = ?self.slots.get(&port).map(Slot::state_name), "stopping worker"),
@@ -535,6 +566,9 @@ impl Processes {
                 self.heartbeats.remove(&worker_id);
                 self.heartbeat_watchers.remove(&worker_id);
                 self.adopted.remove(&worker_id);
+                if let Some(cgroup) = self.cgroups.remove(&worker_id) {
+                    self.cgroup_cleanup.push(cgroup);
+                }
                 self.cleanup.push(worker_id);
                 None
             }
@@ -575,9 +609,48 @@ impl Processes {
             blobs,
             run_as,
         };
-        let spawned = match worker::spawn(&spec) {
-            Ok(spawned) => spawned,
+        let limits = crate::isolation::Limits {
+            memory_mb: job.launch.memory_mb,
+            cpu_percent: job.launch.cpu_percent,
+            pids_max: None,
+        };
+        let missing = self.config.isolation.unenforceable(&limits);
+        if !missing.is_empty() {
+            let e = format!(
+                "topology {}: {} cannot be enforced on this host (limits by {})",
+                job.topology_id,
+                missing.join(", "),
+                self.config.isolation.as_str()
+            );
+            warn!(port, error = %e, "worker refused");
+            self.remove_worker_dir(&worker_id);
+            return Input::LaunchFailed(e);
+        }
+        // The pids limit only where it exists: its absence is not the assignment's problem.
+        let limits = crate::isolation::Limits {
+            pids_max: self
+                .config
+                .isolation
+                .unenforceable(&crate::isolation::Limits { pids_max: Some(PIDS_MAX), ..limits })
+                .is_empty()
+                .then_some(PIDS_MAX),
+            ..limits
+        };
+        let cgroup = match crate::isolation::WorkerCgroup::create(&self.config.isolation, &worker_id, &limits) {
+            Ok(cgroup) => cgroup,
             Err(e) => {
+                warn!(port, topology = %job.topology_id, error = %e, "cannot set up the worker's limits");
+                self.remove_worker_dir(&worker_id);
+                return Input::LaunchFailed(e.to_string());
+            }
+        };
+        let spawned = match worker::spawn_in(&spec, Some(&cgroup)) {
+            Ok(spawned) => {
+                self.cgroups.insert(worker_id.clone(), cgroup);
+                spawned
+            }
+            Err(e) => {
+                self.cgroup_cleanup.push(cgroup);
                 warn!(port, topology = %job.topology_id, error = %e, "cannot launch a worker");
                 self.remove_worker_dir(&worker_id);
                 return Input::LaunchFailed(e.to_string());
@@ -706,15 +779,33 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
                 let _ = self.events_tx.send(ProcEvent::Exited { port, worker_id, code: None, signal: None });
             }
         }
+        let mut oom_killed = std::collections::BTreeSet::new();
         while let Ok(event) = self.events.try_recv() {
             let (port, input) = match event {
                 ProcEvent::Exited { port, worker_id, code, signal } => {
-                    info!(port, worker = %worker_id, code, signal = signal.map(worker::signal_name), "worker exited");
+                    let oom = signal == Some(nix::libc::SIGKILL)
+                        && self.cgroups.get(&worker_id).is_some_and(crate::isolation::WorkerCgroup::oom_killed);
+                    info!(port, worker = %worker_id, code, signal = signal.map(worker::signal_name), oom, "worker exited");
+                    if oom {
+                        oom_killed.insert(worker_id.clone());
+                    }
                     (port, Input::Exited { worker_id, code, signal })
                 }
                 ProcEvent::Heartbeat { port, worker_id } => (port, Input::Heartbeat { worker_id }),
             };
+            let oom = matches!(&input, Input::Exited { worker_id, .. } if oom_killed.contains(worker_id));
             self.feed(port, input, now, wall).await;
+            if oom {
+                // The kernel's OOM killer, not a crash of the worker's own: say so (SPEC §3.1).
+                if let Some(slot) = self.slots.get_mut(&port)
+                    && let Some(exit) = slot.last_exit.as_mut()
+                    && exit.reason == ExitReason::Exited
+                {
+                    exit.reason = ExitReason::MemoryLimit;
+                    crate::admin::metrics().exit(ExitReason::MemoryLimit.as_str());
+                    warn!(port, "the worker was killed for exceeding its memory limit (memory_mb)");
+                }
+            }
         }
         for (port, worker_id) in self.poll_heartbeats() {
             self.feed(port, Input::Heartbeat { worker_id }, now, wall).await;
@@ -753,6 +844,17 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         self.links.release_unused(&held);
         self.answer_drain_waiters();
         self.publish();
+        let cgroups = std::mem::take(&mut self.cgroup_cleanup);
+        if !cgroups.is_empty() {
+            // Kills whatever the workers left in them, then removes them; bounded, off the job.
+            tokio::task::spawn_blocking(move || {
+                for cgroup in cgroups {
+                    if let Err(e) = cgroup.remove() {
+                        warn!(error = %e, "cannot remove a worker cgroup; the next start sweeps it");
+                    }
+                }
+            });
+        }
         for worker_id in std::mem::take(&mut self.cleanup) {
             self.clean_worker_dir(&worker_id);
         }

@@ -23,6 +23,7 @@ use std::process::Stdio;
 
 use super::heartbeat::heartbeat_file;
 use crate::ident::{self, IdentError};
+use crate::isolation::{IsolationError, WorkerCgroup};
 use crate::proc_identity::ProcessIdentity;
 
 /// `<local_dir>/workers/<worker_id>`: a worker's cwd.
@@ -118,6 +119,8 @@ pub enum LaunchError {
     InvalidId { topology: String, port: u16, source: IdentError },
     #[error("topology {topology} port {port}: cannot {step} {}", .path.display())]
     Io { topology: String, port: u16, step: LaunchStep, path: PathBuf, source: io::Error },
+    #[error("topology {topology} port {port}: cannot prepare the worker's cgroup")]
+    Isolation { topology: String, port: u16, source: IsolationError },
 }
 
 /// Expands the placeholders of `command` (SPEC §3.2). A placeholder may stand anywhere inside
@@ -214,6 +217,13 @@ pub(crate) fn remove_agent_only_env(command: &mut std::process::Command) {
 /// `tokio::process::Child`). Does not wait for anything but `exec`: a worker that exits at
 /// once is reported by its `child.wait()`, not here.
 pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
+    spawn_in(spec, None)
+}
+
+/// [`spawn`], with the worker joining `isolation` (its cgroup, or its rlimits) between `fork`
+/// and `exec`. If the child cannot join, the spawn fails (step `Exec`, with the errno of the
+/// failed write): a worker never runs outside its cgroup.
+pub fn spawn_in(spec: &LaunchSpec, isolation: Option<&WorkerCgroup>) -> Result<Spawned, LaunchError> {
     let (topology, port) = (&spec.topology_id, spec.port);
     let io_err = |step, path: &Path, source| LaunchError::Io {
         topology: topology.clone(),
@@ -283,6 +293,16 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
         .env("GALE_BLOB_DIR", &spec.blob_dir);
     remove_agent_only_env(&mut command);
     crate::sys::new_session_on_exec(&mut command);
+    // Before the user switch (hooks run in registration order), so the join is made with the
+    // agent's credentials whichever the kernel checks: the writer's, or (v2, Linux ≥ 5.16) the
+    // opener's. The worker's user could not write `cgroup.procs` itself.
+    if let Some(isolation) = isolation {
+        isolation.prepare(&mut command).map_err(|source| LaunchError::Isolation {
+            topology: topology.clone(),
+            port,
+            source,
+        })?;
+    }
     if let Some(user) = &spec.run_as {
         command.env("USER", &user.name).env("LOGNAME", &user.name);
         crate::sys::switch_user_on_exec(&mut command, user.uid, user.gid, &user.groups);
