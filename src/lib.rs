@@ -23,6 +23,8 @@ pub mod local_dir;
 pub mod local_state;
 pub mod logging;
 pub mod proc_identity;
+#[cfg(test)]
+mod proptest_support;
 pub mod slot;
 pub mod supervisor;
 mod sys;

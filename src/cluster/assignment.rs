@@ -219,9 +219,14 @@ impl Assignment {
             }
         }
         // argv[0] is resolved by the agent without PATH lookup or a cwd, so it must say exactly
-        // where the program is; the placeholder check above has vouched for a blob prefix.
+        // where the program is: `/…`, or `{blob:NAME}/…` with NAME declared. The name is checked
+        // here, not left to the placeholder loop above: `{blob:a/b}/x` or `{blob:a b}/x` is no
+        // placeholder at all (literal text, so a relative path), yet contains `}/`.
         let program = &command[0];
-        let in_blob = program.strip_prefix("{blob:").and_then(|rest| rest.split_once("}/")).is_some();
+        let in_blob = program
+            .strip_prefix("{blob:")
+            .and_then(|rest| rest.split_once('}'))
+            .is_some_and(|(name, rest)| blob_names.contains(name) && rest.starts_with('/'));
         if !program.starts_with('/') && !in_blob {
             let reason = format!("{program:?} must be an absolute path or start with {{blob:NAME}}/");
             return Err(self.invalid("launch.command[0]", reason));

@@ -300,8 +300,14 @@ fn shape_problem(path: &str, value: &DeValue<'_>) -> Option<String> {
     }
 }
 
+/// The dotted path of `key` under `prefix`, as it would be written: a key that is not a bare
+/// TOML key (empty, or holding `.`, a space, ...) is quoted, so that an error never names an
+/// empty key (`[""]` once gave "gale.toml:1: : unknown section") or an ambiguous one. Every
+/// key of the schema is bare, so lookups by path are unaffected.
 fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") }
+    let bare = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let key = if bare { key.to_owned() } else { super::validate::quote(key) };
+    if prefix.is_empty() { key } else { format!("{prefix}.{key}") }
 }
 
 /// "unknown key", "unknown section" or "unknown key in [auth]", with the best hint we have.

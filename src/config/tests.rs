@@ -300,6 +300,16 @@ fn far_off_names_get_no_guess() {
     assert_error(&err, "nimbus", 3, "unknown section (valid here: `zookeeper`");
 }
 
+/// Found by tests/decoders_prop.rs: `[""]` was reported as "gale.toml:1: : unknown section".
+#[test]
+fn keys_that_are_not_bare_are_named_quoted() {
+    let err = parse_err("[\"\"]\n");
+    assert_error(&err, "\"\"", 1, "unknown section");
+    assert!(err.to_string().starts_with("/etc/gale/gale.toml:1: \"\": unknown section"), "{err}");
+    let err = parse_err(&format!("{MIN}\"session timeout.ms\" = 1\n"));
+    assert_error(&err, "zookeeper.\"session timeout.ms\"", 3, "unknown key");
+}
+
 #[test]
 fn a_key_in_the_wrong_section_is_sent_home() {
     rejects("worker", "slots = [6700]", "unknown key (`slots` belongs in [supervisor])");

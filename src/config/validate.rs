@@ -746,7 +746,7 @@ listen = {listen}
 }
 
 /// A TOML basic string: `"` and `\` escaped, control characters as `\uXXXX`.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -6,8 +6,12 @@
 //! from a bad file to "empty map".
 
 use std::collections::BTreeMap;
-use std::io;
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use nix::fcntl::OFlag;
 
 /// The decoded payload: key name → bincode encoding of that key's value.
 pub type Entries = BTreeMap<String, Vec<u8>>;
@@ -86,8 +90,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Entries, Defect> {
 
 /// Reads and checks the data file at `path`. A missing file is a defect, not an I/O error: the
 /// caller only asks for files whose marker it saw.
+///
+/// Only a regular file is read. Opened without `O_NONBLOCK`, a FIFO under a version's name
+/// blocked `open`, `read_only` and `dump` forever, and a link to `/dev/zero` read without end.
 pub(crate) fn read_version(path: &Path) -> Result<Entries, Defect> {
-    match std::fs::read(path) {
+    let read = || -> io::Result<Vec<u8>> {
+        let mut file = OpenOptions::new().read(true).custom_flags(OFlag::O_NONBLOCK.bits()).open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
         Ok(bytes) => decode(&bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Defect::MissingData),
         Err(e) => Err(Defect::Io(e.to_string())),

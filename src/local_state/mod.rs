@@ -66,6 +66,8 @@ mod dump;
 mod error;
 mod format;
 mod keys;
+#[cfg(test)]
+mod prop_tests;
 mod scan;
 mod store;
 #[cfg(test)]

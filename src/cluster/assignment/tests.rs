@@ -126,6 +126,12 @@ fn command_rules() {
         (Box::new(|a| a.launch.command[0] = "{blob:code}".into()), &["launch.command[0]", "absolute path"]),
         (Box::new(|a| a.launch.command[1] = "{blob:lib}/w.py".into()), &["launch.command[1]", "{blob:lib}", "code"]),
         (Box::new(|a| a.launch.command[0] = "{blob:lib}/w".into()), &["launch.command[0]", "{blob:lib}"]),
+        (Box::new(|a| a.launch.command[0] = "{blob:}/x".into()), &["launch.command[0]", "{blob:} names no blob"]),
+        // Found by tests/decoders_prop.rs: no placeholder (`/` or a space inside the braces) or
+        // not followed by `/`, so relative paths, but they once passed as a `{blob:…}/` prefix.
+        (Box::new(|a| a.launch.command[0] = "{blob:code/}/x".into()), &["launch.command[0]", "absolute path"]),
+        (Box::new(|a| a.launch.command[0] = "{blob:a b}/x".into()), &["launch.command[0]", "absolute path"]),
+        (Box::new(|a| a.launch.command[0] = "{blob:code}}/x".into()), &["launch.command[0]", "absolute path"]),
         (Box::new(|a| a.launch.command[3] = "{prot}".into()), &["launch.command[3]", "unknown placeholder {prot}"]),
         (Box::new(|a| a.launch.command.push("${HOME}".into())), &["launch.command[4]", "{HOME}"]),
     ];
