@@ -75,6 +75,16 @@ impl Systemd {
         self.notify(&[sd_notify::NotifyState::Status(status)]);
     }
 
+    /// Around a config reload: `RELOADING=1` (with `MONOTONIC_USEC`, which `Type=notify-reload`
+    /// requires), then [`Systemd::ready`] once the new config is in force or rejected.
+    pub fn reloading(self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        self.notify(&states);
+    }
+
     pub fn stopping(self) {
         self.notify(&[sd_notify::NotifyState::Stopping]);
     }

@@ -403,6 +403,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // With on_failure = "exit": set once the checks fail; the agent exits 3 when the workers
     // are gone (or after a bound, if one will not die).
     let mut exiting_for_health: Option<tokio::time::Instant> = None;
+    // The last STATUS= line sent, so systemd hears of changes only.
+    let mut last_status = String::new();
+    let mut zk_watch = zk.status.clone();
 
     // The main loop: everything here is cheap; work happens on the queues and in tasks.
     let outcome: Result<(), RunError> = loop {
@@ -430,7 +433,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     };
                     lifecycle = transition(lifecycle, to, why);
                     report_tx.send_modify(|r| r.lifecycle = lifecycle);
-                    systemd.ready(lifecycle.as_str());
+                    systemd.ready(&status_line(lifecycle, &slots_rx.borrow(), &zk.status.borrow(), running.supervisor.slots.len()));
                 }
             }
             Ok(()) = drained_watch.changed() => {
@@ -465,9 +468,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     exiting_for_health = Some(tokio::time::Instant::now() + exit_bound(&running));
                 }
             }
-            Ok(()) = slots_watch.changed(), if exiting_for_health.is_some() => {
-                if slots_watch.borrow_and_update().iter().all(|s| s.pid.is_none()) {
+            Ok(()) = slots_watch.changed() => {
+                let line = status_line(lifecycle, &slots_watch.borrow_and_update(), &zk.status.borrow(), running.supervisor.slots.len());
+                if line != last_status {
+                    systemd.status(&line);
+                    last_status = line;
+                }
+                if exiting_for_health.is_some() && slots_watch.borrow().iter().all(|s| s.pid.is_none()) {
                     break Err(RunError::HealthExit);
+                }
+            }
+            Ok(()) = zk_watch.changed() => {
+                let line = status_line(lifecycle, &slots_rx.borrow(), &zk_watch.borrow_and_update(), running.supervisor.slots.len());
+                if line != last_status {
+                    systemd.status(&line);
+                    last_status = line;
                 }
             }
             () = async { match exiting_for_health { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
@@ -477,14 +492,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             _ = watchdog_tick.tick(), if watchdog.is_some() => systemd.watchdog(),
             Some(()) = sighup.recv() => {
                 info!(config = %config.path.display(), "SIGHUP: reloading the config");
+                systemd.reloading();
                 running = apply_reload(&running, &reload_targets);
+                systemd.ready(&status_line(lifecycle, &slots_rx.borrow(), &zk.status.borrow(), running.supervisor.slots.len()));
             }
             Some(()) = file_changes.recv() => {
                 // An editor's save is several events: let them settle, then read once.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while file_changes.try_recv().is_ok() {}
                 info!(config = %config.path.display(), "the config file changed: reloading");
+                systemd.reloading();
                 running = apply_reload(&running, &reload_targets);
+                systemd.ready(&status_line(lifecycle, &slots_rx.borrow(), &zk.status.borrow(), running.supervisor.slots.len()));
             }
         }
     };
@@ -681,4 +700,17 @@ fn watch_config_file(
 /// How long an `on_failure = "exit"` waits for the workers to stop before exiting anyway.
 fn exit_bound(config: &Config) -> Duration {
     config.worker.shutdown_grace * 3 + Duration::from_secs(10)
+}
+
+/// The `STATUS=` line systemd shows: `running: 3/4 slots used, zk connected`.
+fn status_line(
+    lifecycle: Lifecycle,
+    slots: &[crate::admin::SlotStatus],
+    zk: &crate::cluster::membership::ZkStatus,
+    configured: usize,
+) -> String {
+    let used = slots.iter().filter(|s| s.pid.is_some()).count();
+    let zk =
+        if zk.registered && zk.state == "connected" { "zk connected".to_owned() } else { format!("zk {}", zk.state) };
+    format!("{}: {used}/{configured} slots used, {zk}", lifecycle.as_str())
 }
