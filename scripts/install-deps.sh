@@ -9,6 +9,9 @@ need=()
 command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
 # The demo picks a free port and pretty-prints JSON with python3.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The tests verify the systemd unit (systemd-analyze) and build the Debian package (dpkg-deb).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo is missing; install a Rust toolchain (rustup) first" >&2; exit 1; }
 
 if [ ${#need[@]} -gt 0 ]; then

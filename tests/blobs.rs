@@ -469,7 +469,7 @@ async fn a_new_version_restarts_or_relinks_as_the_assignment_says() {
         .await;
     reaper.track(running_pid(&info, 6700).unwrap());
     assert_eq!(slot(&info, 6700).unwrap()["restarts"], json!(2));
-    assert_eq!(running_pid(&info, 6701), Some(relinks_pid));
+    assert_eq!(running_pid(&info, 6701), Some(relinks_pid), "agent log:\n{}", agent.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,3 +247,28 @@ async fn a_grandchild_that_escaped_its_group_and_dir_dies_with_the_workers_cgrou
     zk.delete(&format!("{root}/assignments/escaper"), None).await.unwrap();
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_the_host_never_sweeps_the_first_ones_workers() {
+    // Regression: the start-up sweep of unrecorded worker cgroups once looked at one parent
+    // shared by every agent on the host, and killed the other agents' workers.
+    let (tmp, config, root, id) = limited_agent("first").await;
+    let reaper = Reaper::new(tmp.path().join("agent/local/workers"));
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let a = json!({"schema": 1, "topology_id": "steady", "launch": {"command": ["/bin/sleep", "1000"]},
+                   "workers": [{"supervisor_id": id, "port": 6700}]});
+    put_json(&zk, &format!("{root}/assignments/steady"), &a).await;
+    let first = Agent::start(&config);
+    let path = format!("{root}/supervisors/{id}");
+    let (info, _) = wait_info(&zk, &path, &first, "running", LONG, |i, _| running_pid(i, 6700).is_some()).await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    let (_tmp2, config2, root2, id2) = limited_agent("second").await;
+    let second = Agent::start(&config2);
+    wait_info(&zk, &format!("{root2}/supervisors/{id2}"), &second, "the second agent running", LONG, |i, _| {
+        i["state"] == "running"
+    })
+    .await;
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(alive(pid), "the first agent's worker survived the second agent's start:\n{}", second.log_text());
+}

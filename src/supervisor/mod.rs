@@ -143,7 +143,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (hints_tx, mut hints_rx) = tokio::sync::mpsc::channel::<String>(256);
     let proc_queue = new_queue::<ProcessJob>("sync-processes");
     // How worker limits are enforced here: cgroup v2, v1, or rlimits (logged with the reason).
-    let isolation = tokio::task::spawn_blocking(|| crate::isolation::detect("gale"))
+    // The workers' parent cgroup is named after this agent: the start-up sweep of cgroups no
+    // record names must never reach another agent's workers on the same host.
+    let cgroup_parent = format!("gale-{id}");
+    let isolation = tokio::task::spawn_blocking(move || crate::isolation::detect(&cgroup_parent))
         .await
         .map_err(|e| RunError::Internal(e.to_string()))?;
     info!(mechanism = isolation.as_str(), "worker isolation");
