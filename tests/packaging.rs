@@ -83,3 +83,26 @@ fn the_debian_package_lays_out_binary_unit_config_and_docs() {
         .unwrap();
     assert!(check.status.success(), "the shipped config is valid: {}", String::from_utf8_lossy(&check.stderr));
 }
+
+#[test]
+fn install_from_source_lays_out_the_same_files_and_keeps_an_edited_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("root");
+    let install = || {
+        run(Command::new(root.join("scripts/install.sh"))
+            .args(["--binary", env!("CARGO_BIN_EXE_gale"), "--root"])
+            .arg(&scratch))
+    };
+    install();
+    for path in ["usr/bin/gale", "lib/systemd/system/gale.service", "etc/gale/gale.toml", "usr/share/doc/gale/README.md"] {
+        assert!(scratch.join(path).exists(), "{path} missing");
+    }
+    assert!(scratch.join("etc/gale/healthchecks").is_dir());
+    // An operator's edit survives a second install (an upgrade).
+    let config = scratch.join("etc/gale/gale.toml");
+    std::fs::write(&config, "# edited\n").unwrap();
+    let out = install();
+    assert!(out.contains("keeping the existing"), "{out}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "# edited\n");
+}
