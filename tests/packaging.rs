@@ -95,7 +95,9 @@ fn install_from_source_lays_out_the_same_files_and_keeps_an_edited_config() {
             .arg(&scratch))
     };
     install();
-    for path in ["usr/bin/gale", "lib/systemd/system/gale.service", "etc/gale/gale.toml", "usr/share/doc/gale/README.md"] {
+    for path in
+        ["usr/bin/gale", "lib/systemd/system/gale.service", "etc/gale/gale.toml", "usr/share/doc/gale/README.md"]
+    {
         assert!(scratch.join(path).exists(), "{path} missing");
     }
     assert!(scratch.join("etc/gale/healthchecks").is_dir());

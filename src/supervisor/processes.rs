@@ -541,17 +541,18 @@ impl Processes {
                 {
                     crate::admin::metrics().kill(reason.as_str());
                 }
+                match worker::signal_group(&record.process, sig) {
+                    Ok(outcome) => info!(port, worker = %worker.worker_id, pid = worker.pid, signal = %sig, ?outcome,
+                        state = ?self.slots.get(&port).map(Slot::state_name), "stopping worker"),
+                    Err(e) => warn!(port, worker = %worker.worker_id, error = %e, "cannot signal a worker"),
+                }
+                // Then the rest of its cgroup: whatever left the process group dies too.
                 if signal == Signal::Kill
                     && let Some(cgroup) = self.cgroups.get(&worker.worker_id)
                     && cgroup.tracks_processes()
                     && let Err(e) = cgroup.kill_all()
                 {
                     warn!(port, worker = %worker.worker_id, error = %e, "cannot kill the worker's cgroup");
-                }
-                match worker::signal_group(&record.process, sig) {
-                    Ok(outcome) => info!(port, worker = %worker.worker_id, pid = worker.pid, signal = %sig, ?outcome,
-                        state = ?self.slots.get(&port).map(Slot::state_name), "stopping worker"),
-                    Err(e) => warn!(port, worker = %worker.worker_id, error = %e, "cannot signal a worker"),
                 }
                 None
             }
