@@ -845,6 +845,10 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
         self.links.release_unused(&held);
         self.answer_drain_waiters();
         self.publish();
+        for worker_id in std::mem::take(&mut self.cleanup) {
+            self.clean_worker_dir(&worker_id);
+        }
+        // Then each exited worker's cgroup: what left both its group and its dir dies here.
         let cgroups = std::mem::take(&mut self.cgroup_cleanup);
         if !cgroups.is_empty() {
             // Kills whatever the workers left in them, then removes them; bounded, off the job.
@@ -855,9 +859,6 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
                     }
                 }
             });
-        }
-        for worker_id in std::mem::take(&mut self.cleanup) {
-            self.clean_worker_dir(&worker_id);
         }
         if job == ProcessJob::Monitor {
             // Periodically too, not only at start: a directory is created and recorded within
