@@ -225,7 +225,7 @@ async fn a_grandchild_that_escaped_its_group_and_dir_dies_with_the_workers_cgrou
     let (tmp, config, root, id) = limited_agent("escape").await;
     let pidfile = tmp.path().join("grandchild.pid");
     // New session, cwd /: neither the process group nor the worker dir finds it again.
-    let script = format!("cd / && setsid sleep 1000 & echo $! > {}; sleep 0.5; exit 0", pidfile.display());
+    let script = format!("(cd / && exec setsid sleep 1000) & echo $! > {}; exec sleep 1000", pidfile.display());
     let a = json!({"schema": 1, "topology_id": "escaper",
         "launch": {"command": ["/bin/sh", "-c", script]},
         "workers": [{"supervisor_id": id, "port": 6700}]});
@@ -241,10 +241,13 @@ async fn a_grandchild_that_escaped_its_group_and_dir_dies_with_the_workers_cgrou
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild as i32), nix::sys::signal::Signal::SIGKILL);
         return;
     }
-    // The worker exits on its own; its cgroup goes, and the grandchild with it.
-    wait_for("the escaped grandchild to be killed", LONG, || (!alive(grandchild)).then_some(()));
-    // Stop the crash loop.
+    // Stopping the worker (its assignment goes) kills its whole cgroup, the grandchild with it.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(grandchild), "the grandchild runs while its worker does");
     zk.delete(&format!("{root}/assignments/escaper"), None).await.unwrap();
+    wait_for("the escaped grandchild to be killed", LONG, || (!alive(grandchild)).then_some(()));
+    let path = format!("{root}/supervisors/{id}");
+    wait_info(&zk, &path, &agent, "slot 6700 empty", LONG, |i, _| slot(i, 6700).is_none()).await;
     drop(agent);
 }
 
