@@ -24,24 +24,15 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--binary PATH] [--out DIR]" >&2; exit 2 ;;
   esac
 done
-if [ -z "$binary" ]; then
-  cargo build --release --locked --quiet
-  binary="target/release/gale"
-fi
+. scripts/layout.sh
+binary=$(gale_binary "$binary")
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
-install -D -m 0755 "$binary" "$stage/usr/bin/gale"
-install -D -m 0644 systemd/gale.service "$stage/lib/systemd/system/gale.service"
-install -D -m 0644 config/gale.toml "$stage/etc/gale/gale.toml"
-install -d -m 0755 "$stage/etc/gale/healthchecks"
-install -d -m 0755 "$stage/usr/share/doc/gale/docs"
-install -m 0644 README.md ARCHITECTURE.md "$stage/usr/share/doc/gale/"
-install -m 0644 docs/*.md "$stage/usr/share/doc/gale/docs/"
-install -m 0644 config/gale.toml "$stage/usr/share/doc/gale/gale.toml.example"
+install_layout "$stage" "$binary"
 cat > "$stage/usr/share/doc/gale/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: gale

@@ -20,22 +20,9 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--binary PATH] [--root DIR]" >&2; exit 2 ;;
   esac
 done
-if [ -z "$binary" ]; then
-  cargo build --release --locked --quiet
-  binary="target/release/gale"
-fi
-
-install -D -m 0755 "$binary" "$root/usr/bin/gale"
-install -D -m 0644 systemd/gale.service "$root/lib/systemd/system/gale.service"
-if [ -e "$root/etc/gale/gale.toml" ]; then
-  echo "install: keeping the existing $root/etc/gale/gale.toml (the new example is in /usr/share/doc/gale)"
-else
-  install -D -m 0644 config/gale.toml "$root/etc/gale/gale.toml"
-fi
-install -d -m 0755 "$root/etc/gale/healthchecks" "$root/usr/share/doc/gale/docs"
-install -m 0644 README.md ARCHITECTURE.md "$root/usr/share/doc/gale/"
-install -m 0644 docs/*.md "$root/usr/share/doc/gale/docs/"
-install -m 0644 config/gale.toml "$root/usr/share/doc/gale/gale.toml.example"
+. scripts/layout.sh
+binary=$(gale_binary "$binary")
+install_layout "$root" "$binary" keep
 
 if [ "$root" = "/" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload

@@ -139,35 +139,25 @@ fn evil_tar_gz(name: &str, link: Option<&str>) -> Vec<u8> {
 }
 
 /// One test's agent and its root, id and temp dir.
-struct Case {
-    tmp: tempfile::TempDir,
-    root: String,
-    id: String,
-    config: PathBuf,
+struct Case(TestAgent);
+
+impl std::ops::Deref for Case {
+    type Target = TestAgent;
+    fn deref(&self) -> &TestAgent {
+        &self.0
+    }
 }
 
 impl Case {
     /// Root `/b-<name>`, id `sup-<name>`, `ports` as slots, `blob` lines in `[blob]`.
     fn new(name: &str, ports: &[u16], blob: &str) -> Case {
-        let tmp = tempfile::Builder::new().prefix(&format!("gale-b-{name}-")).tempdir().unwrap();
-        let root = format!("/b-{name}");
-        let id = format!("sup-{name}");
-        let dir = tmp.path().join("agent");
-        let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&dir);
+        let case = Case(TestAgent::new("b", name));
         let slots: Vec<String> = ports.iter().map(u16::to_string).collect();
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("slots = [6700, 6701]", &format!("slots = [{}]", slots.join(", ")));
-        std::fs::write(&config, format!("{text}\n[blob]\nsync_secs = 2\n{blob}\n")).unwrap();
-        Case { tmp, root, id, config }
-    }
-
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn local(&self) -> PathBuf {
-        self.path().join("agent/local")
+        case.edit(|text| {
+            let text = text.replace("slots = [6700, 6701]", &format!("slots = [{}]", slots.join(", ")));
+            format!("{text}\n[blob]\nsync_secs = 2\n{blob}\n")
+        });
+        case
     }
 
     fn cache_dir(&self) -> PathBuf {
@@ -180,18 +170,6 @@ impl Case {
             .unwrap_or_default();
         names.sort();
         names
-    }
-
-    fn worker_log(&self, topology: &str, port: u16) -> PathBuf {
-        self.path().join("agent/logs/workers").join(topology).join(port.to_string()).join("worker.log")
-    }
-
-    fn info_path(&self) -> String {
-        format!("{}/supervisors/{}", self.root, self.id)
-    }
-
-    fn reaper(&self) -> Reaper {
-        Reaper::new(self.local().join("workers"))
     }
 
     fn start(&self) -> Agent {
@@ -223,10 +201,6 @@ impl Case {
         let assignment = json!({"schema": 1, "topology_id": topology,
             "launch": {"command": command, "liveness": "process"}, "blobs": blobs, "workers": workers});
         put_json(zk, &format!("{}/assignments/{topology}", self.root), &assignment).await;
-    }
-
-    async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_info(zk, &self.info_path(), agent, what, LONG, |info, _| pred(info)).await.0
     }
 }
 

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use zookeeper_client as zkc;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -16,24 +16,24 @@ const LONG: Duration = Duration::from_secs(60);
 const WORKER_SH: &str = r#"echo "start $(date +%s%N)"
 case "$MODE" in crash) sleep 0.3; echo "exit $(date +%s%N)"; exit 1;; *) exec /bin/sleep 1000;; esac"#;
 
-struct Case {
-    tmp: tempfile::TempDir,
-    root: String,
-    id: String,
-    config: PathBuf,
+struct Case(TestAgent);
+
+impl std::ops::Deref for Case {
+    type Target = TestAgent;
+    fn deref(&self) -> &TestAgent {
+        &self.0
+    }
 }
 
 impl Case {
     fn new(name: &str, health: &str) -> Case {
-        let tmp = tempfile::Builder::new().prefix(&format!("gale-h-{name}-")).tempdir().unwrap();
-        let root = format!("/h-{name}");
-        let id = format!("sup-{name}");
-        let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&tmp.path().join("agent"));
-        let text = std::fs::read_to_string(&config).unwrap();
-        let text = text.replacen("[health]\n", &format!("[health]\ninterval_secs = 1\n{health}\n"), 1);
-        std::fs::write(&config, format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n")).unwrap();
-        std::fs::create_dir_all(tmp.path().join("agent/health")).unwrap();
-        Case { tmp, root, id, config }
+        let case = Case(TestAgent::new("h", name));
+        case.edit(|text| {
+            let text = text.replacen("[health]\n", &format!("[health]\ninterval_secs = 1\n{health}\n"), 1);
+            format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n")
+        });
+        std::fs::create_dir_all(case.path().join("agent/health")).unwrap();
+        case
     }
 
     fn script(&self, name: &str, body: &str) {
@@ -43,27 +43,11 @@ impl Case {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn info_path(&self) -> String {
-        format!("{}/supervisors/{}", self.root, self.id)
-    }
-
     async fn assign(&self, zk: &zkc::Client, topology: &str, port: u16, mode: &str) {
         let a = json!({"schema": 1, "topology_id": topology,
             "launch": {"command": ["/bin/sh", "-c", WORKER_SH], "env": {"MODE": mode}, "liveness": "process"},
             "workers": [{"supervisor_id": self.id, "port": port}]});
         put_json(zk, &format!("{}/assignments/{topology}", self.root), &a).await;
-    }
-
-    async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_info(zk, &self.info_path(), agent, what, LONG, |i, _| pred(i)).await.0
-    }
-
-    fn worker_log(&self, topology: &str, port: u16) -> PathBuf {
-        self.path().join("agent/logs/workers").join(topology).join(port.to_string()).join("worker.log")
     }
 }
 

@@ -166,14 +166,11 @@ async fn hostile_assignments_are_rejected_and_create_nothing() {
     assert!(agent.try_status().is_none(), "the agent runs on");
 }
 
-/// An agent with its own root and id; `extra` is appended to the config.
+/// An agent with its own root and id and a 5 s backoff: (temp dir, config, root, id).
 async fn limited_agent(name: &str) -> (tempfile::TempDir, std::path::PathBuf, String, String) {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = format!("/i-{name}");
-    let id = format!("sup-{name}");
-    let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&tmp.path().join("agent"));
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[restart]\nbackoff_initial_ms = 5000\n")).unwrap();
+    let agent = TestAgent::new("i", name);
+    agent.edit(|text| format!("{text}\n[restart]\nbackoff_initial_ms = 5000\n"));
+    let TestAgent { tmp, root, id, config } = agent;
     (tmp, config, root, id)
 }
 

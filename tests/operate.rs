@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -17,39 +17,28 @@ const LONG: Duration = Duration::from_secs(60);
 const WORKER_SH: &str = "case \"$MODE\" in crash) sleep 0.3; exit 1;; *) exec /bin/sleep 1000;; esac";
 
 struct Case {
-    tmp: tempfile::TempDir,
-    root: String,
-    id: String,
-    config: PathBuf,
+    agent: TestAgent,
     admin: u16,
+}
+
+impl std::ops::Deref for Case {
+    type Target = TestAgent;
+    fn deref(&self) -> &TestAgent {
+        &self.agent
+    }
 }
 
 impl Case {
     /// Root `/o-<name>`, id `sup-<name>`, the admin endpoint on a free loopback port; `extra`
     /// is appended to the config.
     fn new(name: &str, extra: &str) -> Case {
-        let tmp = tempfile::Builder::new().prefix(&format!("gale-o-{name}-")).tempdir().unwrap();
-        let root = format!("/o-{name}");
-        let id = format!("sup-{name}");
-        let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&tmp.path().join("agent"));
+        let agent = TestAgent::new("o", name);
         let admin = free_port();
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\""));
-        std::fs::write(&config, format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n{extra}")).unwrap();
-        Case { tmp, root, id, config, admin }
-    }
-
-    fn local(&self) -> PathBuf {
-        self.tmp.path().join("agent/local")
-    }
-
-    fn reaper(&self) -> Reaper {
-        Reaper::new(self.local().join("workers"))
-    }
-
-    fn info_path(&self) -> String {
-        format!("{}/supervisors/{}", self.root, self.id)
+        agent.edit(|text| {
+            let text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\""));
+            format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n{extra}")
+        });
+        Case { agent, admin }
     }
 
     fn url(&self, path: &str) -> String {
@@ -61,10 +50,6 @@ impl Case {
             "launch": {"command": ["/bin/sh", "-c", WORKER_SH], "env": {"MODE": mode}, "liveness": "process"},
             "workers": [{"supervisor_id": self.id, "port": port}]});
         put_json(zk, &format!("{}/assignments/{topology}", self.root), &a).await;
-    }
-
-    async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_info(zk, &self.info_path(), agent, what, LONG, |i, _| pred(i)).await.0
     }
 
     fn gale(&self, args: &[&str]) -> (i32, String, String) {

@@ -619,3 +619,56 @@ pub fn running_pid(info: &Value, port: u16) -> Option<u32> {
 pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+// ------------------------------------------------------------------------------------------
+// One test's agent: temp dir, root, id and config (the shape every agent test starts from)
+
+/// Root `/<prefix>-<name>`, id `sup-<name>`, config in `<tmp>/agent/gale.toml` (harness
+/// defaults on the shared ZooKeeper); test files wrap it with their own helpers.
+pub struct TestAgent {
+    pub tmp: tempfile::TempDir,
+    pub root: String,
+    pub id: String,
+    pub config: PathBuf,
+}
+
+impl TestAgent {
+    pub fn new(prefix: &str, name: &str) -> TestAgent {
+        let tmp = tempfile::Builder::new().prefix(&format!("gale-{prefix}-{name}-")).tempdir().unwrap();
+        let root = format!("/{prefix}-{name}");
+        let id = format!("sup-{name}");
+        let config = AgentSpec::new(&shared_zk().connect_string(), &root).id(&id).write(&tmp.path().join("agent"));
+        TestAgent { tmp, root, id, config }
+    }
+
+    /// Rewrites the config text.
+    pub fn edit(&self, f: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, f(text)).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn local(&self) -> PathBuf {
+        self.tmp.path().join("agent/local")
+    }
+
+    pub fn info_path(&self) -> String {
+        format!("{}/supervisors/{}", self.root, self.id)
+    }
+
+    pub fn reaper(&self) -> Reaper {
+        Reaper::new(self.local().join("workers"))
+    }
+
+    pub fn worker_log(&self, topology: &str, port: u16) -> PathBuf {
+        self.tmp.path().join("agent/logs/workers").join(topology).join(port.to_string()).join("worker.log")
+    }
+
+    /// Polls this agent's SupervisorInfo (60 s) until `pred` holds.
+    pub async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_info(zk, &self.info_path(), agent, what, Duration::from_secs(60), |i, _| pred(i)).await.0
+    }
+}
