@@ -2,9 +2,20 @@
 //! `clean-shutdown` marker.
 //!
 //! Design: [`LocalDir::open`] is the first thing the daemon does. It takes an exclusive,
-//! non-blocking `flock` on `<local_dir>/lock` and keeps it for the life of the process (the
-//! kernel drops it when the process dies, however it dies, so there is no stale lock to
-//! clean). A second agent on the same directory gets [`LocalDirError::Locked`] and exits 4.
+//! non-blocking POSIX record lock (`fcntl(F_SETLK)`) on `<local_dir>/lock` and keeps it for the
+//! life of the process (the kernel drops it when the process dies, however it dies, so there
+//! is no stale lock to clean). A second agent on the same directory gets
+//! [`LocalDirError::Locked`] and exits 4.
+//!
+//! Why a record lock and not `flock`: a `flock` belongs to the open file description, which
+//! every forked child shares until its `exec` closes it. An agent SIGKILLed while a worker was
+//! between `fork` and `exec` left that child holding the lock for a moment, and the agent
+//! restarted by systemd in that moment exited 4, which the unit does not restart (found by
+//! `tests/faults.rs`). A record lock belongs to the process: a child never inherits it, and
+//! it goes the instant the agent dies. Its catch is that closing ANY descriptor of the file in
+//! the holding process drops it, so the file is opened only here, at most once per process
+//! (an in-process registry refuses a second [`LocalDir::open`] of the same directory before
+//! it opens anything).
 //!
 //! Invariant: the `clean-shutdown` marker is removed (durably) at start, before anything else
 //! can fail, and written only as the very last step of a clean stop. Its absence at start
@@ -15,7 +26,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use nix::fcntl::{FcntlArg, fcntl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalDirError {
@@ -40,7 +54,40 @@ pub enum PreviousStop {
 #[derive(Debug)]
 pub struct LocalDir {
     root: PathBuf,
-    lock: Flock<File>,
+    /// The lock file, open for the life of this value: closing it drops the record lock.
+    lock: File,
+    /// The key this directory holds in [`HELD`].
+    held_as: PathBuf,
+}
+
+/// Local dirs this process holds, by canonical path (record locks do not conflict within
+/// one process, and a second descriptor's close would drop the first one's lock).
+static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+impl Drop for LocalDir {
+    fn drop(&mut self) {
+        HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.held_as);
+    }
+}
+
+/// A whole-file record lock request of `kind` (`F_WRLCK`, `F_UNLCK`).
+fn whole_file(kind: nix::libc::c_int) -> nix::libc::flock {
+    nix::libc::flock {
+        l_type: kind as nix::libc::c_short,
+        l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+/// The pid of the process holding a record lock on `file` that would block a write lock, if
+/// any (`F_GETLK`; the file may be open read-only). Used by `gale status` to tell "down" from
+/// "running without a readable endpoint".
+pub fn lock_holder(file: &File) -> std::io::Result<Option<u32>> {
+    let mut probe = whole_file(nix::libc::F_WRLCK);
+    fcntl(file, FcntlArg::F_GETLK(&mut probe)).map_err(std::io::Error::from)?;
+    Ok((probe.l_type != nix::libc::F_UNLCK as nix::libc::c_short).then_some(probe.l_pid as u32))
 }
 
 impl LocalDir {
@@ -51,30 +98,42 @@ impl LocalDir {
             move |source| LocalDirError::Io { what, path, source }
         };
         fs::DirBuilder::new().recursive(true).mode(0o755).create(root).map_err(io("cannot create local dir", root))?;
+        let held_as = fs::canonicalize(root).map_err(io("cannot resolve local dir", root))?;
+        if !HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(held_as.clone()) {
+            let holder = format!(" (pid {}, this process)", std::process::id());
+            return Err(LocalDirError::Locked { dir: root.to_owned(), holder });
+        }
+        // From here on an error drops `guard`, which gives the registry entry back.
+        let guard = HeldGuard(Some(held_as));
         let lock_path = root.join("lock");
-        let file = OpenOptions::new()
+        let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&lock_path)
             .map_err(io("cannot open lock file", &lock_path))?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
-                let holder = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
+        match fcntl(&lock, FcntlArg::F_SETLK(&whole_file(nix::libc::F_WRLCK))) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                let holder = match lock_holder(&lock) {
+                    Ok(Some(pid)) => format!(" (pid {pid})"),
+                    _ => {
+                        let mut pid = String::new();
+                        let _ = lock.read_to_string(&mut pid);
+                        let pid = pid.trim().to_owned();
+                        if pid.is_empty() { String::new() } else { format!(" (pid {pid})") }
+                    }
+                };
                 return Err(LocalDirError::Locked { dir: root.to_owned(), holder });
             }
-            Err((_, errno)) => return Err(io("cannot lock", &lock_path)(errno.into())),
-        };
-        // The pid is only for the message a second agent prints; the flock is the truth.
+            Err(errno) => return Err(io("cannot lock", &lock_path)(errno.into())),
+        }
+        // The pid is only for people reading the file; the record lock is the truth.
         lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
-        write!(&mut *lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
+        write!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
 
-        let dir = LocalDir { root: root.to_owned(), lock };
+        let dir = LocalDir { root: root.to_owned(), lock, held_as: guard.release() };
         // `state/` is the agent's alone. `workers/` may be traversed but not listed by others:
         // a worker run as another user (run_as_user) reaches its own dir, and nothing else.
         for (sub, mode) in [("state", 0o700), ("workers", 0o711)] {
@@ -166,6 +225,23 @@ impl LocalDir {
     }
 }
 
+/// Gives a [`HELD`] entry back unless released into a [`LocalDir`].
+struct HeldGuard(Option<PathBuf>);
+
+impl HeldGuard {
+    fn release(mut self) -> PathBuf {
+        self.0.take().expect("released once")
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&path);
+        }
+    }
+}
+
 /// fsync of a directory, so that a rename or unlink in it survives power loss.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -205,6 +281,86 @@ mod tests {
         assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
         drop(first);
         LocalDir::open(tmp.path()).unwrap();
+    }
+
+    /// The fault the record lock fixes: an agent SIGKILLed while a child still holds a copy
+    /// of the lock file's descriptor (a worker between `fork` and `exec`) must not keep the
+    /// next agent out. The "agent" is this test binary run again as a child process: it opens
+    /// the dir, hands a descriptor copy to a `sleep`, and is SIGKILLed. With `flock` the
+    /// reopen failed with `Locked` for as long as `sleep` ran.
+    #[test]
+    fn a_killed_holders_child_with_a_copy_of_the_descriptor_does_not_hold_the_lock() {
+        use std::io::BufRead;
+        use std::os::fd::AsFd;
+        const ROLE: &str = "GALE_TEST_LOCK_HOLDER_DIR";
+        if let Ok(root) = std::env::var(ROLE) {
+            let (dir, _) = LocalDir::open(Path::new(&root)).unwrap();
+            // dup() clears close-on-exec: `sleep` inherits the open file description.
+            let copy = nix::unistd::dup(dir.lock.as_fd()).unwrap();
+            let sleep = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+            // `copy` stays open: closing any descriptor of the file would drop a record lock.
+            println!("holding sleep={}", sleep.id());
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                let _ = &copy;
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "local_dir::tests::a_killed_holders_child_with_a_copy_of_the_descriptor_does_not_hold_the_lock",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(ROLE, tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Killed however this test ends, so no holder outlives it.
+        struct KillOnDrop(std::process::Child);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let stdout = holder.stdout.take().unwrap();
+        let mut holder = KillOnDrop(holder);
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let sleep_pid: i32 = lines
+            .find_map(|l| l.ok()?.split("holding sleep=").nth(1)?.trim().parse().ok())
+            .expect("the holder process reports its child");
+        assert!(matches!(LocalDir::open(tmp.path()), Err(LocalDirError::Locked { .. })), "held while the holder lives");
+        holder.0.kill().unwrap();
+        holder.0.wait().unwrap();
+        let reopened = LocalDir::open(tmp.path());
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleep_pid), nix::sys::signal::Signal::SIGKILL);
+        reopened.expect("the lock went with its holder, not with the child's descriptor");
+    }
+
+    /// Another process sees the lock and its holder's pid (what `gale status` relies on).
+    #[test]
+    fn another_process_sees_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, _) = LocalDir::open(tmp.path()).unwrap();
+        // F_GETLK in this process reports no conflict (record locks never conflict with their
+        // own process), so ask from a child: python3 is on every test machine.
+        let probe = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import fcntl,struct,sys\n\
+                 f=open(sys.argv[1],'rb')\n\
+                 r=fcntl.fcntl(f, fcntl.F_GETLK, struct.pack('hhqqi',fcntl.F_WRLCK,0,0,0,0))\n\
+                 t,_,_,_,pid=struct.unpack('hhqqi',r)\n\
+                 print(pid if t!=fcntl.F_UNLCK else 'none')",
+            )
+            .arg(tmp.path().join("lock"))
+            .output()
+            .unwrap();
+        assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+        assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), std::process::id().to_string());
+        drop(dir);
+        assert_eq!(lock_holder(&File::open(tmp.path().join("lock")).unwrap()).unwrap(), None);
     }
 
     #[test]

@@ -114,12 +114,8 @@ fn down(config: &Config, why: &str, json: bool) -> Result<(), CliError> {
 /// Whether an agent holds `<local_dir>/lock` (it does for its whole life): tells "down" from
 /// "running without a readable endpoint". Only tries the lock; never creates the file.
 fn agent_holds_lock(local_dir: &Path) -> bool {
-    use nix::fcntl::{Flock, FlockArg};
     let Ok(file) = std::fs::File::open(local_dir.join("lock")) else { return false };
-    match Flock::lock(file, FlockArg::LockSharedNonblock) {
-        Ok(_held_briefly) => false,
-        Err((_, errno)) => errno == nix::errno::Errno::EWOULDBLOCK,
-    }
+    crate::local_dir::lock_holder(&file).is_ok_and(|holder| holder.is_some())
 }
 
 /// `1h02m`, `5m12s`, `42s`.
