@@ -297,6 +297,8 @@ mod tests {
             let (dir, _) = LocalDir::open(Path::new(&root)).unwrap();
             // dup() clears close-on-exec: `sleep` inherits the open file description.
             let copy = nix::unistd::dup(dir.lock.as_fd()).unwrap();
+            // Never waited for: this process is SIGKILLed, and `sleep` is killed by the test.
+            #[allow(clippy::zombie_processes)]
             let sleep = std::process::Command::new("sleep").arg("60").spawn().unwrap();
             // `copy` stays open: closing any descriptor of the file would drop a record lock.
             println!("holding sleep={}", sleep.id());

@@ -85,6 +85,9 @@ pub struct QueueDoc {
     pub coalesced: u64,
     pub run_seconds_total: f64,
     pub last_run_ms: f64,
+    /// Job name -> error, for jobs whose last run failed (empty when all is well).
+    #[serde(default)]
+    pub failing: std::collections::BTreeMap<String, String>,
 }
 
 /// `GET /status`, `gale status --json`.
@@ -272,6 +275,7 @@ mod tests {
             coalesced: queue.stats().coalesced.load(std::sync::atomic::Ordering::Relaxed),
             run_seconds_total: 0.0,
             last_run_ms: 0.0,
+            failing: Default::default(),
         })
     }
 

@@ -176,6 +176,11 @@ pub fn render(status: &Status, now_ms: u64) -> String {
         c.misses,
         if c.downloading > 0 { format!(", {} downloading", c.downloading) } else { String::new() }
     );
+    for q in &status.queues {
+        for (job, error) in &q.failing {
+            let _ = writeln!(out, "FAILING    {job} (queue {}): {error}", q.name);
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,

@@ -7,7 +7,7 @@
 //! *running* marks it pending again, so the work requested after the run started is never
 //! lost: N requests during one slow run give exactly one more run, not N.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +21,12 @@ use tracing::Instrument;
 /// A kind of work a queue runs. Ordered: when several are pending, the smallest runs first.
 pub trait Job: Copy + Ord + Debug + Send + Sync + 'static {
     fn name(&self) -> &'static str;
+
+    /// Whether a successful run of `self` also did `other`'s work (a full sync covers its
+    /// parts): it then clears `other`'s recorded failure.
+    fn covers(&self, other: &Self) -> bool {
+        self == other
+    }
 }
 
 /// A job's failure, logged with its cause and counted; the queue keeps running.
@@ -50,6 +56,9 @@ struct Shared<J> {
     wake: Notify,
     closed: AtomicBool,
     stats: QueueStats,
+    /// Jobs whose last run failed, with that error, until a run that covers them succeeds:
+    /// `gale status` shows what keeps failing (a full disk, a refused write).
+    failing: Mutex<BTreeMap<J, String>>,
 }
 
 /// A cheap, cloneable handle to request jobs on a queue.
@@ -96,6 +105,12 @@ impl<J: Job> QueueHandle<J> {
         &self.shared.stats
     }
 
+    /// `(job name, error)` of the jobs whose last run failed and that no successful run has
+    /// covered since.
+    pub fn failing(&self) -> Vec<(&'static str, String)> {
+        self.shared.failing.lock().unwrap().iter().map(|(job, e)| (job.name(), e.clone())).collect()
+    }
+
     /// Stops the queue: pending jobs are dropped, the running one finishes, then the task
     /// returns its handler. Later requests are ignored.
     pub fn close(&self) {
@@ -124,6 +139,7 @@ pub fn new_queue<J: Job>(name: &'static str) -> QueueHandle<J> {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             stats: QueueStats::default(),
+            failing: Mutex::new(BTreeMap::new()),
         }),
     }
 }
@@ -148,9 +164,13 @@ pub fn run_queue<J: Job, H: JobHandler<J>>(handle: &QueueHandle<J>, mut handler:
                 let took = started.elapsed();
                 record_run(&shared.stats, took);
                 match result {
-                    Ok(()) => tracing::debug!(job = job.name(), took_ms = took.as_millis() as u64, "job done"),
+                    Ok(()) => {
+                        shared.failing.lock().unwrap().retain(|failed, _| !job.covers(failed));
+                        tracing::debug!(job = job.name(), took_ms = took.as_millis() as u64, "job done")
+                    }
                     Err(err) => {
                         shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        shared.failing.lock().unwrap().insert(job, err.to_string());
                         tracing::warn!(job = job.name(), took_ms = took.as_millis() as u64, error = %err, "job failed");
                     }
                 }
@@ -262,6 +282,33 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(queue.stats().failures.load(Ordering::Relaxed), 2);
         assert_eq!(runs.lock().unwrap().len(), 3);
+    }
+
+    /// A failure stays visible until a run that covers the job succeeds (here: `Slow`, by the
+    /// default rule, covers only itself, so `Fast`'s failure stays; a good `Fast` clears it).
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_shown_until_a_covering_run_succeeds() {
+        struct Flaky(Arc<std::sync::atomic::AtomicBool>);
+        impl JobHandler<TestJob> for Flaky {
+            async fn run(&mut self, job: TestJob) -> Result<(), JobError> {
+                if job == TestJob::Fast && self.0.load(Ordering::Relaxed) {
+                    return Err("disk full".into());
+                }
+                Ok(())
+            }
+        }
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (queue, _task) = spawn_queue("test", Flaky(broken.clone()));
+        queue.request(TestJob::Fast);
+        settle().await;
+        assert_eq!(queue.failing(), vec![("fast", "disk full".to_owned())]);
+        queue.request(TestJob::Slow);
+        settle().await;
+        assert_eq!(queue.failing().len(), 1, "another job's success does not hide the failure");
+        broken.store(false, Ordering::Relaxed);
+        queue.request(TestJob::Fast);
+        settle().await;
+        assert!(queue.failing().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,11 +38,11 @@ impl std::fmt::Display for WriteStep {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
-        "cannot create the local state directory {}: check that its parent exists and is writable by the agent's user",
+        "cannot create the local state directory {}: {source}; check that its parent exists and is writable by the agent's user",
         .dir.display()
     )]
     CreateDir { dir: PathBuf, source: io::Error },
-    #[error("cannot list the local state directory {}: check that it exists and is readable", .dir.display())]
+    #[error("cannot list the local state directory {}: {source}; check that it exists and is readable", .dir.display())]
     ReadDir { dir: PathBuf, source: io::Error },
     #[error(
         "no readable version of the local state in {} ({count} versions, all corrupt; newest {newest}: {reason}): move the directory away to start as a new supervisor",
@@ -59,7 +59,7 @@ pub enum StateError {
     #[error("cannot encode the local state payload")]
     EncodePayload { source: bincode::Error },
     #[error(
-        "cannot {step} {} while writing local state version {version}: check free space and permissions (the previous version is kept)",
+        "cannot {step} {} while writing local state version {version}: {source}; check free space and permissions (the previous version is kept)",
         .path.display()
     )]
     Write { step: WriteStep, path: PathBuf, version: u64, source: io::Error },

@@ -39,6 +39,15 @@ impl Job for SupervisorJob {
             SupervisorJob::Actions => "sync-actions",
         }
     }
+
+    /// A full sync does everything; an assignments sync is followed by the blob sync.
+    fn covers(&self, other: &Self) -> bool {
+        match self {
+            SupervisorJob::Sync => true,
+            SupervisorJob::Assignments => matches!(other, SupervisorJob::Assignments | SupervisorJob::Blobs),
+            _ => self == other,
+        }
+    }
 }
 
 /// Runs `sync-supervisor` jobs.

@@ -608,6 +608,7 @@ fn queue_probe<J: crate::event::Job>(queue: &crate::event::QueueHandle<J>) -> cr
             coalesced: stats.coalesced.load(Relaxed),
             run_seconds_total: stats.run_micros_total.load(Relaxed) as f64 / 1e6,
             last_run_ms: stats.last_run_micros.load(Relaxed) as f64 / 1e3,
+            failing: queue.failing().into_iter().map(|(job, e)| (job.to_owned(), e)).collect(),
         }
     })
 }

@@ -91,6 +91,11 @@ impl crate::event::Job for ProcessJob {
             ProcessJob::Monitor => "monitor",
         }
     }
+
+    /// The monitor tick is a reconcile plus its own checks.
+    fn covers(&self, other: &Self) -> bool {
+        self == other || *self == ProcessJob::Monitor
+    }
 }
 
 /// Node-wide restart budget: at most `per_min` relaunches in any 60 s window.
