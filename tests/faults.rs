@@ -682,7 +682,11 @@ async fn a_full_local_dir_fails_state_writes_cleanly_and_recovers_when_space_ret
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(agent.try_status().is_none(), "the agent died of a full disk:\n{}", tail(&agent.log_text(), 40));
         assert!(alive(pid1), "t1's worker was disturbed by the full disk");
-        assert_one_worker_per_port(&worker_procs(&t.id), "while full");
+        let procs = worker_procs(&t.id);
+        assert_one_worker_per_port(&procs, "while full");
+        // What cannot be persisted is not acted on: the agent never runs what it could not
+        // record it was asked to run.
+        assert!(procs.iter().all(|p| p.topology == "t1"), "t2 started while its assignment could not be persisted: {procs:?}");
         let now = records(&local);
         assert!(now.values().any(|r| r.process.pid == pid1), "t1's record was lost: {now:?}");
     }
