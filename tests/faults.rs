@@ -311,6 +311,11 @@ fn linked_blob_version(local: &Path, worker_id: &str) -> Option<u64> {
     std::str::from_utf8(first).ok()?.strip_prefix('v')?.parse().ok()
 }
 
+/// What `<local_dir>/tmp` holds: blob downloads and staged cache entries in flight.
+fn in_flight_downloads(local: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(local.join("tmp")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
 /// Whether the live worker `p` is exactly what `wanted` asks for.
 fn is_wanted(wanted: &Wanted, local: &Path, p: &WorkerProc) -> bool {
     let Some((port, version)) = wanted.topologies.get(&p.topology) else { return false };
@@ -452,17 +457,22 @@ async fn sigkill_of_the_agent_at_random_points_loses_nothing_and_never_doubles_a
         agent.signal(Signal::SIGKILL);
         agent.wait_exit_signal();
 
-        // With the agent dead: what runs, and what is recorded.
+        // With the agent dead: what runs, what is recorded, what was downloading.
         let at_kill = worker_procs(&t.id);
+        let downloading = !in_flight_downloads(&local).is_empty();
+        if downloading {
+            *totals.entry("killed mid-download").or_default() += 1;
+        }
         assert_one_worker_per_port(&at_kill, &format!("round {round}, agent just killed"));
         let recorded = records(&local);
         let (known, unknown): (Vec<&WorkerProc>, Vec<&WorkerProc>) =
             at_kill.iter().partition(|p| recorded.contains_key(&p.worker_id));
         n.say(format!(
-            "round {round}: SIGKILL after {delay} ms; {} worker processes alive, {} recorded, {} not recorded (a launch in flight)",
+            "round {round}: SIGKILL after {delay} ms; {} worker processes alive, {} recorded, {} not recorded (a launch in flight){}",
             at_kill.len(),
             known.len(),
-            unknown.len()
+            unknown.len(),
+            if downloading { "; a blob download was in flight" } else { "" }
         ));
         let keep: Vec<WorkerProc> =
             known.iter().filter(|p| is_wanted(&wanted, &local, p)).map(|p| (*p).clone()).collect();
@@ -526,10 +536,10 @@ async fn converge(
             let ids: BTreeSet<&String> = procs.iter().map(|p| &p.worker_id).collect();
             let recorded_ids: BTreeSet<&String> = recorded.keys().collect();
             if ids == recorded_ids {
-                let tmp = local.join("blobs/tmp");
-                let leftovers: Vec<_> =
-                    std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-                assert!(leftovers.is_empty(), "round {round}: blob staging leftovers {leftovers:?}");
+                // Downloads and staged cache entries live in `<local_dir>/tmp`; with every blob
+                // installed nothing may be left there.
+                let leftovers = in_flight_downloads(&local);
+                assert!(leftovers.is_empty(), "round {round}: download leftovers {leftovers:?}");
                 n.say(format!(
                     "round {round}: converged in {} ms: {} workers running, all recorded; info {}",
                     started.elapsed().as_millis(),
@@ -686,7 +696,10 @@ async fn a_full_local_dir_fails_state_writes_cleanly_and_recovers_when_space_ret
         assert_one_worker_per_port(&procs, "while full");
         // What cannot be persisted is not acted on: the agent never runs what it could not
         // record it was asked to run.
-        assert!(procs.iter().all(|p| p.topology == "t1"), "t2 started while its assignment could not be persisted: {procs:?}");
+        assert!(
+            procs.iter().all(|p| p.topology == "t1"),
+            "t2 started while its assignment could not be persisted: {procs:?}"
+        );
         let now = records(&local);
         assert!(now.values().any(|r| r.process.pid == pid1), "t1's record was lost: {now:?}");
     }
