@@ -385,3 +385,143 @@ async fn log_formats_json_and_journald_friendly_auto() {
     let first = plain.log_text().lines().next().unwrap_or("").to_owned();
     assert!(first.starts_with("20") && first.contains('T'), "a timestamp first: {first}");
 }
+
+/// The agent's own ZooKeeper read requests (`gale_zk_operations_total`, every result) and its
+/// `sync-supervisor` job runs, from `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reads {
+    stat: u64,
+    list: u64,
+    get: u64,
+    runs: u64,
+}
+
+impl Reads {
+    fn scrape(admin: u16) -> Reads {
+        let http: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+        let text =
+            http.get(&format!("http://127.0.0.1:{admin}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+        let mut reads = Reads::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let value = value.parse::<f64>().unwrap_or(0.0) as u64;
+            let op = |op: &str| name.starts_with(&format!("gale_zk_operations_total{{op=\"{op}\","));
+            if op("stat") {
+                reads.stat += value;
+            } else if op("list") {
+                reads.list += value;
+            } else if op("get") {
+                reads.get += value;
+            } else if name == "gale_queue_runs_total{queue=\"sync-supervisor\"}" {
+                reads.runs = value;
+            }
+        }
+        reads
+    }
+
+    fn total(&self) -> u64 {
+        self.stat + self.list + self.get
+    }
+
+    fn since(&self, earlier: &Reads) -> Reads {
+        Reads {
+            stat: self.stat - earlier.stat,
+            list: self.list - earlier.list,
+            get: self.get - earlier.get,
+            runs: self.runs - earlier.runs,
+        }
+    }
+}
+
+/// Scale regression (docs/scale.md, "Scaling problems"): topologies that place nothing on this
+/// agent must not cost it a read per sync, and a change of one topology must cost one read of
+/// that node, not a re-read of every topology. Counts, not times: the agent's own request
+/// counters against its `sync-supervisor` job runs (`sync_secs = 2` here). Before the fix, each
+/// periodic sync stated every topology (32 reads a run with 30 topologies) and a change of one
+/// topology re-listed and re-stated all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_topologies_cost_no_read_per_sync_and_a_change_costs_one_read() {
+    const LONG: Duration = Duration::from_secs(90);
+    let tmp = tempfile::tempdir().unwrap();
+    // Its own server: the restart at the end must not disturb other tests.
+    let mut server = ZkServer::standalone(&tmp.path().join("zk"));
+    server.wait_serving();
+    let (root, id) = ("/t-sync-cost", "sup-cost");
+    let zk = zk_client(&server.connect_string()).await;
+    let idle = |k: usize, note: &str| {
+        serde_json::json!({"schema": 1, "topology_id": format!("idle-{k:02}"), "note": note,
+            "launch": {"command": ["/bin/sleep", "1000"], "liveness": "process"},
+            "workers": [{"supervisor_id": "sup-elsewhere", "port": 6700}]})
+    };
+    for k in 0..30 {
+        put_json(&zk, &format!("{root}/assignments/idle-{k:02}"), &idle(k, "v1")).await;
+    }
+    let config = AgentSpec::new(&server.connect_string(), root).id(id).write(&tmp.path().join("agent"));
+    let admin = free_port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\""))).unwrap();
+    let agent = Agent::start(&config);
+    let info_path = format!("{root}/supervisors/{id}");
+    wait_info(&zk, &info_path, &agent, "running", LONG, |i, _| i["state"] == "running").await;
+    let after_runs = |from: Reads, n: u64| async move {
+        eventually(&format!("{n} more sync-supervisor runs"), LONG, || async {
+            let now = Reads::scrape(admin);
+            (now.runs >= from.runs + n).then_some(now)
+        })
+        .await
+    };
+    // Start-up (two full passes: the registration's and the new watch's) is over.
+    let settled = after_runs(Reads::scrape(admin), 2).await;
+    assert!(settled.stat >= 30, "the start-up read every topology once: {settled:?}");
+
+    // Several periods with 30 topologies: per sync one stat of `/assignments` and one list of
+    // `/actions/<id>`; nothing per topology. (A job cut by either end of the window: +2.)
+    let steady = after_runs(settled, 4).await.since(&settled);
+    assert!(steady.total() <= 2 * steady.runs + 2, "reads grow with the topologies: {steady:?}");
+    assert_eq!(steady.get, 0, "{steady:?}");
+
+    // 30 more: each is read once, from the watch event (a timer pass that lists at that very
+    // moment may read a few twice); then the steady cost is the same as with 30.
+    let before = Reads::scrape(admin);
+    for k in 30..60 {
+        put_json(&zk, &format!("{root}/assignments/idle-{k:02}"), &idle(k, "v1")).await;
+    }
+    let created = eventually("the 30 new topologies read", LONG, || async {
+        let now = Reads::scrape(admin);
+        (now.get >= before.get + 30).then_some(now)
+    })
+    .await;
+    let listed = after_runs(created, 2).await;
+    let growth = listed.since(&before);
+    assert!(growth.stat <= growth.runs + 1, "a create made the agent stat the others: {growth:?}");
+    let steady60 = after_runs(listed, 4).await.since(&listed);
+    assert!(steady60.total() <= 2 * steady60.runs + 2, "reads grow with the topologies: {steady60:?}");
+
+    // A data change of one topology: exactly one read, a get of that node.
+    let before = Reads::scrape(admin);
+    put_json(&zk, &format!("{root}/assignments/idle-07"), &idle(7, "v2")).await;
+    eventually("the change logged", LONG, || async {
+        agent.log_text().lines().any(|l| l.contains("assignment changed") && l.contains("idle-07")).then_some(())
+    })
+    .await;
+    let change = Reads::scrape(admin).since(&before);
+    assert_eq!(change.get, 1, "one get of the changed node: {change:?}");
+    assert!(change.stat <= change.runs + 1, "a change made the agent stat every topology: {change:?}");
+    assert!(change.list <= change.runs + 1, "{change:?}");
+
+    // A reconnect (or a new session) is followed by a full pass: events may have been missed.
+    let before = Reads::scrape(admin);
+    server.kill();
+    server.start();
+    server.wait_serving();
+    let full = eventually("a full pass after the reconnect", LONG, || async {
+        let now = Reads::scrape(admin);
+        (now.stat >= before.stat + 60).then_some(now)
+    })
+    .await;
+    println!(
+        "reads: steady(30) {steady:?}; create 30 {growth:?}; steady(60) {steady60:?}; change {change:?}; reconnect {:?}",
+        full.since(&before)
+    );
+}

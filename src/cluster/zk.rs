@@ -169,6 +169,8 @@ pub struct NodeStat {
     pub mtime_ms: i64,
     /// zxid of the last change of the node's data.
     pub mzxid: i64,
+    /// zxid of the last creation or deletion of one of the node's children.
+    pub pzxid: i64,
 }
 
 impl From<&zk::Stat> for NodeStat {
@@ -178,6 +180,7 @@ impl From<&zk::Stat> for NodeStat {
             ephemeral_owner: stat.ephemeral_owner,
             mtime_ms: stat.mtime,
             mzxid: stat.mzxid,
+            pzxid: stat.pzxid,
         }
     }
 }
@@ -219,8 +222,10 @@ pub struct TreeWatch {
 }
 
 impl TreeWatch {
-    /// The next event: `Some(path)` of a changed node, or `None` once the session ended (then
-    /// the watch is dead and never returns again).
+    /// The next event: `Some(path)` of a changed node (created, data changed, deleted),
+    /// `Some("")` for a change of the connection (disconnected, reconnected: events may have
+    /// been missed), or `None` once the session ended (then the watch is dead and never
+    /// returns again).
     pub async fn changed(&mut self) -> Option<String> {
         if self.ended {
             return std::future::pending().await;
@@ -471,6 +476,15 @@ impl ZkClient {
         match bounded(&self.client, "list", path, || self.client.list_children(path)).await {
             Ok(children) => Ok(children),
             Err(err) if err.class() == ErrorClass::NoNode => Ok(Vec::new()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Children names of `path` and its stat (one request), `None` if `path` does not exist.
+    pub async fn children_with_stat(&self, path: &str) -> Result<Option<(Vec<String>, NodeStat)>, ZkError> {
+        match bounded(&self.client, "list", path, || self.client.get_children(path)).await {
+            Ok((children, stat)) => Ok(Some((children, NodeStat::from(&stat)))),
+            Err(err) if err.class() == ErrorClass::NoNode => Ok(None),
             Err(err) => Err(err),
         }
     }

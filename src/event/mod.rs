@@ -15,4 +15,4 @@ mod queue;
 mod timer;
 
 pub use queue::{Job, JobError, JobHandler, QueueHandle, QueueStats, new_queue, run_queue, spawn_queue};
-pub use timer::{spawn_timer, spawn_timer_with};
+pub use timer::{Phase, spawn_timer, spawn_timer_with};

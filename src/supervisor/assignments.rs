@@ -1,28 +1,41 @@
 //! Assignment sync: what ZooKeeper says this host's ports should run.
 //!
-//! Runs as a job of the `sync-supervisor` queue, triggered by a persistent recursive watch on
-//! `<root>/assignments` (see [`watch_dir`]), by every new session or reconnect (a
-//! watch may miss events across a reconnect), and by the `sync_secs` timer as a safety net.
+//! Runs as a job of the `sync-supervisor` queue. What a pass reads depends on what is known to
+//! have changed, so that its cost does not grow with the number of topologies in the cluster
+//! (T: every agent reads every topology's node, SPEC §3.2):
 //!
-//! One pass: list the topologies; stat each; re-read (get + decode + validate) only those
-//! whose node changed since the last pass; keep, per topology, the last version that was
-//! valid. A topology whose new payload is broken is reported (log, status) and keeps its last
-//! good version, so its running workers are left as they are; other topologies are not
-//! affected. Then the placements for this supervisor become the per-port jobs, which are
-//! persisted (`local-assignments`) and published to the process side.
+//! - **Full pass** (list the topologies with the parent's stat; stat each; re-read only those
+//!   whose node changed): before the first successful pass of this process, in every new
+//!   session, and after every reconnect or new watch ([`AssignmentChanges::resync`]), because
+//!   a persistent watch misses the events of a disconnection (ZOOKEEPER-4698). 1 + T reads.
+//! - **A watch event** (`NodeCreated` / `NodeDataChanged` / `NodeDeleted` of
+//!   `<root>/assignments/<topology>`, delivered by the persistent recursive watch of
+//!   [`watch_dir`] and queued in [`AssignmentChanges`]): one get of that node, nothing else.
+//! - **The `sync_secs` timer** (the safety net): one stat of `<root>/assignments`; only if its
+//!   `pzxid` moved (a topology was created or deleted since the last list) the children are
+//!   listed again and the new ones read. Data changes of existing topologies are left to the
+//!   watch: while the session is connected it delivers every one, and every gap in it (a
+//!   reconnect, a new session, a watch set again) is followed by a full pass. So the timer
+//!   costs 1 read per period whatever T is (it used to be 1 + T).
 //!
-//! Invariant: nothing is published before the first successful pass, so a start with
+//! Per topology, the last version that was valid is kept. A topology whose new payload is
+//! broken is reported (log, status) and keeps its last good version, so its running workers
+//! are left as they are; other topologies are not affected. Then the placements for this
+//! supervisor become the per-port jobs, which are persisted (`local-assignments`) and
+//! published to the process side.
+//!
+//! Invariant: nothing is published before the first successful (full) pass, so a start with
 //! ZooKeeper unreachable never reads as "nothing assigned" and never stops a worker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::records::{LocalAssignments, PortJob};
 use crate::cluster::assignment::Assignment;
-use crate::cluster::zk::{ZkClient, ZkError};
+use crate::cluster::zk::{NodeStat, ZkClient, ZkError};
 use crate::local_state::{LocalAssignmentsKey, LocalState};
 
 /// The result of a successful pass, as the process side sees it.
@@ -58,6 +71,59 @@ struct Cached {
     problem: Option<String>,
 }
 
+/// What the watch reported since the last pass.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Requests for a full pass so far (a counter, so a request that arrives while a full pass
+    /// runs is not taken as done by it).
+    resyncs: u64,
+    /// Topologies whose node was created, changed or deleted.
+    names: BTreeSet<String>,
+}
+
+/// The mailbox between the `/assignments` watch (and the session events) and the
+/// [`AssignmentSync`] that owns the cache: senders note what changed, the next pass takes it.
+/// Bounded by the number of topologies (a set), however many events arrive.
+#[derive(Debug, Clone)]
+pub struct AssignmentChanges {
+    dir: String,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl AssignmentChanges {
+    /// Everything may have changed (a new session, a reconnect, a watch set again): the next
+    /// pass is a full one.
+    pub fn resync(&self) {
+        self.pending.lock().unwrap().resyncs += 1;
+    }
+
+    /// An event of the persistent watch on `<root>/assignments` ([`watch_dir`]): `Some` path of
+    /// a changed node, `None` when events may have been missed.
+    pub fn note(&self, path: Option<&str>) {
+        let Some(path) = path else { return self.resync() };
+        match path.strip_prefix(&self.dir).and_then(|rest| rest.strip_prefix('/')) {
+            // `<root>/assignments/<topology>`: that topology only.
+            Some(name) if !name.is_empty() && !name.contains('/') => {
+                self.pending.lock().unwrap().names.insert(name.to_owned());
+            }
+            // Below a topology's node: not an assignment (SPEC §3.2), nothing to read.
+            Some(_) => {}
+            // The directory itself (created, deleted) or anything unexpected: read it all.
+            None => self.resync(),
+        }
+    }
+
+    fn take(&self) -> (u64, BTreeSet<String>) {
+        let mut pending = self.pending.lock().unwrap();
+        (pending.resyncs, std::mem::take(&mut pending.names))
+    }
+
+    /// Puts back the names of a pass that failed: they are read by the next one.
+    fn restore(&self, names: BTreeSet<String>) {
+        self.pending.lock().unwrap().names.extend(names);
+    }
+}
+
 /// State of the assignment sync; owned by the `sync-supervisor` handler.
 #[derive(Debug)]
 pub struct AssignmentSync {
@@ -75,6 +141,24 @@ pub struct AssignmentSync {
     /// The session in which `<root>/assignments` was last made sure to exist (once per
     /// session is enough; every sync would be two needless reads).
     ensured_in: Option<i64>,
+    /// What the watch and the session events reported.
+    changes: AssignmentChanges,
+    /// The session of the last successful full pass, and the resync requests it covered.
+    full_in: Option<i64>,
+    resyncs_done: u64,
+    /// `pzxid` of `<root>/assignments` when its children were last listed (`None`: missing).
+    listed_pzxid: Option<i64>,
+    /// The cache changed since the last successful publish (a persist failed after the reads).
+    unpublished: bool,
+}
+
+/// Reads of one pass, for the debug log.
+#[derive(Debug, Default)]
+struct Reads {
+    full: bool,
+    listed: bool,
+    stats: usize,
+    gets: usize,
 }
 
 impl AssignmentSync {
@@ -88,6 +172,8 @@ impl AssignmentSync {
         persisted: LocalAssignments,
         publish: watch::Sender<Option<Arc<AssignmentView>>>,
     ) -> AssignmentSync {
+        let changes =
+            AssignmentChanges { dir: format!("{root}/assignments"), pending: Arc::new(Mutex::new(Pending::default())) };
         AssignmentSync {
             root: root.to_owned(),
             supervisor_id: supervisor_id.to_owned(),
@@ -99,25 +185,78 @@ impl AssignmentSync {
             reported: BTreeMap::new(),
             ensured_in: None,
             generation: 0,
+            changes,
+            full_in: None,
+            resyncs_done: 0,
+            listed_pzxid: None,
+            unpublished: false,
         }
+    }
+
+    /// The handle the `/assignments` watch and the session events report changes through.
+    pub fn changes(&self) -> AssignmentChanges {
+        self.changes.clone()
     }
 
     fn dir(&self) -> String {
         format!("{}/assignments", self.root)
     }
 
-    /// One full pass (see the module docs).
-    pub async fn sync(&mut self, client: &ZkClient) -> Result<(), SyncError> {
+    /// One pass (see the module docs): a full one when one is due, else the topologies the
+    /// watch reported and, if `periodic` (the `sync_secs` timer), the check of the parent.
+    /// Returns whether this supervisor's jobs changed (the blob pass need not follow if not).
+    pub async fn sync(&mut self, client: &ZkClient, periodic: bool) -> Result<bool, SyncError> {
+        let session = client.session_id();
+        let (resyncs, names) = self.changes.take();
+        let full = self.generation == 0 || self.full_in != Some(session) || resyncs > self.resyncs_done;
+        if !full && !periodic && names.is_empty() && !self.unpublished {
+            // A watch event already handled by an earlier pass: nothing to read or publish.
+            return Ok(false);
+        }
+        let mut reads = Reads { full, ..Reads::default() };
+        let result = if full {
+            self.read_all(client, &mut reads).await
+        } else {
+            self.read_some(client, &names, periodic, &mut reads).await
+        };
+        if let Err(e) = result {
+            self.changes.restore(names);
+            return Err(e.into());
+        }
+        if full {
+            self.full_in = Some(session);
+            self.resyncs_done = resyncs;
+        }
+        debug!(
+            full = reads.full,
+            listed = reads.listed,
+            stats = reads.stats,
+            gets = reads.gets,
+            topologies = self.cache.len(),
+            "assignments read"
+        );
+        self.unpublished = true;
+        let changed = self.publish_view().await?;
+        self.unpublished = false;
+        Ok(changed)
+    }
+
+    /// The full pass: list (with the parent's stat), stat every topology, get the changed ones.
+    async fn read_all(&mut self, client: &ZkClient, reads: &mut Reads) -> Result<(), ZkError> {
         let dir = self.dir();
         if self.ensured_in != Some(client.session_id()) {
             client.ensure_path(&dir).await?;
             self.ensured_in = Some(client.session_id());
         }
-        let names = client.children(&dir).await?;
+        let (names, parent) = client.children_with_stat(&dir).await?.unzip();
+        reads.listed = true;
+        self.listed_pzxid = parent.map(|p| p.pzxid);
+        let names = names.unwrap_or_default();
         let present: BTreeSet<String> = names.iter().cloned().collect();
         self.cache.retain(|name, _| present.contains(name));
         for name in names {
             let path = format!("{dir}/{name}");
+            reads.stats += 1;
             let Some(stat) = client.stat(&path).await? else {
                 self.cache.remove(&name);
                 continue;
@@ -125,26 +264,83 @@ impl AssignmentSync {
             if self.cache.get(&name).is_some_and(|c| c.zxid == stat.mzxid) {
                 continue;
             }
-            let Some((data, stat)) = client.get(&path).await? else {
-                self.cache.remove(&name);
-                continue;
-            };
-            let previous = self.cache.get(&name).and_then(|c| c.good.clone());
-            let entry = match Assignment::decode(&path, &data).and_then(|a| a.validate().map(|()| a)) {
-                Ok(assignment) => {
-                    if previous.is_some() {
-                        info!(topology = %name, zxid = stat.mzxid, "assignment changed");
-                    }
-                    Cached { zxid: stat.mzxid, good: Some(Arc::new(assignment)), problem: None }
-                }
-                Err(e) => {
-                    warn!(topology = %name, error = %e, kept_previous = previous.is_some(),
-                        "ignoring an invalid assignment; its workers are left as they are");
-                    Cached { zxid: stat.mzxid, good: previous, problem: Some(e.to_string()) }
-                }
-            };
-            self.cache.insert(name, entry);
+            self.read_one(client, &name, reads).await?;
         }
+        Ok(())
+    }
+
+    /// Between full passes: one get per topology the watch reported; on the timer, one stat of
+    /// the parent, and a list only when a topology was created or deleted since the last one.
+    async fn read_some(
+        &mut self,
+        client: &ZkClient,
+        names: &BTreeSet<String>,
+        periodic: bool,
+        reads: &mut Reads,
+    ) -> Result<(), ZkError> {
+        for name in names {
+            self.read_one(client, name, reads).await?;
+        }
+        if !periodic {
+            return Ok(());
+        }
+        let dir = self.dir();
+        reads.stats += 1;
+        let pzxid = client.stat(&dir).await?.map(|s| s.pzxid);
+        if pzxid.is_some() && pzxid == self.listed_pzxid {
+            return Ok(());
+        }
+        // Creates or deletes since the last list. The watch has normally read them already;
+        // this catches any it did not deliver.
+        let (listed, parent) = client.children_with_stat(&dir).await?.unzip();
+        reads.listed = true;
+        self.listed_pzxid = parent.map(|p| p.pzxid);
+        let listed: BTreeSet<String> = listed.unwrap_or_default().into_iter().collect();
+        self.cache.retain(|name, _| listed.contains(name));
+        for name in listed.iter().filter(|n| !self.cache.contains_key(*n)).cloned().collect::<Vec<_>>() {
+            self.read_one(client, &name, reads).await?;
+        }
+        Ok(())
+    }
+
+    /// Gets `<root>/assignments/<name>` and caches what it holds (gone: forgotten).
+    async fn read_one(&mut self, client: &ZkClient, name: &str, reads: &mut Reads) -> Result<(), ZkError> {
+        let path = format!("{}/{name}", self.dir());
+        reads.gets += 1;
+        match client.get(&path).await? {
+            Some((data, stat)) => self.store(name, &path, &data, &stat),
+            None => {
+                self.cache.remove(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and validates a payload just read; a broken one keeps the last good version.
+    fn store(&mut self, name: &str, path: &str, data: &[u8], stat: &NodeStat) {
+        if self.cache.get(name).is_some_and(|c| c.zxid == stat.mzxid) {
+            return; // a repeated event: this version is the one cached
+        }
+        let previous = self.cache.get(name).and_then(|c| c.good.clone());
+        let entry = match Assignment::decode(path, data).and_then(|a| a.validate().map(|()| a)) {
+            Ok(assignment) => {
+                if previous.is_some() {
+                    info!(topology = %name, zxid = stat.mzxid, "assignment changed");
+                }
+                Cached { zxid: stat.mzxid, good: Some(Arc::new(assignment)), problem: None }
+            }
+            Err(e) => {
+                warn!(topology = %name, error = %e, kept_previous = previous.is_some(),
+                    "ignoring an invalid assignment; its workers are left as they are");
+                Cached { zxid: stat.mzxid, good: previous, problem: Some(e.to_string()) }
+            }
+        };
+        self.cache.insert(name.to_owned(), entry);
+    }
+
+    /// Reports problems, persists and publishes the jobs of the cached topologies. Returns
+    /// whether the jobs differ from the last published ones.
+    async fn publish_view(&mut self) -> Result<bool, SyncError> {
         let view = self.view();
         for (topology, problem) in &view.problems {
             if self.reported.get(topology) != Some(problem) {
@@ -164,10 +360,11 @@ impl AssignmentSync {
                 .map_err(|e| SyncError::Persist(e.to_string()))?;
             self.persisted = Some(view.jobs.clone());
         }
+        let changed = self.publish.borrow().as_ref().is_none_or(|published| published.jobs != view.jobs);
         self.generation += 1;
         let view = Arc::new(AssignmentView { generation: self.generation, ..view });
         self.publish.send_replace(Some(view));
-        Ok(())
+        Ok(changed)
     }
 
     /// The per-port jobs of this supervisor from the cached topologies.
@@ -223,14 +420,16 @@ impl AssignmentSync {
     }
 }
 
-/// Keeps a persistent recursive watch on `dir` (`<root>/assignments`, `<root>/blobstore`) for
-/// every session and calls `on_change` on each change, and once per new watch (events may have
-/// been missed in between). Ends when `stop` turns true.
+/// Keeps a persistent recursive watch on `dir` (`<root>/assignments`, `<root>/blobstore`,
+/// `<root>/actions/<id>`) for every session and calls `on_change` with the path of each node
+/// that changed, and with `None` when events may have been missed: once per new watch (the
+/// time before it was set), and on each change of the connection (a persistent watch misses
+/// the events of a disconnection, ZOOKEEPER-4698). Ends when `stop` turns true.
 pub async fn watch_dir(
     dir: String,
     mut client: watch::Receiver<Option<ZkClient>>,
     mut stop: watch::Receiver<bool>,
-    on_change: impl Fn() + Send + 'static,
+    on_change: impl Fn(Option<&str>) + Send + 'static,
 ) {
     loop {
         // Wait for a session; hold the client only while setting the watch up.
@@ -250,11 +449,13 @@ pub async fn watch_dir(
                 _ = stop.wait_for(|s| *s) => return,
             }
         };
-        on_change();
+        on_change(None);
         loop {
             tokio::select! {
                 event = tree.changed() => match event {
-                    Some(_) => on_change(),
+                    // A session event (disconnected, reconnected).
+                    Some(path) if path.is_empty() => on_change(None),
+                    Some(path) => on_change(Some(&path)),
                     None => break, // session over; wait for the next one
                 },
                 _ = stop.wait_for(|s| *s) => return,
@@ -262,5 +463,42 @@ pub async fn watch_dir(
         }
         // Do not spin on the ended session's client: wait until it is replaced or cleared.
         let _ = client.changed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes() -> AssignmentChanges {
+        AssignmentChanges { dir: "/g/assignments".into(), pending: Arc::default() }
+    }
+
+    #[test]
+    fn a_watch_event_names_one_topology_and_anything_else_asks_for_a_full_pass() {
+        let c = changes();
+        c.note(Some("/g/assignments/wc"));
+        c.note(Some("/g/assignments/wc")); // repeated: still one read
+        c.note(Some("/g/assignments/other"));
+        c.note(Some("/g/assignments/wc/child")); // below a topology: not an assignment
+        assert_eq!(c.take(), (0, ["other".to_owned(), "wc".to_owned()].into()));
+        assert_eq!(c.take(), (0, BTreeSet::new()), "taken once");
+
+        c.note(None); // a session event or a new watch
+        c.note(Some("/g/assignments")); // the directory itself
+        c.note(Some("/g/assignmentsx/wc"));
+        assert_eq!(c.take(), (3, BTreeSet::new()));
+        c.resync();
+        assert_eq!(c.take().0, 4, "a counter: a request during a full pass is not lost");
+    }
+
+    #[test]
+    fn the_names_of_a_failed_pass_are_read_by_the_next() {
+        let c = changes();
+        c.note(Some("/g/assignments/a"));
+        let (_, taken) = c.take();
+        c.note(Some("/g/assignments/b"));
+        c.restore(taken);
+        assert_eq!(c.take().1, ["a".to_owned(), "b".to_owned()].into());
     }
 }

@@ -1,11 +1,13 @@
 //! The `sync-supervisor` queue: its jobs and their handler.
 //!
 //! `sync-supervisor` runs everything that reads the cluster's intent from ZooKeeper:
-//! [`SupervisorJob::Sync`] (the timer's and every new session's full sync: check our
-//! registration, then the assignments) and [`SupervisorJob::Assignments`] (a watch saw a change
-//! under `/assignments`), each followed by the blob sync, and [`SupervisorJob::Blobs`] (the
-//! `/blobstore` watch, the `blob.sync_secs` timer, a download that ended). The `sync-processes`
-//! queue's jobs live with their handler in `processes.rs`.
+//! [`SupervisorJob::Sync`] (the `sync_secs` timer, every new session and reconnect: check our
+//! registration, then the assignments, the blobs and the actions) and
+//! [`SupervisorJob::Assignments`] (a watch saw a change under `/assignments`; followed by the
+//! blob sync when this host's jobs changed), and [`SupervisorJob::Blobs`] (the `/blobstore`
+//! watch, the `blob.sync_secs` timer, a download that ended). How much of `/assignments` a
+//! pass reads (everything, or only what changed) is decided in `assignments.rs`. The
+//! `sync-processes` queue's jobs live with their handler in `processes.rs`.
 
 use std::time::Duration;
 
@@ -20,9 +22,10 @@ use crate::event::{Job, JobError, JobHandler};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SupervisorJob {
-    /// Full sync: registration safety net, then assignments.
+    /// Registration safety net, then assignments (a full pass after a new session or a
+    /// reconnect, else the cheap periodic check), blobs and actions.
     Sync,
-    /// Only the assignments (a watch fired), then the blobs they use.
+    /// Only the assignments the watch reported, then the blobs they use.
     Assignments,
     /// Only the blobs (see `blobs.rs`); also runs without a session, from what was read.
     Blobs,
@@ -105,9 +108,12 @@ impl JobHandler<SupervisorJob> for SupervisorSync {
         if job == SupervisorJob::Sync {
             self.verify_registration().await?;
         }
-        self.assignments.sync(&client).await?;
+        let jobs_changed = self.assignments.sync(&client, job == SupervisorJob::Sync).await?;
+        // The blobs to read are those of this host's jobs: a watch event about another host's
+        // topology needs no blob read (the `/blobstore` watch and both timers cover the rest).
         // A blob problem must not hold back the readiness that assignments give.
-        let blobs = self.blobs.sync(Some(&client)).await;
+        let blobs =
+            if job == SupervisorJob::Sync || jobs_changed { self.blobs.sync(Some(&client)).await } else { Ok(()) };
         if job == SupervisorJob::Sync {
             self.completed.send_modify(|n| *n += 1);
             // The watch may have missed actions across a reconnect.

@@ -39,7 +39,7 @@ use crate::cluster::model::{Health, unix_ms};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::Config;
 use crate::config::OnSessionLoss;
-use crate::event::{new_queue, run_queue, spawn_timer_with};
+use crate::event::{Phase, new_queue, run_queue, spawn_timer_with};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
 use crate::local_state::{self, LocalState, StateError};
@@ -255,20 +255,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let mut blob_sync = blob_sync;
     blob_sync.follow_config(config_rx.clone());
+    let assignment_sync =
+        AssignmentSync::new(&config.zookeeper.root, &id, &config.supervisor.slots, state.clone(), assigned, desired_tx);
+    // What the `/assignments` watch and the session events tell the assignment sync.
+    let assignment_changes = assignment_sync.changes();
     let sync_task = run_queue(
         &sync_queue,
         jobs::SupervisorSync {
             membership: zk.commands.clone(),
             zk_status: zk.status.clone(),
             client: zk.client.clone(),
-            assignments: AssignmentSync::new(
-                &config.zookeeper.root,
-                &id,
-                &config.supervisor.slots,
-                state.clone(),
-                assigned,
-                desired_tx,
-            ),
+            assignments: assignment_sync,
             blobs: blob_sync,
             actions: actions::ActionSync::new(&config.zookeeper.root, &id, front_tx.clone()),
             completed: synced_tx,
@@ -283,9 +280,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (health_settings_tx, health_settings_rx) =
         watch::channel((crate::health::HealthSettings::from_config(&config.health), config.health.interval));
     let timers = [
-        spawn_timer_with(sync_queue.clone(), SupervisorJob::Sync, sync_period_rx, timers_stop_rx.clone()),
-        spawn_timer_with(sync_queue.clone(), SupervisorJob::Blobs, blob_period_rx, timers_stop_rx.clone()),
-        spawn_timer_with(proc_queue.clone(), ProcessJob::Monitor, monitor_period_rx, timers_stop_rx.clone()),
+        spawn_timer_with(
+            sync_queue.clone(),
+            SupervisorJob::Sync,
+            sync_period_rx,
+            Phase::Random,
+            timers_stop_rx.clone(),
+        ),
+        spawn_timer_with(
+            sync_queue.clone(),
+            SupervisorJob::Blobs,
+            blob_period_rx,
+            Phase::Random,
+            timers_stop_rx.clone(),
+        ),
+        spawn_timer_with(
+            proc_queue.clone(),
+            ProcessJob::Monitor,
+            monitor_period_rx,
+            Phase::Random,
+            timers_stop_rx.clone(),
+        ),
         tokio::spawn(processes::deadline_timer(deadline_rx, proc_queue.clone(), timers_stop_rx.clone())),
         tokio::spawn(assignments::watch_dir(
             format!("{}/blobstore", config.zookeeper.root),
@@ -293,7 +308,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             timers_stop_rx.clone(),
             {
                 let q = sync_queue.clone();
-                move || {
+                move |_: Option<&str>| {
                     q.request(SupervisorJob::Blobs);
                 }
             },
@@ -304,7 +319,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             timers_stop_rx.clone(),
             {
                 let q = sync_queue.clone();
-                move || {
+                move |_: Option<&str>| {
                     q.request(SupervisorJob::Actions);
                 }
             },
@@ -321,8 +336,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             zk.client.clone(),
             timers_stop_rx.clone(),
             {
-                let q = sync_queue.clone();
-                move || {
+                // The changed node's path goes to the assignment sync: one read, not a full pass.
+                let (q, changes) = (sync_queue.clone(), assignment_changes.clone());
+                move |path: Option<&str>| {
+                    changes.note(path);
                     q.request(SupervisorJob::Assignments);
                 }
             },
@@ -424,6 +441,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Some(event) = zk.events.recv() => match event {
                 SessionEvent::Registered { .. } | SessionEvent::Reconnected => {
                     // A new session or a reconnect: watches may have missed events, so re-read all.
+                    assignment_changes.resync();
                     sync_queue.request(SupervisorJob::Sync);
                 }
             },
