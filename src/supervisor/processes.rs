@@ -196,7 +196,7 @@ struct Ops {
 /// The local dir the agent depends on must stay the one it locked.
 #[derive(Debug, Clone)]
 pub struct LocalDirCheck {
-    /// `<local_dir>/lock` and the inode we hold the flock on: if the file at that path is
+    /// `<local_dir>/lock` and the inode we hold the record lock on: if the file at that path is
     /// another inode (the dir was removed or replaced under us), a second agent could start.
     pub lock_path: PathBuf,
     pub lock_inode: u64,
