@@ -954,8 +954,23 @@ async fn converge_plan(
             return owners;
         }
         if Instant::now() > deadline {
+            // The session and sync story of each agent, not its periodic chatter.
+            let story = |text: &str| -> String {
+                text.lines()
+                    .filter(|l| {
+                        l.contains("gale::cluster")
+                            || l.contains("full=true")
+                            || l.contains("listed=true")
+                            || l.contains("assignment")
+                            || l.contains(" WARN ")
+                            || l.contains(" ERROR ")
+                    })
+                    .filter(|l| !l.contains("supervisor info written"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
             let logs: Vec<String> =
-                agents.iter().map(|a| format!("{}:\n{}", a.id, tail(&a.agent.log_text(), 40))).collect();
+                agents.iter().map(|a| format!("{}:\n{}", a.id, story(&a.agent.log_text()))).collect();
             panic!("{what}: no convergence in 90 s:\n{}\n{}", pending.join("\n"), logs.join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

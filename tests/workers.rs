@@ -1181,3 +1181,57 @@ async fn processes_left_behind_by_an_exited_worker_are_killed() {
     println!("left-behind child {child} gone {:.0} ms after its worker started", ms(now_ns() - exited));
     assert!(agent.log_text().contains("killing a process the exited worker left behind"), "{}", agent.log_text());
 }
+
+// ------------------------------------------------------------------------------------------
+// a reconnect must not silence the assignment watch
+
+/// zookeeper-client 0.11.2 does not set persistent watches again after a reconnect, so an
+/// agent that reconnected inside its session saw no assignment change again (the sync timer
+/// only checks for created and deleted topologies). The agent now sets its watch again on
+/// every reconnect. Found by the ensemble scenario of `tests/faults.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnect_inside_the_session_a_changed_assignment_is_still_applied() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = ZkServer::standalone(&tmp.path().join("zk"));
+    server.wait_serving();
+    let connect = server.connect_string();
+    let case = Case::new("reconnect", &connect, 20_000, "", "");
+    let reaper = Reaper::new(case.local().join("workers"));
+    let topology = "t-reconnect";
+    let zk = zk_client(&connect).await;
+    let version =
+        |v: &str| case.assignment(topology, "sleep", &[6700], json!({"env": {"WORKER_MODE": "sleep", "V": v}}));
+    put_json(&zk, &case.assignment_path(topology), &version("1")).await;
+    drop(zk);
+    let mut agent = case.start();
+    let zk = zk_client(&connect).await;
+    let (info, stat) = wait_info(&zk, &case.info_path(), &agent, "v1 running", Duration::from_secs(30), |v, _| {
+        running_pid(v, 6700).is_some()
+    })
+    .await;
+    let first = running_pid(&info, 6700).unwrap();
+    reaper.track(first);
+    drop(zk);
+
+    // The server goes away and comes back well inside the 20 s session: same session.
+    server.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    server.start();
+    server.wait_serving();
+    agent.wait_log("reconnected to zookeeper", Duration::from_secs(30));
+
+    let zk = zk_client(&connect).await;
+    put_json(&zk, &case.assignment_path(topology), &version("2")).await;
+    let (info, now) = wait_info(
+        &zk,
+        &case.info_path(),
+        &agent,
+        "v2 replacing v1 after the reconnect",
+        Duration::from_secs(30),
+        |v, _| running_pid(v, 6700).is_some_and(|p| p != first),
+    )
+    .await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+    assert_eq!(now.ephemeral_owner, stat.ephemeral_owner, "the session survived the reconnect");
+    drop(agent);
+}

@@ -219,6 +219,8 @@ impl NodeWatch {
 pub struct TreeWatch {
     watcher: zk::PersistentWatcher,
     ended: bool,
+    /// The last session event was a reconnect: the watch must be set again (see `changed`).
+    reconnected: bool,
 }
 
 impl TreeWatch {
@@ -237,9 +239,22 @@ impl TreeWatch {
                 self.ended = true;
                 None
             }
-            zk::EventType::Session => Some(String::new()),
+            zk::EventType::Session => {
+                self.reconnected = event.session_state == zk::SessionState::SyncConnected;
+                Some(String::new())
+            }
             _ => Some(event.path),
         }
+    }
+
+    /// Whether the last event was a reconnect. The watch is then DEAD on the server and must be
+    /// set again: zookeeper-client 0.11.2 re-sends one-shot watches after a reconnect but not
+    /// persistent ones (`WatchManager::resend_watches` computes `index.max(index)` where it
+    /// means `index.max(i)`, so the SetWatches2 lists of persistent watches are never sent).
+    /// Found by the ensemble scenario of `tests/faults.rs`: after a leader failover an agent
+    /// saw no assignment change again.
+    pub fn reconnected(&self) -> bool {
+        self.reconnected
     }
 }
 
@@ -504,7 +519,7 @@ impl ZkClient {
         let watcher =
             bounded(&self.client, "watch", path, || self.client.watch(path, zk::AddWatchMode::PersistentRecursive))
                 .await?;
-        Ok(TreeWatch { watcher, ended: false })
+        Ok(TreeWatch { watcher, ended: false, reconnected: false })
     }
 
     /// Stat of `path` (if it exists) and a one-shot watch for its next change.

@@ -450,16 +450,22 @@ pub async fn watch_dir(
             }
         };
         on_change(None);
-        loop {
+        let rearm = loop {
             tokio::select! {
                 event = tree.changed() => match event {
-                    // A session event (disconnected, reconnected).
+                    // Reconnected: the server lost the persistent watch (the client does not set
+                    // it again, see `TreeWatch::reconnected`): set it again, then a full pass.
+                    Some(path) if path.is_empty() && tree.reconnected() => break true,
+                    // Disconnected: events may be missed until the reconnect.
                     Some(path) if path.is_empty() => on_change(None),
                     Some(path) => on_change(Some(&path)),
-                    None => break, // session over; wait for the next one
+                    None => break false, // session over; wait for the next one
                 },
                 _ = stop.wait_for(|s| *s) => return,
             }
+        };
+        if rearm {
+            continue;
         }
         // Do not spin on the ended session's client: wait until it is replaced or cleared.
         let _ = client.changed().await;
