@@ -50,6 +50,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -57,35 +58,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
+use support::*;
 use zookeeper_client as zkc;
 
 const ROOT: &str = "/peers";
 const GALE: &str = env!("CARGO_BIN_EXE_gale");
 const PORT: u16 = 7000;
 
-fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
-}
-
-fn ms_between(from_ns: i128, to_ns: i128) -> f64 {
-    (to_ns - from_ns) as f64 / 1e6
-}
-
 fn env_u64(key: &str, default: u64) -> u64 {
     match std::env::var(key) {
         Ok(v) => v.parse().unwrap_or_else(|_| panic!("{key}={v}: not a number")),
         Err(_) => default,
     }
-}
-
-async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,65 +90,12 @@ fn compile_crash(dir: &Path) -> PathBuf {
     bin
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    exit: bool,
-    ns: i128,
-}
-
-/// The `start`/`exit` lines of a marks file, in file order.
-fn marks(file: &Path) -> Vec<Mark> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let exit = match f.next()? {
-                "start" => false,
-                "exit" => true,
-                _ => return None,
-            };
-            Some(Mark { exit, ns: f.next()?.parse().ok()? })
-        })
-        .collect()
-}
-
 fn starts(file: &Path) -> Vec<i128> {
     marks(file).into_iter().filter(|m| !m.exit).map(|m| m.ns).collect()
 }
 
-/// exit -> next start, in ms.
-fn restart_gaps(marks: &[Mark]) -> Vec<f64> {
-    let mut gaps = Vec::new();
-    let mut last_exit = None;
-    for m in marks {
-        if m.exit {
-            last_exit = Some(m.ns);
-        } else if let Some(exit) = last_exit.take() {
-            gaps.push(ms_between(exit, m.ns));
-        }
-    }
-    gaps
-}
-
 // ---------------------------------------------------------------------------------------------
 // statistics
-
-#[derive(Debug, Clone, Copy)]
-struct Summary {
-    n: usize,
-    p50: f64,
-    p90: f64,
-    max: f64,
-}
-
-/// Nearest-rank percentiles.
-fn summarize(values: &[f64]) -> Summary {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let pct = |p: f64| if n == 0 { f64::NAN } else { v[((p * n as f64).ceil() as usize).clamp(1, n) - 1] };
-    Summary { n, p50: pct(0.5), p90: pct(0.9), max: v.last().copied().unwrap_or(f64::NAN) }
-}
 
 /// "1.2 ms" below a second, "2.00 s" above.
 fn duration_text(ms: f64) -> String {
@@ -171,11 +108,6 @@ fn duration_text(ms: f64) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // /proc
-
-fn proc_status_field(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 /// ns on CPU of a process's threads (or of one thread), from each thread's
 /// `/proc/<pid>/task/<tid>/schedstat` (first field): precise where `/proc/<pid>/stat` counts
@@ -542,8 +474,8 @@ impl Running {
     fn rss_kb(&self) -> Option<u64> {
         match self {
             Running::Floor { .. } => None,
-            Running::Gale { agent, .. } => proc_status_field(agent.child.id(), "VmRSS:"),
-            Running::Process { child, .. } => proc_status_field(child.id(), "VmRSS:"),
+            Running::Gale { agent, .. } => status_field(agent.child.id(), "VmRSS:"),
+            Running::Process { child, .. } => status_field(child.id(), "VmRSS:"),
         }
     }
 
@@ -827,17 +759,6 @@ async fn measure(
 // ---------------------------------------------------------------------------------------------
 // versions and the machine
 
-fn first_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
-        })
-        .unwrap_or_else(|e| format!("({program}: {e})"))
-}
-
 fn dpkg_version(package: &str) -> String {
     let v = first_line("dpkg-query", &["-W", "-f=${Version}", package]);
     if v.is_empty() || v.contains("no packages") { "not installed".to_owned() } else { v }
@@ -845,25 +766,6 @@ fn dpkg_version(package: &str) -> String {
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
-        .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("nproc {}, {model}, Linux {}", first_line("nproc", &[]), kernel.trim())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -947,7 +849,7 @@ async fn main() {
     writeln!(o, "\n(a) crash -> restart, worker lifetime {lifetime_a} ms, no throttle applies; ms from the worker's exit stamp to the next start stamp\n").unwrap();
     writeln!(o, "| tool | settings | n | p50 | p90 | max |\n|---|---|---|---|---|---|").unwrap();
     for m in &a {
-        let s = summarize(&m.gaps);
+        let s = percentiles(&m.gaps);
         writeln!(
             o,
             "| {} | {} | {} | {:.2} | {:.2} | {:.2} |",
@@ -977,7 +879,7 @@ async fn main() {
             m.restarts as f64 * 60.0 / loop_secs as f64,
             first.join(", "),
             if m.gaps.len() > 6 { ", …" } else { "" },
-            duration_text(summarize(&m.gaps).p50),
+            duration_text(percentiles(&m.gaps).p50),
             m.last_start_ms / 1000.0,
             m.state
         )

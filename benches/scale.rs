@@ -42,17 +42,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use support::*;
 use zookeeper_client as zkc;
 
 const ROOT: &str = "/scale";
@@ -60,20 +62,8 @@ const GALE: &str = env!("CARGO_BIN_EXE_gale");
 /// Outlives the bench; a worker that escaped every cleanup still ends on its own.
 const WORKER_LIFETIME_MS: u64 = 20 * 60 * 1000;
 
-fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
-}
-
-fn ms_between(from_ns: i128, to_ns: i128) -> f64 {
-    (to_ns - from_ns) as f64 / 1e6
-}
-
 fn secs_between(from_ns: i128, to_ns: i128) -> f64 {
     (to_ns - from_ns) as f64 / 1e9
-}
-
-async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 fn env_or<T: FromStr>(name: &str, default: T) -> T {
@@ -108,24 +98,6 @@ impl Knobs {
 // ---------------------------------------------------------------------------------------------
 // statistics
 
-#[derive(Debug, Clone, Copy)]
-struct Pct {
-    n: usize,
-    min: f64,
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-/// Nearest-rank percentiles.
-fn pct(values: &[f64]) -> Pct {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let at = |p: f64| if n == 0 { f64::NAN } else { v[((p * n as f64).ceil() as usize).clamp(1, n) - 1] };
-    Pct { n, min: at(0.0), p50: at(0.5), p99: at(0.99), max: v.last().copied().unwrap_or(f64::NAN) }
-}
-
 fn median_u64(values: &[u64]) -> u64 {
     let mut v = values.to_vec();
     v.sort_unstable();
@@ -134,15 +106,6 @@ fn median_u64(values: &[u64]) -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // /proc and the machine
-
-fn status_field(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// Proportional set size: shared pages (the binary, libc) split between their users, so the
 /// sum over agents is what they really occupy together.
@@ -153,49 +116,6 @@ fn pss_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn ticks_per_sec() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
-fn first_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_owned()
-        })
-        .unwrap_or_else(|| "?".to_owned())
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model =
-        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']));
-    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let os = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).unwrap_or("?").trim_matches('"').to_owned();
-    let mem_kb = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    format!(
-        "nproc {}, {}, {:.0} GiB RAM, kernel {}, {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        model.unwrap_or("?"),
-        mem_kb as f64 / 1024.0 / 1024.0,
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        os
-    )
 }
 
 /// `(busy, steal)` ticks of the whole machine (all cores) from /proc/stat: busy is user, nice,
@@ -219,15 +139,6 @@ fn others_pct(before: ((u64, u64), u64), after: ((u64, u64), u64), ticks: u64, s
 /// CPU ticks of this bench's own processes: the agents, the ZooKeeper JVM and this process.
 fn bench_ticks(pids: &[u32], java: u32) -> u64 {
     pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>() + cpu_ticks(java) + cpu_ticks(std::process::id())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Raises the soft open-files limit to the hard one (inherited by the agents and the JVM).
@@ -393,35 +304,9 @@ async fn follow_supervisors(zk: &zkc::Client) -> (Arc<Mutex<Seen>>, tokio::task:
 // ---------------------------------------------------------------------------------------------
 // workers, agents, assignments
 
-/// `<target>/release/examples/crash_worker`, built here if missing.
-fn crash_worker_binary() -> PathBuf {
-    let release = Path::new(GALE).parent().expect("gale lives in <target>/<profile>");
-    let bin = release.join("examples").join("crash_worker");
-    if !bin.exists() {
-        eprintln!("building {} ...", bin.display());
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--example", "crash_worker", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(release.parent().expect("<target>"))
-            .status()
-            .expect("run cargo");
-        assert!(status.success() && bin.exists(), "cannot build the crash_worker example");
-    }
-    bin
-}
-
 /// `(unix ns, pid)` of every `start` line in a crash_worker file.
 fn starts(file: &Path) -> Vec<(i128, u32)> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next()? == "start").then_some(())?;
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-        })
-        .collect()
+    marks(file).into_iter().filter(|m| !m.exit).map(|m| (m.ns, m.pid)).collect()
 }
 
 /// The harness's agent config with every timer at its SPEC default and `info` logs.
@@ -624,9 +509,9 @@ struct Footprint {
 fn footprint(agents: &[Agent]) -> Footprint {
     let pids: Vec<u32> = agents.iter().map(|a| a.child.id()).collect();
     Footprint {
-        rss_kb: pids.iter().map(|p| status_field(*p, "VmRSS:")).collect(),
+        rss_kb: pids.iter().map(|p| status_field(*p, "VmRSS:").unwrap_or(0)).collect(),
         pss_kb: pids.iter().map(|p| pss_kb(*p)).collect(),
-        threads: pids.iter().map(|p| status_field(*p, "Threads:")).collect(),
+        threads: pids.iter().map(|p| status_field(*p, "Threads:").unwrap_or(0)).collect(),
     }
 }
 
@@ -634,18 +519,18 @@ fn footprint(agents: &[Agent]) -> Footprint {
 struct Window {
     zk: ZkDelta,
     /// Packets per second of each agent session (`cons`).
-    per_session: Pct,
+    per_session: Percentiles,
     sessions_seen: usize,
     info_writes: u64,
     /// ZooKeeper packets received per second, one sample a second.
-    per_second: Pct,
+    per_second: Percentiles,
     java_cpu_pct: f64,
     java_rss_kb: u64,
     /// CPU used meanwhile by processes that are not this bench's, and hypervisor steal (% of
     /// one core): the noise on a shared machine.
     others: (f64, f64),
     agents_cpu_pct: f64,
-    agent_cpu_pct: Pct,
+    agent_cpu_pct: Percentiles,
     watches: f64,
     load: String,
 }
@@ -677,7 +562,7 @@ async fn window(
         let (at, packets) = (now_ns(), Mntr::read(port).get("zk_packets_received"));
         samples.push((packets - last.1) / secs_between(last.0, at));
         last = (at, packets);
-        java_rss_kb = java_rss_kb.max(status_field(java, "VmRSS:"));
+        java_rss_kb = java_rss_kb.max(status_field(java, "VmRSS:").unwrap_or(0));
         tick += 1;
         if tick % 5 == 0 {
             check_alive(agents, ids);
@@ -698,14 +583,14 @@ async fn window(
     Window {
         zk: zk_delta(&m0, &m1, elapsed),
         sessions_seen: per_session.len(),
-        per_session: pct(&per_session),
+        per_session: percentiles(&per_session),
         info_writes: w1 - w0,
-        per_second: pct(&samples),
+        per_second: percentiles(&samples),
         java_cpu_pct: pct_of(j1 - j0),
         java_rss_kb,
         others: others_pct(others0, others1, ticks, elapsed),
         agents_cpu_pct: agent_ticks.iter().sum(),
-        agent_cpu_pct: pct(&agent_ticks),
+        agent_cpu_pct: percentiles(&agent_ticks),
         watches: m1.get("zk_watch_count"),
         load: loadavg(),
     }
@@ -826,7 +711,7 @@ struct Registration {
     spawn_ms: f64,
     all_registered_ms: f64,
     /// Each agent: its own spawn -> its node exists, ms.
-    own: Pct,
+    own: Percentiles,
     all_running_ms: f64,
     /// ZooKeeper's counters from the first spawn to 10 s after all were `running`.
     startup: ZkDelta,
@@ -898,7 +783,7 @@ async fn start_agents(
     let startup = zk_delta(&m_start, &Mntr::read(port), secs_between(first_spawn, now_ns()));
     let idle = footprint(&agents);
     check_alive(&mut agents, ids);
-    (agents, Registration { spawn_ms, all_registered_ms, own: pct(&own), all_running_ms, startup, idle })
+    (agents, Registration { spawn_ms, all_registered_ms, own: percentiles(&own), all_running_ms, startup, idle })
 }
 
 /// The clean stop of every agent: SIGTERM closes its session, so its node goes at once.
@@ -960,7 +845,7 @@ async fn run(knobs: Knobs) {
     let bench_started = now_ns();
     let n = knobs.agents;
     let nofile = raise_nofile();
-    let ticks = ticks_per_sec();
+    let ticks = clock_ticks_per_sec();
     let worker = crash_worker_binary();
     let tmp = tempfile::Builder::new().prefix("gale-bench-scale-").tempdir().unwrap();
     let base = tmp.path().to_owned();
@@ -988,7 +873,7 @@ async fn run(knobs: Knobs) {
     create_parents(&zk, &format!("{ROOT}/assignments/x")).await;
     let (seen, follower) = follow_supervisors(&zk).await;
     let heap_empty = java_heap_after_gc_kb(java as i32);
-    let java_rss_empty = status_field(java, "VmRSS:");
+    let java_rss_empty = status_field(java, "VmRSS:").unwrap_or(0);
 
     let machine = machine();
     let versions = format!(
@@ -1026,7 +911,7 @@ async fn run(knobs: Knobs) {
     for r in 0..=knobs.rounds {
         let round =
             propagation_round(r, &zk, port, &ids, &worker, &marks, rounds.last(), knobs.settle_ms, &mut agents).await;
-        let l = pct(&round.latencies());
+        let l = percentiles(&round.latencies());
         eprintln!(
             "      round {r} (port {}): p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms; previous topology's workers gone after {}",
             round.port,
@@ -1145,16 +1030,16 @@ fn report(r: &Report) {
     let per = |v: f64| v / n as f64;
     let rate = |d: &ZkDelta, v: f64| v / d.secs;
     let measured = &r.rounds[1..];
-    let lat = pct(&measured.iter().flat_map(Round::latencies).collect::<Vec<_>>());
-    let warm = pct(&r.rounds[0].latencies());
+    let lat = percentiles(&measured.iter().flat_map(Round::latencies).collect::<Vec<_>>());
+    let warm = percentiles(&r.rounds[0].latencies());
     let list = |f: &dyn Fn(&Round) -> Option<f64>| -> String {
         measured.iter().filter_map(f).map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
     };
-    let create_rtt = pct(&measured.iter().map(|r| ms_between(r.sent, r.done)).collect::<Vec<_>>());
+    let create_rtt = percentiles(&measured.iter().map(|r| ms_between(r.sent, r.done)).collect::<Vec<_>>());
     let create_cost = mean_cost(measured, &steady.zk, |r| Some(r.create));
     let delete_cost = mean_cost(measured, &steady.zk, |r| r.delete.map(|(_, d)| d));
     let startup = reg.startup.minus_background(&steady.zk);
-    let mb = |kb: &[u64]| pct(&kb.iter().map(|k| *k as f64 / 1024.0).collect::<Vec<_>>());
+    let mb = |kb: &[u64]| percentiles(&kb.iter().map(|k| *k as f64 / 1024.0).collect::<Vec<_>>());
     let (rss, rss_w) = (mb(&reg.idle.rss_kb), mb(&r.with_workers.rss_kb));
     let total_mb = |kb: &[u64]| kb.iter().sum::<u64>() as f64 / 1024.0;
     let kb_mb = |k: Option<u64>| k.map(|k| format!("{:.1} MB", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into());
@@ -1209,8 +1094,8 @@ fn report(r: &Report) {
         lat.p99,
         lat.max
     );
-    println!("| per-round max (the last agent), ms | {} |", list(&|r| Some(pct(&r.latencies()).max)));
-    println!("| per-round min (the first agent), ms | {} |", list(&|r| Some(pct(&r.latencies()).min)));
+    println!("| per-round max (the last agent), ms | {} |", list(&|r| Some(percentiles(&r.latencies()).max)));
+    println!("| per-round min (the first agent), ms | {} |", list(&|r| Some(percentiles(&r.latencies()).min)));
     println!("| warm-up round (not counted): p50 / max | {:.0} / {:.0} ms |", warm.p50, warm.max);
     println!(
         "| during the rounds: CPU of other processes; hypervisor steal (% of one core); load average after | {:.0} %; {:.0} %; {} |",

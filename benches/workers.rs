@@ -25,113 +25,34 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+use support::*;
 use zookeeper_client as zkc;
 
 const ROOT: &str = "/bench";
 const GALE: &str = env!("CARGO_BIN_EXE_gale");
 
-fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i128
-}
-
-fn ms_between(from_ns: i128, to_ns: i128) -> f64 {
-    (to_ns - from_ns) as f64 / 1e6
-}
-
 // ---------------------------------------------------------------------------------------------
 // the worker binary and its marks
-
-/// `<target>/release/examples/crash_worker`, built here if missing.
-fn crash_worker_binary() -> PathBuf {
-    let release = Path::new(GALE).parent().expect("gale lives in <target>/<profile>");
-    let bin = release.join("examples").join("crash_worker");
-    if !bin.exists() {
-        let target_dir = release.parent().expect("<target>");
-        eprintln!("building {} ...", bin.display());
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--example", "crash_worker", "--manifest-path"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir)
-            .status()
-            .expect("run cargo");
-        assert!(status.success() && bin.exists(), "cannot build the crash_worker example");
-    }
-    bin
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    exit: bool,
-    ns: i128,
-    pid: u32,
-}
-
-/// The `start`/`exit` lines a crash_worker file holds, in file order.
-fn marks(file: &Path) -> Vec<Mark> {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let exit = match f.next()? {
-                "start" => false,
-                "exit" => true,
-                _ => return None,
-            };
-            Some(Mark { exit, ns: f.next()?.parse().ok()?, pid: f.next()?.parse().ok()? })
-        })
-        .collect()
-}
 
 fn starts(file: &Path) -> Vec<Mark> {
     marks(file).into_iter().filter(|m| !m.exit).collect()
 }
 
-/// exit -> next start, in ms, for one slot's sequential workers.
-fn restart_gaps(marks: &[Mark]) -> Vec<f64> {
-    let mut gaps = Vec::new();
-    let mut last_exit = None;
-    for m in marks {
-        if m.exit {
-            last_exit = Some(m.ns);
-        } else if let Some(exit) = last_exit.take() {
-            gaps.push(ms_between(exit, m.ns));
-        }
-    }
-    gaps
-}
-
 // ---------------------------------------------------------------------------------------------
 // statistics and printing
 
-#[derive(Debug, Clone, Copy)]
-struct Summary {
-    n: usize,
-    p50: f64,
-    p90: f64,
-    max: f64,
-}
-
-/// Nearest-rank percentiles.
-fn summarize(values: &[f64]) -> Summary {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let pct = |p: f64| if n == 0 { f64::NAN } else { v[((p * n as f64).ceil() as usize).clamp(1, n) - 1] };
-    Summary { n, p50: pct(0.5), p90: pct(0.9), max: v.last().copied().unwrap_or(f64::NAN) }
-}
-
-fn row(label: &str, s: Summary) -> String {
+fn row(label: &str, s: Percentiles) -> String {
     format!("| {label:<58} | {:>3} | {:>9.2} | {:>9.2} | {:>9.2} |", s.n, s.p50, s.p90, s.max)
 }
 
@@ -149,33 +70,6 @@ fn table_header() -> String {
 
 // ---------------------------------------------------------------------------------------------
 // /proc
-
-fn proc_status_field(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    proc_status_field(pid, "VmRSS:").unwrap_or(0)
-}
-
-fn clock_ticks_per_sec() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
-}
-
-/// Running and not a zombie.
-fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    match stat.rsplit_once(')') {
-        Some((_, rest)) => !matches!(rest.split_whitespace().next(), Some("Z" | "X")),
-        None => false,
-    }
-}
 
 /// SIGKILLs, on drop too (a panicking bench must not leave workers behind), every process
 /// whose cwd is a worker dir under `dir`: exactly the workers of this bench's agents.
@@ -307,10 +201,6 @@ async fn wait_running(zk: &zkc::Client, id: &str, not_owner: i64) -> (Value, zkc
             .filter(|(info, stat)| info["state"] == "running" && stat.ephemeral_owner != not_owner)
     })
     .await
-}
-
-async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 fn count(text: &str, needle: &str) -> usize {
@@ -607,7 +497,7 @@ async fn adoption_and_idle(
         rss_max_kb,
         cpu_ticks: cpu1 - cpu0,
         ticks_per_sec: clock_ticks_per_sec(),
-        threads: proc_status_field(pid, "Threads:").unwrap_or(0),
+        threads: status_field(pid, "Threads:").unwrap_or(0),
         info_writes: stat_b.version - stat_a.version,
         workers_alive: running_workers(&info_b).values().filter(|(pid, _)| alive(*pid as u32)).count(),
     };
@@ -675,14 +565,14 @@ async fn main() {
     let left = reaper.kill_all();
 
     let rows = [
-        row("crash->restart (a) first crash, immediate restart", summarize(&first.gaps)),
-        row("crash->restart (b) consecutive crash, backoff <=1 ms", summarize(&backoff_consecutive)),
-        row("floor: fork+exec+wait from the bench (exit->start)", summarize(&floor)),
-        row("assignment write (create answered) -> worker exec", summarize(&exec.from_completion)),
-        row("assignment write (create sent) -> worker exec", summarize(&exec.from_send)),
-        row("  (the create round trip itself)", summarize(&exec.create_rtt)),
-        row("context: zookeeper read round trip from the bench", summarize(&zk_read)),
-        row("context: one LocalState-style durable write (3 fsyncs)", summarize(&durable)),
+        row("crash->restart (a) first crash, immediate restart", percentiles(&first.gaps)),
+        row("crash->restart (b) consecutive crash, backoff <=1 ms", percentiles(&backoff_consecutive)),
+        row("floor: fork+exec+wait from the bench (exit->start)", percentiles(&floor)),
+        row("assignment write (create answered) -> worker exec", percentiles(&exec.from_completion)),
+        row("assignment write (create sent) -> worker exec", percentiles(&exec.from_send)),
+        row("  (the create round trip itself)", percentiles(&exec.create_rtt)),
+        row("context: zookeeper read round trip from the bench", percentiles(&zk_read)),
+        row("context: one LocalState-style durable write (3 fsyncs)", percentiles(&durable)),
     ];
     let cpu_pct = idle.cpu_ticks as f64 / idle.ticks_per_sec as f64 / idle.secs.max(1) as f64 * 100.0;
 
@@ -734,7 +624,7 @@ async fn main() {
     println!("bench wall time: {:.0} s", bench_started.elapsed().unwrap().as_secs_f64());
 
     // Pasteable.
-    let s = |v: &[f64]| summarize(v);
+    let s = |v: &[f64]| percentiles(v);
     let (a, b, f, e) = (s(&first.gaps), s(&backoff_consecutive), s(&floor), s(&exec.from_completion));
     println!();
     println!("---- summary (benches/workers.rs, release, {cores} cores) ----");
