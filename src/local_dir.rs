@@ -56,19 +56,14 @@ pub struct LocalDir {
     root: PathBuf,
     /// The lock file, open for the life of this value: closing it drops the record lock.
     lock: File,
-    /// The key this directory holds in [`HELD`].
-    held_as: PathBuf,
+    /// This directory's entry in [`HELD`]; declared after `lock`, so the file is closed
+    /// before the entry goes.
+    _held: Held,
 }
 
 /// Local dirs this process holds, by canonical path (record locks do not conflict within
 /// one process, and a second descriptor's close would drop the first one's lock).
 static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-
-impl Drop for LocalDir {
-    fn drop(&mut self) {
-        HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.held_as);
-    }
-}
 
 /// A whole-file record lock request of `kind` (`F_WRLCK`, `F_UNLCK`).
 fn whole_file(kind: nix::libc::c_int) -> nix::libc::flock {
@@ -103,8 +98,8 @@ impl LocalDir {
             let holder = format!(" (pid {}, this process)", std::process::id());
             return Err(LocalDirError::Locked { dir: root.to_owned(), holder });
         }
-        // From here on an error drops `guard`, which gives the registry entry back.
-        let guard = HeldGuard(Some(held_as));
+        // From here on an error drops `held`, which gives the registry entry back.
+        let held = Held(held_as);
         let lock_path = root.join("lock");
         let mut lock = OpenOptions::new()
             .read(true)
@@ -133,7 +128,7 @@ impl LocalDir {
         lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
 
-        let dir = LocalDir { root: root.to_owned(), lock, held_as: guard.release() };
+        let dir = LocalDir { root: root.to_owned(), lock, _held: held };
         // `state/` is the agent's alone. `workers/` may be traversed but not listed by others:
         // a worker run as another user (run_as_user) reaches its own dir, and nothing else.
         for (sub, mode) in [("state", 0o700), ("workers", 0o711)] {
@@ -225,20 +220,13 @@ impl LocalDir {
     }
 }
 
-/// Gives a [`HELD`] entry back unless released into a [`LocalDir`].
-struct HeldGuard(Option<PathBuf>);
+/// A [`HELD`] entry, given back when dropped.
+#[derive(Debug)]
+struct Held(PathBuf);
 
-impl HeldGuard {
-    fn release(mut self) -> PathBuf {
-        self.0.take().expect("released once")
-    }
-}
-
-impl Drop for HeldGuard {
+impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&path);
-        }
+        HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.0);
     }
 }
 
