@@ -119,8 +119,9 @@ fn assert_one_worker_per_port(procs: &[WorkerProc], when: &str) {
     }
 }
 
-/// SIGKILLs every process of the agent's workers; declared before the agent, it runs after the
-/// agent is gone (stopping an agent never stops its workers, by design).
+/// SIGKILLs every process of the agent's workers, their children included (they inherit the
+/// environment); declared before the agent, it runs after the agent is gone (stopping an agent
+/// never stops its workers, by design). It is the suite's only cleanup of worker processes.
 struct KillWorkers(String);
 
 impl Drop for KillWorkers {
@@ -341,7 +342,6 @@ async fn sigkill_of_the_agent_at_random_points_loses_nothing_and_never_doubles_a
         )
     });
     let _kill_workers = KillWorkers(t.id.clone());
-    let _reaper = t.reaper();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let local = t.local();
     let assignment_path = |topology: &str| format!("{}/assignments/{topology}", t.root);
@@ -653,7 +653,6 @@ async fn a_full_local_dir_fails_state_writes_cleanly_and_recovers_when_space_ret
     let _mount = Tmpfs::mount(&local, "2m");
     n.say(format!("local_dir {} is a 2 MiB tmpfs", local.display()));
     let _kill_workers = KillWorkers(t.id.clone());
-    let _reaper = t.reaper();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let put = |topology: &str, port: u16, version: u64| {
         let a = sleep_assignment(topology, version, &[(t.id.as_str(), port)], json!({}));
@@ -769,7 +768,6 @@ async fn fifty_crash_looping_workers_stay_within_the_node_restart_budget() {
         format!("{text}\n[restart]\nnode_budget_per_min = {BUDGET}\n")
     });
     let _kill_workers = KillWorkers(t.id.clone());
-    let _reaper = t.reaper();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let assign = |topology: &str, on: &[u16], extra: Value| {
         let placements: Vec<(&str, u16)> = on.iter().map(|p| (t.id.as_str(), *p)).collect();
@@ -1011,7 +1009,6 @@ async fn the_ensemble_loses_its_leader_a_follower_then_its_quorum_and_nothing_is
             EnsembleAgent { id: id.clone(), agent: Agent::start(&config) }
         })
         .collect();
-    let _reapers: Vec<Reaper> = ids.iter().map(|id| Reaper::new(tmp.path().join(id).join("local/workers"))).collect();
 
     let mut w = Writer::new(&connect);
     let mut plan: Plan = BTreeMap::new();
