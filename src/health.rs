@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cluster::model::unix_ms;
+use crate::shutdown::Shutdown;
 use process::{Exit, Finished, RunError};
 
 /// At most this many characters of a script's output line are kept in its result.
@@ -311,7 +312,7 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
 pub async fn run_periodically(
     mut settings: watch::Receiver<(HealthSettings, Duration)>,
     report: watch::Sender<HealthReport>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let (mut current, mut interval) = settings.borrow_and_update().clone();
     let mut settings_open = true;
@@ -324,7 +325,7 @@ pub async fn run_periodically(
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stopped| *stopped) => return,
+                _ = stop.wait() => return,
                 changed = settings.changed(), if settings_open => match changed {
                     Ok(()) => {
                         let (new_settings, new_interval) = settings.borrow_and_update().clone();
@@ -346,7 +347,7 @@ pub async fn run_periodically(
         // Run --(stop)--> return: dropping the run kills its scripts.
         let result = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => return,
+            _ = stop.wait() => return,
             result = run_checks(&current) => result,
         };
         runs += 1;

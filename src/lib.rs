@@ -25,6 +25,7 @@ pub mod logging;
 pub mod proc_identity;
 #[cfg(test)]
 mod proptest_support;
+pub mod shutdown;
 pub mod slot;
 pub mod supervisor;
 mod sys;

@@ -13,10 +13,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::metrics;
+use crate::shutdown::Shutdown;
 
 /// A request for a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +87,7 @@ pub async fn submit(ops: &mpsc::UnboundedSender<Request>, op: Operation, timeout
 pub fn bind(
     path: &Path,
     ops: mpsc::UnboundedSender<Request>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + use<>> {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::remove_file(path) {
@@ -117,7 +118,7 @@ pub fn bind(
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                _ = async { let _ = stop.wait().await; } => break,
             }
         }
         let _ = std::fs::remove_file(&path);

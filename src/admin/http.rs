@@ -9,22 +9,22 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::watch;
 
 use super::{Sources, metrics};
+use crate::shutdown::Shutdown;
 
 /// Binds `addr` now (so a taken port fails the start with a clear error) and returns the
 /// server future, which runs until `stop` turns true.
 pub async fn bind(
     addr: SocketAddr,
     sources: Sources,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = router(sources);
     Ok(async move {
         let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
+            let _ = stop.wait().await;
         };
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "admin endpoint stopped");

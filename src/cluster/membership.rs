@@ -43,6 +43,7 @@ use super::ownership::{self, Decision, KnownSessions};
 use super::zk::{self, ConnectOptions, ErrorClass, NodeEvent, SessionState, ZkClient, ZkError};
 use crate::config::Capacity;
 use crate::lifecycle::Lifecycle;
+use crate::shutdown::Shutdown;
 
 /// What this agent is; fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -164,7 +165,7 @@ pub struct Membership {
     events: mpsc::UnboundedSender<SessionEvent>,
     status: watch::Sender<ZkStatus>,
     client: watch::Sender<Option<ZkClient>>,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
     known: KnownSessions,
     /// Last payload written, when, and the node version it produced; `None` forces a write.
     last_written: Option<(SupervisorInfo, Instant, i32)>,
@@ -198,7 +199,7 @@ impl Membership {
         session_log: Arc<dyn SessionLog>,
         previous: KnownSessions,
         report: watch::Receiver<NodeReport>,
-        stop: watch::Receiver<bool>,
+        stop: Shutdown,
     ) -> (Membership, MembershipHandles) {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -242,7 +243,7 @@ impl Membership {
                 let delay = retry.next_delay();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = self.stop.wait_for(|s| *s) => return Ok(()),
+                    _ = self.stop.wait() => return Ok(()),
                 }
             }
             first = false;
@@ -275,7 +276,7 @@ impl Membership {
             let mut stop = self.stop.clone();
             let end = tokio::select! {
                 end = self.serve_session(&client) => end,
-                _ = stop.wait_for(|s| *s) => Ok(SessionEnd::Stop),
+                _ = stop.wait() => Ok(SessionEnd::Stop),
             };
             self.watch = None;
             self.last_written = None;
@@ -332,7 +333,7 @@ impl Membership {
             // Wait for one thing, then act on it below, where `self` can be borrowed freely.
             let watch = &mut self.watch;
             let wake = tokio::select! {
-                _ = self.stop.wait_for(|s| *s) => Wake::Stop,
+                _ = self.stop.wait() => Wake::Stop,
                 state = states.changed() => Wake::State(state),
                 event = async { watch.as_mut().expect("armed").await }, if watch.is_some() => Wake::Watch(event),
                 _ = heartbeat.tick() => Wake::Tick,

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::shutdown::Shutdown;
 use zookeeper_client as zk;
 
 /// Bound on every request. The client queues requests made while it is disconnected until it
@@ -375,13 +375,13 @@ impl Backoff {
 }
 
 /// Connects, retrying with backoff until it works or `stop` turns true (then `None`).
-pub async fn connect(opts: &ConnectOptions, stop: &mut watch::Receiver<bool>) -> Option<ZkClient> {
+pub async fn connect(opts: &ConnectOptions, stop: &mut Shutdown) -> Option<ZkClient> {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut attempt = 1u32;
     loop {
         let result = tokio::select! {
             r = connect_once(opts) => r,
-            _ = stop.wait_for(|s| *s) => return None,
+            _ = stop.wait() => return None,
         };
         match result {
             Ok(client) => {
@@ -398,7 +398,7 @@ pub async fn connect(opts: &ConnectOptions, stop: &mut watch::Receiver<bool>) ->
                 tracing::warn!(error = %err, attempt, retry_in_ms = delay.as_millis() as u64, "cannot connect to zookeeper");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => return None,
+                    _ = stop.wait() => return None,
                 }
                 attempt += 1;
             }

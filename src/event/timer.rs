@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::{Job, QueueHandle};
+use crate::shutdown::Shutdown;
 
 /// When a timer's first tick comes, after it starts or its period changes; then every period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +42,7 @@ impl Phase {
 
 /// Requests `job` on `queue` every `period` (first after one period) until `stop` changes
 /// to true or its sender is dropped.
-pub fn spawn_timer<J: Job>(
-    queue: QueueHandle<J>,
-    job: J,
-    period: Duration,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+pub fn spawn_timer<J: Job>(queue: QueueHandle<J>, job: J, period: Duration, stop: Shutdown) -> JoinHandle<()> {
     let (_fixed, period) = watch::channel(period);
     spawn_timer_with(queue, job, period, Phase::Fixed, stop)
 }
@@ -59,7 +55,7 @@ pub fn spawn_timer_with<J: Job>(
     job: J,
     mut period: watch::Receiver<Duration>,
     phase: Phase,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut current = *period.borrow_and_update();
@@ -85,10 +81,7 @@ pub fn spawn_timer_with<J: Job>(
                         }
                     }
                 },
-                res = stop.wait_for(|stopped| *stopped) => {
-                    let _ = res;
-                    break;
-                }
+                () = stop.wait() => break,
             }
         }
     })
@@ -130,7 +123,7 @@ mod tests {
         // A sync that takes 60 s, requested every 10 s; a heartbeat every 5 s on its own.
         let (sync_q, _t1) = spawn_queue("sync", Stamp { at: syncs.clone(), start, cost: Duration::from_secs(60) });
         let (beat_q, _t2) = spawn_queue("beat", Stamp { at: beats.clone(), start, cost: Duration::ZERO });
-        let (_stop_tx, stop) = watch::channel(false);
+        let (_stopper, stop) = crate::shutdown::Stopper::new();
         spawn_timer(sync_q.clone(), Tick, Duration::from_secs(10), stop.clone());
         spawn_timer(beat_q, Tick, Duration::from_secs(5), stop);
 
@@ -155,7 +148,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn timers_started_together_with_a_random_phase_spread_over_the_period() {
         let start = tokio::time::Instant::now();
-        let (_stop_tx, stop) = watch::channel(false);
+        let (_stopper, stop) = crate::shutdown::Stopper::new();
         let period = Duration::from_secs(10);
         let mut runs = Vec::new();
         for _ in 0..40 {
@@ -193,7 +186,7 @@ mod tests {
         // A reload pushed to a fleet at once: all timers get the new period at the same moment.
         let start = tokio::time::Instant::now();
         let (period_tx, period_rx) = watch::channel(Duration::from_secs(100));
-        let (_stop_tx, stop) = watch::channel(false);
+        let (_stopper, stop) = crate::shutdown::Stopper::new();
         let mut stamps = Vec::new();
         for _ in 0..30 {
             let at = Arc::new(Mutex::new(Vec::new()));
@@ -220,9 +213,9 @@ mod tests {
     async fn stop_ends_the_timer() {
         let (q, _t) =
             spawn_queue("q", Stamp { at: Arc::default(), start: tokio::time::Instant::now(), cost: Duration::ZERO });
-        let (stop_tx, stop) = watch::channel(false);
+        let (stopper, stop) = crate::shutdown::Stopper::new();
         let timer = spawn_timer(q, Tick, Duration::from_secs(1), stop);
-        stop_tx.send(true).unwrap();
+        stopper.stop();
         tokio::time::timeout(Duration::from_secs(5), timer).await.expect("timer stops").unwrap();
     }
 }

@@ -354,7 +354,7 @@ async fn the_periodic_task_reports_every_run_and_sees_a_recovery() {
     let interval = Duration::from_millis(200);
     let (_settings_tx, settings_rx) = watch::channel((settings(dir.path(), LONG), interval));
     let (report_tx, mut report_rx) = watch::channel(HealthReport::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stopper, stop_rx) = crate::shutdown::Stopper::new();
     let task = tokio::spawn(run_periodically(settings_rx, report_tx, stop_rx));
 
     let first = tokio::time::timeout(LONG, report_rx.wait_for(|r| r.runs >= 1)).await.unwrap().unwrap().clone();
@@ -368,7 +368,7 @@ async fn the_periodic_task_reports_every_run_and_sees_a_recovery() {
     let later = recovered.runs + 2;
     tokio::time::timeout(LONG, report_rx.wait_for(|r| r.runs >= later)).await.unwrap().unwrap();
 
-    stop_tx.send_replace(true);
+    stopper.stop();
     tokio::time::timeout(LONG, task).await.expect("the task stops when told").unwrap();
 }
 
@@ -379,7 +379,7 @@ async fn the_periodic_task_takes_new_settings_and_stops_during_a_run() {
     let own = pids.path().join("own");
     let (settings_tx, settings_rx) = watch::channel((settings(dir.path(), LONG), Duration::from_secs(3600)));
     let (report_tx, mut report_rx) = watch::channel(HealthReport::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stopper, stop_rx) = crate::shutdown::Stopper::new();
     let task = tokio::spawn(run_periodically(settings_rx, report_tx, stop_rx));
 
     // The first run is immediate and finds no checks.
@@ -396,7 +396,7 @@ async fn the_periodic_task_takes_new_settings_and_stops_during_a_run() {
     }
 
     // Stopping mid-run returns without waiting for the script, and kills it.
-    stop_tx.send_replace(true);
+    stopper.stop();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops during a run").unwrap();
     let pid = pid_in(&own);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -37,6 +37,7 @@ use super::records::{LocalAssignments, PortJob};
 use crate::cluster::assignment::Assignment;
 use crate::cluster::zk::{NodeStat, ZkClient, ZkError};
 use crate::local_state::{LocalAssignmentsKey, LocalState};
+use crate::shutdown::Shutdown;
 
 /// The result of a successful pass, as the process side sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -428,7 +429,7 @@ impl AssignmentSync {
 pub async fn watch_dir(
     dir: String,
     mut client: watch::Receiver<Option<ZkClient>>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
     on_change: impl Fn(Option<&str>) + Send + 'static,
 ) {
     loop {
@@ -440,13 +441,13 @@ pub async fn watch_dir(
         };
         let mut watch = tokio::select! {
             w = setup => w,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         };
         let Some(tree) = watch.as_mut() else {
             // Setting the watch failed (connection loss); the periodic sync covers the gap.
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait() => return,
             }
         };
         on_change(None);
@@ -461,7 +462,7 @@ pub async fn watch_dir(
                     Some(path) => on_change(Some(&path)),
                     None => break false, // session over; wait for the next one
                 },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait() => return,
             }
         };
         if rearm {

@@ -36,6 +36,7 @@ use crate::cluster::model::{ExitReason, LastExit, WorkerInfo, unix_ms};
 use crate::event::{JobError, QueueHandle};
 use crate::local_state::{LocalState, Workers};
 use crate::proc_identity::{Liveness, ProcessIdentity};
+use crate::shutdown::Shutdown;
 use crate::slot::{Action, Env, Input, Policy, Signal, Slot, SlotJob, Worker, step};
 use crate::worker;
 
@@ -971,7 +972,7 @@ impl Processes {
 pub async fn deadline_timer(
     mut deadline: watch::Receiver<Option<Instant>>,
     queue: QueueHandle<ProcessJob>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     loop {
         let next = *deadline.borrow_and_update();
@@ -984,7 +985,7 @@ pub async fn deadline_timer(
         let due = tokio::select! {
             () = sleep => true,
             res = deadline.changed() => if res.is_err() { return } else { false },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait() => return,
         };
         if due {
             queue.request(ProcessJob::Reconcile);
@@ -992,7 +993,7 @@ pub async fn deadline_timer(
             // monitor timer covers a deadline that stays put.
             tokio::select! {
                 res = deadline.changed() => if res.is_err() { return },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait() => return,
             }
         }
     }

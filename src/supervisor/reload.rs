@@ -14,25 +14,30 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 
-/// Keys (dotted, as in the file) that only a restart can change; a prefix ends in `.`.
-const RESTART_ONLY: &[&str] = &[
-    "zookeeper.servers",
-    "zookeeper.root",
-    "zookeeper.session_timeout_ms",
-    "zookeeper.connect_timeout_ms",
-    "zookeeper.auth",
-    "supervisor.local_dir",
-    "supervisor.log_dir",
-    "supervisor.id",
-    "supervisor.hostname",
-    "supervisor.slots",
-    "admin.listen",
-    "logs.format",
+/// Keeps the running value of one restart-only setting in a reloaded config.
+type KeepRunning = fn(&mut Config, &Config);
+
+/// The keys (dotted, as in the file; a key names its whole sub-table) that only a restart can
+/// change, each with how [`merge`] keeps the running value. One table, so the keys the log
+/// names as needing a restart and the settings `merge` keeps cannot disagree.
+const RESTART_ONLY: &[(&str, KeepRunning)] = &[
+    ("zookeeper.servers", |new, old| new.zookeeper.servers = old.zookeeper.servers.clone()),
+    ("zookeeper.root", |new, old| new.zookeeper.root = old.zookeeper.root.clone()),
+    ("zookeeper.session_timeout_ms", |new, old| new.zookeeper.session_timeout = old.zookeeper.session_timeout),
+    ("zookeeper.connect_timeout_ms", |new, old| new.zookeeper.connect_timeout = old.zookeeper.connect_timeout),
+    ("zookeeper.auth", |new, old| new.zookeeper.auth = old.zookeeper.auth.clone()),
+    ("supervisor.local_dir", |new, old| new.supervisor.local_dir = old.supervisor.local_dir.clone()),
+    ("supervisor.log_dir", |new, old| new.supervisor.log_dir = old.supervisor.log_dir.clone()),
+    ("supervisor.id", |new, old| new.supervisor.id = old.supervisor.id.clone()),
+    ("supervisor.hostname", |new, old| new.supervisor.hostname = old.supervisor.hostname.clone()),
+    ("supervisor.slots", |new, old| new.supervisor.slots = old.supervisor.slots.clone()),
+    ("admin.listen", |new, old| new.admin.listen = old.admin.listen),
+    ("logs.format", |new, old| new.logs.format = old.logs.format),
 ];
 
 /// Whether a changed `key` can be applied without a restart.
 pub fn is_live(key: &str) -> bool {
-    !RESTART_ONLY.iter().any(|k| key == *k || key.starts_with(&format!("{k}.")))
+    !RESTART_ONLY.iter().any(|(k, _)| key == *k || key.starts_with(&format!("{k}.")))
 }
 
 /// Every key whose effective value differs, dotted (`supervisor.heartbeat_refresh_secs`).
@@ -74,20 +79,9 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>
 pub fn merge(old: &Config, new: &Config) -> Config {
     let mut merged = new.clone();
     merged.path = old.path.clone();
-    let z = &mut merged.zookeeper;
-    z.servers = old.zookeeper.servers.clone();
-    z.root = old.zookeeper.root.clone();
-    z.session_timeout = old.zookeeper.session_timeout;
-    z.connect_timeout = old.zookeeper.connect_timeout;
-    z.auth = old.zookeeper.auth.clone();
-    let s = &mut merged.supervisor;
-    s.local_dir = old.supervisor.local_dir.clone();
-    s.log_dir = old.supervisor.log_dir.clone();
-    s.id = old.supervisor.id.clone();
-    s.hostname = old.supervisor.hostname.clone();
-    s.slots = old.supervisor.slots.clone();
-    merged.admin = old.admin.clone();
-    merged.logs.format = old.logs.format;
+    for (_, keep_running) in RESTART_ONLY {
+        keep_running(&mut merged, old);
+    }
     merged
 }
 
@@ -145,6 +139,42 @@ pub fn reload(path: &Path, running: &Config, targets: &Targets) -> Outcome {
     Outcome::Applied { live, restart }
 }
 
+/// A `notify` watch on the config file's directory (editors replace the file rather than
+/// write it), reporting changes of that file name on `changes`. Without a watcher (it could
+/// not be set up) SIGHUP still works.
+pub struct ConfigFileWatch {
+    pub changes: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl ConfigFileWatch {
+    pub fn new(path: &Path) -> ConfigFileWatch {
+        use notify::Watcher;
+        let (tx, changes) = mpsc::unbounded_channel();
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(std::ffi::OsStr::to_owned)) else {
+            return ConfigFileWatch { changes, _watcher: None };
+        };
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && !event.kind.is_access()
+                && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+            {
+                let _ = tx.send(());
+            }
+        };
+        let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        let watcher = watcher
+            .inspect_err(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP");
+            })
+            .ok();
+        ConfigFileWatch { changes, _watcher: watcher }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +197,46 @@ mod tests {
         assert_eq!(merged.supervisor.heartbeat_refresh, Duration::from_secs(5));
         assert_eq!(merged.supervisor.labels["rack"], "b");
         assert!(changed_keys(&old, &old).is_empty());
+    }
+
+    /// Every key of the table is kept by `merge` and only those: a config that changes every
+    /// restart-only key (and one live key) merges into the running values of exactly those.
+    #[test]
+    fn merge_keeps_exactly_the_restart_only_keys() {
+        let old = config(
+            "root = \"/gale\"\n[supervisor]\nslots = [6700]\nid = \"a\"\nhostname = \"h1\"\nlocal_dir = \"/var/lib/gale\"\n\
+             log_dir = \"/var/log/gale\"\nsync_secs = 10\n[admin]\nlisten = \"127.0.0.1:9100\"\n[logs]\nformat = \"text\"\n",
+        );
+        let new = Config {
+            zookeeper: crate::config::ZookeeperConfig {
+                servers: vec!["10.0.0.1:2181".into()],
+                root: "/other".into(),
+                session_timeout: old.zookeeper.session_timeout * 2,
+                connect_timeout: old.zookeeper.connect_timeout * 2,
+                auth: Some(crate::config::ZkAuth { scheme: "digest".into(), credentials_file: "/etc/gale/zk".into() }),
+                ..old.zookeeper.clone()
+            },
+            supervisor: crate::config::SupervisorConfig {
+                local_dir: "/srv/gale".into(),
+                log_dir: "/srv/log".into(),
+                id: Some("b".into()),
+                hostname: Some("h2".into()),
+                slots: vec![6800],
+                sync: old.supervisor.sync * 3,
+                ..old.supervisor.clone()
+            },
+            admin: crate::config::AdminConfig { listen: None },
+            logs: crate::config::LogsConfig { format: crate::config::LogFormat::Json, ..old.logs.clone() },
+            ..old.clone()
+        };
+        let changed = changed_keys(&old, &new);
+        let restart: Vec<&str> = changed.iter().map(String::as_str).filter(|k| !is_live(k)).collect();
+        for (key, _) in RESTART_ONLY {
+            let changed = restart.iter().any(|k| k == key || k.starts_with(&format!("{key}.")));
+            assert!(changed, "{key} does not change in this test: add it");
+        }
+        let merged = merge(&old, &new);
+        assert_eq!(changed_keys(&old, &merged), ["supervisor.sync_secs"], "only the live key moves");
     }
 
     #[test]

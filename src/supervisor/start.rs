@@ -1,0 +1,492 @@
+//! Start-up, in the order that keeps the invariants (see ARCHITECTURE.md):
+//!
+//! 1. [`open_local`]: lock the local dir (a second agent exits 4), consume the clean-shutdown
+//!    marker, open LocalState, resolve the supervisor id and the hostname;
+//! 2. `recovering` if the marker was missing;
+//! 3. [`start_membership`]: the task that owns the ZooKeeper session;
+//! 4. [`start_executor`]: the `sync-processes` queue's handler, which adopts the recorded
+//!    workers BEFORE anything can decide about their ports (refusing to start without its
+//!    records rather than sweeping workers that are fine);
+//! 5. [`start_sync`]: the `sync-supervisor` queue's handler (assignments, blobs, actions);
+//! 6. the tasks that feed both queues (`tasks.rs`) and the admin endpoints;
+//! 7. hand over to the main loop, which reports `running` once registered and synced.
+//!
+//! The channels between the parts are made here, so this file is also where to look for who
+//! talks to whom.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::assignments::{AssignmentChanges, AssignmentSync, AssignmentView};
+use super::blobs::{self, BlobView};
+use super::main_loop::{self, Daemon, Watches};
+use super::processes::{self, LocalDirCheck, ProcessConfig, Processes};
+use super::records::LocalAssignments;
+use super::stop::Teardown;
+use super::{ProcessJob, SupervisorJob};
+use super::{RunError, actions, jobs, session_log, tasks};
+use crate::admin::SlotStatus;
+use crate::admin::control::Request;
+use crate::blob::SharedCache;
+use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipHandles, NodeReport};
+use crate::cluster::model::{Health, unix_ms};
+use crate::cluster::zk::ConnectOptions;
+use crate::config::{Config, OnSessionLoss};
+use crate::event::{QueueHandle, new_queue, run_queue};
+use crate::health::HealthReport;
+use crate::isolation::Mechanism;
+use crate::lifecycle::{Lifecycle, Systemd};
+use crate::local_dir::{LocalDir, PreviousStop};
+use crate::local_state::{self, LocalState};
+use crate::proc_identity::ProcessIdentity;
+use crate::shutdown::{Shutdown, Stopper};
+
+/// What the local dir holds and tells at start.
+struct Local {
+    dir: LocalDir,
+    previous: PreviousStop,
+    state: Arc<Mutex<LocalState>>,
+    id: String,
+    hostname: String,
+}
+
+/// The executor's channels that others use.
+struct ExecutorEnds {
+    queue: QueueHandle<ProcessJob>,
+    task: tokio::task::JoinHandle<Processes>,
+    /// Operations (control socket, ZooKeeper actions) for the executor.
+    ops: mpsc::UnboundedSender<Request>,
+    deadline: watch::Receiver<Option<tokio::time::Instant>>,
+    hints: mpsc::Receiver<String>,
+    drained: watch::Receiver<bool>,
+    slots: watch::Receiver<Vec<SlotStatus>>,
+}
+
+/// The `sync-supervisor` side's ends.
+struct SyncEnds {
+    queue: QueueHandle<SupervisorJob>,
+    task: tokio::task::JoinHandle<jobs::SupervisorSync>,
+    changes: AssignmentChanges,
+    synced: watch::Receiver<u64>,
+}
+
+/// Builds and starts the agent (see the module doc); the main loop takes it from here.
+pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError> {
+    let mut lifecycle = Lifecycle::Starting;
+    info!(state = %lifecycle, config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "lifecycle");
+    let local = open_local(&config).await?;
+    if local.previous == PreviousStop::Unclean {
+        let why = "no clean-shutdown marker: the previous agent did not stop cleanly";
+        lifecycle = main_loop::transition(lifecycle, Lifecycle::Recovering, why);
+    }
+    Systemd.status(lifecycle.as_str());
+
+    let (report_tx, report_rx) = watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
+    let report = Arc::new(report_tx);
+    let started_at_ms = unix_ms();
+    let (membership_stopper, membership_shutdown) = Stopper::new();
+    let (membership, zk) = start_membership(&config, &local, started_at_ms, report_rx, membership_shutdown)?;
+    let isolation = detect_isolation(&local.id).await?;
+    // Reloaded config reaches its users through this (see `reload.rs`).
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    let cache = open_blob_cache(&config, &local.dir).await?;
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let (blob_view_tx, blob_view_rx) = watch::channel(Arc::new(BlobView::default()));
+    let (health_tx, health_rx) = watch::channel(HealthReport::default());
+    let (tasks_stopper, shutdown) = Stopper::new();
+
+    let assigned = local.state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
+    let executor = start_executor(
+        &config,
+        &local,
+        &isolation,
+        &assigned,
+        ExecutorInputs {
+            report: report.clone(),
+            zk_status: zk.status.clone(),
+            desired: desired_rx.clone(),
+            cache: cache.clone(),
+            blob_view: blob_view_rx.clone(),
+            health: health_rx.clone(),
+            config: config_rx.clone(),
+        },
+    )
+    .await?;
+    let (front_tx, front_rx) = mpsc::unbounded_channel::<Request>();
+    let sync = start_sync(
+        &config,
+        &local,
+        &zk,
+        SyncInputs {
+            cache,
+            desired_tx,
+            desired: desired_rx.clone(),
+            blob_view: blob_view_tx,
+            config: config_rx.clone(),
+            operations: front_tx.clone(),
+            assigned,
+        },
+    );
+
+    let (reload_targets, mut running_tasks) = tasks::spawn(tasks::Feeds {
+        config: &config,
+        id: &local.id,
+        zk: &zk,
+        sync_queue: &sync.queue,
+        proc_queue: &executor.queue,
+        assignment_changes: &sync.changes,
+        config_tx,
+        deadline: executor.deadline,
+        hints: executor.hints,
+        desired: desired_rx,
+        blob_view: blob_view_rx.clone(),
+        health_tx,
+        health: health_rx.clone(),
+        front: front_rx,
+        ops: executor.ops,
+        shutdown: shutdown.clone(),
+    });
+    let sources = crate::admin::Sources {
+        supervisor_id: local.id.clone(),
+        hostname: local.hostname.clone(),
+        started_at_ms,
+        config: config_rx,
+        isolation: isolation.as_str().to_owned(),
+        report: report.subscribe(),
+        zk: zk.status.clone(),
+        slots: executor.slots.clone(),
+        health: health_rx.clone(),
+        cache: blob_view_rx,
+        drained: executor.drained.clone(),
+        queues: vec![queue_probe(&sync.queue), queue_probe(&executor.queue)],
+    };
+    running_tasks.extend(start_servers(&config, sources, front_tx, shutdown).await?);
+    executor.queue.request(ProcessJob::Monitor);
+
+    let watches = Watches {
+        session_events: zk.events,
+        zk_status: zk.status,
+        synced: sync.synced,
+        drained: executor.drained,
+        health: health_rx,
+        slots: executor.slots,
+    };
+    let daemon =
+        Daemon::new(config, lifecycle, report, membership, sync.queue.clone(), sync.changes, watches, reload_targets)?;
+    let teardown = Teardown {
+        local_dir: local.dir,
+        tasks: running_tasks,
+        tasks_stopper,
+        sync_queue: sync.queue,
+        sync_task: sync.task,
+        proc_queue: executor.queue,
+        proc_task: executor.task,
+        membership_stopper,
+    };
+    Ok((daemon, teardown))
+}
+
+/// Steps 1 of the start: the local dir, its state, who this agent is.
+async fn open_local(config: &Config) -> Result<Local, RunError> {
+    let (dir, previous) = LocalDir::open(&config.supervisor.local_dir)?;
+    let state_dir = dir.state_dir();
+    let state = tokio::task::spawn_blocking(move || LocalState::open(&state_dir))
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))??;
+    let state = Arc::new(Mutex::new(state));
+    let id = resolve_id(config, &state).await?;
+    let hostname = match &config.supervisor.hostname {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()
+            .map_err(|e| RunError::Internal(format!("cannot read the system hostname: {e}; set supervisor.hostname")))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    info!(id = %id, hostname = %hostname, local_dir = %config.supervisor.local_dir.display(), "supervisor identity");
+    Ok(Local { dir, previous, state, id, hostname })
+}
+
+/// The supervisor id: `supervisor.id` from the config, else the one in LocalState, else a
+/// new UUID, persisted before anything uses it.
+async fn resolve_id(config: &Config, state: &Arc<Mutex<LocalState>>) -> Result<String, RunError> {
+    let wanted = config.supervisor.id.clone();
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut state = state.lock().unwrap();
+        let stored = state.get::<local_state::SupervisorId>()?;
+        let id = match (wanted, stored) {
+            (Some(wanted), Some(stored)) if wanted == stored => return Ok(stored),
+            (Some(wanted), Some(stored)) => {
+                warn!(configured = %wanted, stored = %stored, "supervisor.id differs from the stored id; using the configured one");
+                wanted
+            }
+            (Some(wanted), None) => wanted,
+            (None, Some(stored)) => return Ok(stored),
+            (None, None) => {
+                let id = uuid::Uuid::new_v4().to_string();
+                info!(id = %id, "first start: generated a supervisor id");
+                id
+            }
+        };
+        state.put::<local_state::SupervisorId>(&id)?;
+        Ok(id)
+    })
+    .await
+    .map_err(|e| RunError::Internal(e.to_string()))?
+}
+
+/// Step 3: the membership task, which owns the ZooKeeper session from here on.
+fn start_membership(
+    config: &Config,
+    local: &Local,
+    started_at_ms: u64,
+    report: watch::Receiver<NodeReport>,
+    shutdown: Shutdown,
+) -> Result<
+    (tokio::task::JoinHandle<Result<(), crate::cluster::membership::MembershipError>>, MembershipHandles),
+    RunError,
+> {
+    let identity = Identity {
+        id: local.id.clone(),
+        hostname: local.hostname.clone(),
+        slots: config.supervisor.slots.clone(),
+        capacity: config.supervisor.capacity,
+        labels: config.supervisor.labels.clone(),
+        started_at_ms,
+    };
+    let membership_config = MembershipConfig {
+        connect: ConnectOptions::from_config(config)?,
+        root: config.zookeeper.root.clone(),
+        heartbeat: config.supervisor.heartbeat,
+        heartbeat_refresh: config.supervisor.heartbeat_refresh,
+    };
+    let me = ProcessIdentity::current()
+        .map_err(|e| RunError::Internal(format!("cannot read this process's identity from /proc: {e}")))?;
+    let previous = session_log::previous_sessions(&local.state.lock().unwrap())?;
+    let session_log = Arc::new(session_log::StateSessionLog::new(local.state.clone(), me));
+    let (membership, handles) = Membership::new(membership_config, identity, session_log, previous, report, shutdown);
+    Ok((tokio::spawn(membership.run()), handles))
+}
+
+/// How worker limits are enforced here: cgroup v2, v1, or rlimits (logged with the reason).
+/// The workers' parent cgroup is named after this agent: the start-up sweep of cgroups no
+/// record names must never reach another agent's workers on the same host.
+async fn detect_isolation(id: &str) -> Result<Mechanism, RunError> {
+    let cgroup_parent = format!("gale-{id}");
+    let isolation = tokio::task::spawn_blocking(move || crate::isolation::detect(&cgroup_parent))
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))?;
+    info!(mechanism = isolation.as_str(), "worker isolation");
+    Ok(isolation)
+}
+
+/// The blob cache, rebuilt from disk (crash leftovers removed) before any worker is adopted:
+/// adopted workers reference the entries they link to.
+async fn open_blob_cache(config: &Config, local_dir: &LocalDir) -> Result<SharedCache, RunError> {
+    let (root, tmp) = (local_dir.root().join("blobs"), local_dir.tmp_dir());
+    let cache = tokio::task::spawn_blocking(move || crate::blob::BlobCache::open(&root, &tmp))
+        .await
+        .map_err(|e| RunError::Internal(e.to_string()))?
+        .map_err(|e| {
+            RunError::Internal(format!(
+                "cannot open the blob cache {}: {e}",
+                config.supervisor.local_dir.join("blobs").display()
+            ))
+        })?;
+    Ok(Arc::new(Mutex::new(cache)))
+}
+
+/// What the executor reads from the rest of the agent.
+struct ExecutorInputs {
+    report: Arc<watch::Sender<NodeReport>>,
+    zk_status: watch::Receiver<crate::cluster::membership::ZkStatus>,
+    desired: watch::Receiver<Option<Arc<AssignmentView>>>,
+    cache: SharedCache,
+    blob_view: watch::Receiver<Arc<BlobView>>,
+    health: watch::Receiver<HealthReport>,
+    config: watch::Receiver<Arc<Config>>,
+}
+
+/// Step 4: the executor adopts what kept running while no agent was here, then runs as the
+/// `sync-processes` queue's handler.
+async fn start_executor(
+    config: &Config,
+    local: &Local,
+    isolation: &Mechanism,
+    assigned: &LocalAssignments,
+    inputs: ExecutorInputs,
+) -> Result<ExecutorEnds, RunError> {
+    let (deadline_tx, deadline_rx) = watch::channel(None);
+    let (hints_tx, hints_rx) = mpsc::channel::<String>(256);
+    let queue = new_queue::<ProcessJob>("sync-processes");
+    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+    let drained = local.state.lock().unwrap().get::<local_state::Drained>()?.unwrap_or(false);
+    if drained {
+        warn!("this host is drained (gale drain): no worker runs until `gale undrain`");
+    }
+    let (drained_tx, drained_rx) = watch::channel(drained);
+    let (slots_tx, slots_rx) = watch::channel(Vec::new());
+    let mut processes = Processes::new(
+        ProcessConfig {
+            supervisor_id: local.id.clone(),
+            local_dir: config.supervisor.local_dir.clone(),
+            log_dir: config.supervisor.log_dir.clone(),
+            slots: config.supervisor.slots.clone(),
+            policy: crate::slot::Policy::from_config(&config.worker, &config.restart),
+            start_timeout: config.worker.start_timeout,
+            heartbeat_timeout: config.worker.heartbeat_timeout,
+            max_timeout: config.worker.max_timeout,
+            node_budget_per_min: config.restart.node_budget_per_min,
+            stop_workers_after: (config.zookeeper.on_session_loss == OnSessionLoss::StopWorkers)
+                .then_some(config.zookeeper.stop_workers_after),
+            users: crate::worker::users::UserPolicy::from_config(&config.worker),
+            isolation: isolation.clone(),
+        },
+        local.state.clone(),
+        inputs.desired,
+        inputs.report,
+        deadline_tx,
+        hints_tx,
+        inputs.zk_status,
+        inputs.cache,
+        inputs.blob_view,
+        LocalDirCheck {
+            lock_path: local.dir.lock_path(),
+            lock_inode: local
+                .dir
+                .lock_inode()
+                .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
+            state_dir: local.dir.state_dir(),
+        },
+        processes::OpsWiring {
+            requests: ops_rx,
+            drained,
+            drained_tx,
+            health: inputs.health,
+            slots_tx,
+            config: inputs.config,
+        },
+    );
+    processes.set_queue(queue.clone());
+    // Without its records the agent cannot tell its workers from orphans: refuse to start
+    // rather than sweep (kill) workers that are fine.
+    processes.recover(assigned).await.map_err(|e| {
+        RunError::Internal(format!(
+            "cannot recover the recorded workers: {e}; refusing to start rather than lose track of running workers \
+             (inspect with `gale state dump`)"
+        ))
+    })?;
+    let task = run_queue(&queue, processes);
+    Ok(ExecutorEnds {
+        queue,
+        task,
+        ops: ops_tx,
+        deadline: deadline_rx,
+        hints: hints_rx,
+        drained: drained_rx,
+        slots: slots_rx,
+    })
+}
+
+/// What the `sync-supervisor` side reads and publishes.
+struct SyncInputs {
+    cache: SharedCache,
+    /// Publishes this host's jobs (the assignment sync) ...
+    desired_tx: watch::Sender<Option<Arc<AssignmentView>>>,
+    /// ... which the blob sync reads.
+    desired: watch::Receiver<Option<Arc<AssignmentView>>>,
+    blob_view: watch::Sender<Arc<BlobView>>,
+    config: watch::Receiver<Arc<Config>>,
+    /// ZooKeeper actions become operations for the executor.
+    operations: mpsc::UnboundedSender<Request>,
+    /// The previous run's `local-assignments`.
+    assigned: LocalAssignments,
+}
+
+/// Step 5: the `sync-supervisor` queue and its handler.
+fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: SyncInputs) -> SyncEnds {
+    let (synced_tx, synced_rx) = watch::channel(0u64);
+    let queue = new_queue::<SupervisorJob>("sync-supervisor");
+    let wake: Arc<dyn Fn() + Send + Sync> = {
+        let q = queue.clone();
+        Arc::new(move || {
+            q.request(SupervisorJob::Blobs);
+        })
+    };
+    let blob_config = blobs::BlobSyncConfig {
+        root: config.zookeeper.root.clone(),
+        tmp: local.dir.tmp_dir(),
+        cache_target_bytes: config.blob.cache_target_mb.saturating_mul(1024 * 1024),
+        download_timeout: config.blob.download_timeout,
+        download_retries: config.blob.download_retries,
+    };
+    let mut blob_sync = blobs::BlobSync::new(blob_config, inputs.cache, inputs.desired, inputs.blob_view, wake);
+    blob_sync.follow_config(inputs.config);
+    let root = &config.zookeeper.root;
+    let (slots, state) = (&config.supervisor.slots, local.state.clone());
+    let assignments = AssignmentSync::new(root, &local.id, slots, state, inputs.assigned, inputs.desired_tx);
+    // What the `/assignments` watch and the session events tell the assignment sync.
+    let changes = assignments.changes();
+    let task = run_queue(
+        &queue,
+        jobs::SupervisorSync {
+            membership: zk.commands.clone(),
+            zk_status: zk.status.clone(),
+            client: zk.client.clone(),
+            assignments,
+            blobs: blob_sync,
+            actions: actions::ActionSync::new(root, &local.id, inputs.operations),
+            completed: synced_tx,
+            timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
+        },
+    );
+    SyncEnds { queue, task, changes, synced: synced_rx }
+}
+
+/// Step 6: the read-only admin endpoint and the control socket. A port that cannot be bound
+/// fails the start (an operator must not think the endpoint is there).
+async fn start_servers(
+    config: &Config,
+    sources: crate::admin::Sources,
+    operations: mpsc::UnboundedSender<Request>,
+    shutdown: Shutdown,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, RunError> {
+    let mut servers = Vec::new();
+    if let Some(addr) = config.admin.listen {
+        let serve = crate::admin::http::bind(addr, sources, shutdown.clone())
+            .await
+            .map_err(|e| RunError::Internal(format!("cannot listen on admin.listen = {addr}: {e}")))?;
+        info!(listen = %addr, "admin endpoint: /live /ready /status /metrics");
+        servers.push(tokio::spawn(serve));
+    }
+    let socket = config.control_socket();
+    // Without it the agent still supervises (and ZooKeeper actions still work): say so loudly
+    // rather than refuse to run workers over a path problem.
+    match crate::admin::control::bind(&socket, operations, shutdown) {
+        Ok(serve) => servers.push(tokio::spawn(serve)),
+        Err(e) => error!(path = %socket.display(), error = %e,
+            "cannot create the control socket; gale worker/drain/undrain will not work on this host"),
+    }
+    Ok(servers)
+}
+
+/// Reads a queue's counters for status and metrics.
+fn queue_probe<J: crate::event::Job>(queue: &QueueHandle<J>) -> crate::admin::QueueProbe {
+    use std::sync::atomic::Ordering::Relaxed;
+    let queue = queue.clone();
+    Arc::new(move || {
+        let stats = queue.stats();
+        crate::admin::QueueDoc {
+            name: queue.name().to_owned(),
+            depth: queue.depth(),
+            runs: stats.runs.load(Relaxed),
+            failures: stats.failures.load(Relaxed),
+            coalesced: stats.coalesced.load(Relaxed),
+            run_seconds_total: stats.run_micros_total.load(Relaxed) as f64 / 1e6,
+            last_run_ms: stats.last_run_micros.load(Relaxed) as f64 / 1e3,
+            failing: queue.failing().into_iter().map(|(job, e)| (job.to_owned(), e)).collect(),
+        }
+    })
+}
