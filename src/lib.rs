@@ -7,7 +7,8 @@
 //! local dir, exit codes) is SPEC.md; ARCHITECTURE.md maps the code.
 //!
 //! Entry point for the daemon: [`run`]. The binary (`src/main.rs`) only parses the command
-//! line, loads the config, sets up logging and maps errors to exit codes.
+//! line and hands it to [`cli::main`]; `gale run` (`cli/daemon.rs`) loads the config, sets up
+//! logging and the runtime, calls [`run`] and maps its error to an exit code.
 
 pub mod admin;
 pub mod blob;

@@ -2,8 +2,8 @@
 //!
 //! This is Storm's `LocalState`/`VersionedStore` done so that a crash at any instant (SIGKILL,
 //! power loss, a full disk) can never make the agent forget who it is. It holds a handful of keys
-//! (`supervisor-id`, `last-session-id`, `earlier-session-ids`, later `local-assignments` and
-//! `workers`) whose values are typed through the [`Key`] trait.
+//! (`supervisor-id`, `last-session-id`, `earlier-session-ids`, `session-owner`,
+//! `local-assignments`, `workers`, `drained`) whose values are typed through the [`Key`] trait.
 //!
 //! # Layout
 //!
