@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 
-use super::{Sources, metrics};
+use super::Sources;
+use crate::metrics::metrics;
 
 /// Binds `addr` now (so a taken port fails the start with a clear error) and returns the
 /// server future, which runs until `stop` turns true.

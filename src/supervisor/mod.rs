@@ -34,8 +34,7 @@ use tracing::{error, info, warn};
 pub use jobs::SupervisorJob;
 pub use processes::ProcessJob;
 
-use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipError, NodeReport, SessionEvent};
-use crate::cluster::model::{Health, unix_ms};
+use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipError, SessionEvent};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::Config;
 use crate::config::OnSessionLoss;
@@ -43,6 +42,8 @@ use crate::event::{Phase, new_queue, run_queue, spawn_timer_with};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
 use crate::local_state::{self, LocalState, StateError};
+use crate::model::NodeReport;
+use crate::model::{Health, unix_ms};
 use crate::proc_identity::ProcessIdentity;
 use assignments::AssignmentSync;
 use processes::{LocalDirCheck, ProcessConfig, Processes};
@@ -167,7 +168,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })?
     };
     let cache: crate::blob::SharedCache = Arc::new(Mutex::new(cache));
-    let (blob_view_tx, blob_view_rx) = watch::channel(Arc::new(blobs::BlobView::default()));
+    let (blob_view_tx, blob_view_rx) = watch::channel(Arc::new(crate::blob::BlobView::default()));
     // Operations (control socket, ZooKeeper actions) go to the executor; health and drain hold
     // its workers; it publishes its slots for status.
     let (ops_tx, ops_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -471,7 +472,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             Ok(()) = health_watch.changed() => {
                 let report = health_watch.borrow_and_update().clone();
-                let m = crate::admin::metrics();
+                let m = crate::metrics::metrics();
                 for script in &report.scripts {
                     m.health_runs.get_or_create(&vec![("outcome", script.outcome.as_str().to_owned())]).inc();
                 }
@@ -652,7 +653,7 @@ async fn rotate_worker_logs(
         else {
             continue;
         };
-        let m = crate::admin::metrics();
+        let m = crate::metrics::metrics();
         m.log_rotations.inc_by(report.rotated.len() as u64);
         m.log_files_deleted.inc_by(report.deleted.len() as u64);
         m.worker_log_bytes.set(i64::try_from(report.total_bytes).unwrap_or(i64::MAX));
@@ -661,7 +662,7 @@ async fn rotate_worker_logs(
 
 /// Applies a reload of `running.path` and returns the config now in force.
 fn apply_reload(running: &Config, targets: &reload::Targets) -> Config {
-    let m = crate::admin::metrics();
+    let m = crate::metrics::metrics();
     let count = |result: &str| m.config_reloads.get_or_create(&vec![("result", result.to_owned())]).inc();
     match reload::reload(&running.path, running, targets) {
         reload::Outcome::Rejected(e) => {
@@ -728,7 +729,7 @@ fn exit_bound(config: &Config) -> Duration {
 fn status_line(
     lifecycle: Lifecycle,
     slots: &[crate::admin::SlotStatus],
-    zk: &crate::cluster::membership::ZkStatus,
+    zk: &crate::model::ZkStatus,
     configured: usize,
 ) -> String {
     let used = slots.iter().filter(|s| s.pid.is_some()).count();
