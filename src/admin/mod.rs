@@ -3,7 +3,8 @@
 //!
 //! Nothing here owns agent state. The endpoints read the `watch` channels the owners publish
 //! ([`Sources`]) and build a [`Status`] per request; operations are forwarded to their owner
-//! (the executor, the main loop) as [`control::Operation`]s and answered from there.
+//! (the executor, the main loop) as [`Operation`](crate::model::action::Operation)s and answered
+//! from there.
 
 pub mod control;
 pub mod http;
