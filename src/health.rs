@@ -46,7 +46,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::cluster::model::unix_ms;
+use crate::model::unix_ms;
 use crate::shutdown::Shutdown;
 use process::{Exit, Finished, RunError};
 

@@ -23,6 +23,8 @@ pub mod lifecycle;
 pub mod local_dir;
 pub mod local_state;
 pub mod logging;
+pub mod metrics;
+pub mod model;
 pub mod proc_identity;
 #[cfg(test)]
 mod proptest_support;

@@ -27,10 +27,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use gale::cluster::assignment::{Assignment, MAX_ARG_BYTES, MAX_ARGS, MAX_ENV, MAX_ENV_VALUE_BYTES, PLACEHOLDERS};
-use gale::cluster::blob_meta::BlobMeta;
-use gale::cluster::model::{MAX_PAYLOAD_BYTES, PayloadError, SCHEMA, SupervisorInfo};
 use gale::config::{self, Config, ConfigError};
+use gale::model::assignment::{Assignment, MAX_ARG_BYTES, MAX_ARGS, MAX_ENV, MAX_ENV_VALUE_BYTES};
+use gale::model::blob_meta::BlobMeta;
+use gale::model::placeholders::PLACEHOLDERS;
+use gale::model::{MAX_PAYLOAD_BYTES, PayloadError, SCHEMA, SupervisorInfo};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -118,7 +119,7 @@ fn check_accepted_assignment(path: &str, a: &Assignment) -> Result<(), TestCaseE
     for arg in command {
         prop_assert!(arg.len() <= MAX_ARG_BYTES && !arg.contains('\0'), "argument {arg:?}: {}", context());
         for (open, _) in arg.match_indices('{') {
-            if let Some(placeholder) = gale::cluster::assignment::placeholder_name(&arg[open + 1..]) {
+            if let Some(placeholder) = gale::model::placeholders::placeholder_name(&arg[open + 1..]) {
                 let known = PLACEHOLDERS.contains(&placeholder)
                     || placeholder.strip_prefix("blob:").is_some_and(|n| names.contains(n));
                 prop_assert!(known, "placeholder {{{placeholder}}}: {}", context());

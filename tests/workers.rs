@@ -945,7 +945,7 @@ async fn literal_braces_accepted_by_validation_reach_the_worker_verbatim() {
     command.extend(literal.iter().map(|a| json!(a)));
     assignment["launch"]["command"] = json!(command);
     // `gale topology submit`'s validation (SPEC §3.2) accepts these as literal text.
-    let parsed: gale::cluster::assignment::Assignment = serde_json::from_value(assignment.clone()).unwrap();
+    let parsed: gale::model::assignment::Assignment = serde_json::from_value(assignment.clone()).unwrap();
     parsed.validate().expect("validation accepts literal braces");
     put_json(&zk, &case.assignment_path(topology), &assignment).await;
     let agent = case.start();

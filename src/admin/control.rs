@@ -3,7 +3,8 @@
 //! agent's user can connect; the HTTP endpoint stays read only.
 //!
 //! Protocol: one JSON [`Operation`] per connection, one line; one JSON [`Reply`] line back.
-//! The same operations arrive as ZooKeeper Actions (SPEC §3.4). Each is handed to its owner
+//! The same operations arrive as ZooKeeper Actions (SPEC §3.4), hence their home in
+//! [`crate::model::action`]. Each is handed to its owner
 //! (the `sync-processes` executor) through a channel and answered from there, so no state is
 //! touched from the socket's task.
 
@@ -16,39 +17,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::metrics;
+use crate::metrics::metrics;
+use crate::model::action::Operation;
 use crate::shutdown::Shutdown;
-
-/// A request for a change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Operation {
-    /// Kill and relaunch the worker on `port` now (not a failure: no backoff).
-    RestartWorker { port: u16 },
-    /// Forget the port's earlier failures and leave `backoff` now.
-    ResetBackoff { port: u16 },
-    /// Send `signal` (`QUIT`, `USR1`, …) to the worker's process group, e.g. for a thread dump.
-    SignalWorker { port: u16, signal: String },
-    /// Stop every worker gracefully and keep them stopped; `wait`: answer once they are gone.
-    Drain {
-        #[serde(default)]
-        wait: bool,
-    },
-    /// Undo `Drain`: workers are launched again.
-    Undrain,
-}
-
-impl Operation {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Operation::RestartWorker { .. } => "restart_worker",
-            Operation::ResetBackoff { .. } => "reset_backoff",
-            Operation::SignalWorker { .. } => "signal_worker",
-            Operation::Drain { .. } => "drain",
-            Operation::Undrain => "undrain",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {

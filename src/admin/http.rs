@@ -10,7 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{Sources, metrics};
+use super::Sources;
+use crate::metrics::metrics;
 use crate::shutdown::Shutdown;
 
 /// Binds `addr` now (so a taken port fails the start with a clear error) and returns the

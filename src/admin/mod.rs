@@ -3,11 +3,11 @@
 //!
 //! Nothing here owns agent state. The endpoints read the `watch` channels the owners publish
 //! ([`Sources`]) and build a [`Status`] per request; operations are forwarded to their owner
-//! (the executor, the main loop) as [`control::Operation`]s and answered from there.
+//! (the executor, the main loop) as [`Operation`](crate::model::action::Operation)s and answered
+//! from there.
 
 pub mod control;
 pub mod http;
-pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,13 +15,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::cluster::membership::{NodeReport, ZkStatus};
-use crate::cluster::model::{LastExit, SlotStateName, unix_ms};
+use crate::blob::BlobView;
 use crate::health::{HealthReport, ScriptResult};
 use crate::lifecycle::Lifecycle;
-use crate::supervisor::blobs::BlobView;
-
-pub use metrics::metrics;
+use crate::metrics::{self, metrics};
+use crate::model::{LastExit, NodeReport, SlotStateName, ZkStatus, unix_ms};
 
 /// One slot as `gale status` shows it (every configured port, `empty` included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,7 +250,7 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::model::Health;
+    use crate::model::Health;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     enum J {

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use super::BlobError;
 use super::meta::BlobMeta;
-use crate::cluster::blob_meta::is_sha256_hex;
+use crate::model::blob_meta::is_sha256_hex;
 
 /// Prefix of everything the cache stages or deletes in `tmp`; `open` sweeps it.
 const TMP_PREFIX: &str = "cache-";

@@ -1,8 +1,8 @@
 //! Where a blob's bytes come from. The payload itself (`BlobMeta`, decoding and validation)
-//! is `crate::cluster::blob_meta`, shared with `gale blob put`; this adds what the downloader
+//! is `crate::model::blob_meta`, shared with `gale blob put`; this adds what the downloader
 //! needs on top: the parsed source of a `url`.
 
-pub use crate::cluster::blob_meta::{Archive, BlobMeta};
+pub use crate::model::blob_meta::{Archive, BlobMeta};
 
 /// Where a blob's content comes from, as parsed from a validated `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //! content-addressed cache with references and LRU cleanup ([`BlobCache`]).
 //!
 //! Nothing here touches ZooKeeper or the slots; the blob sync that decides what to fetch and
-//! the wiring into `waiting_for_blobs` come on top of it.
+//! the wiring into `waiting_for_blobs` come on top of it (`supervisor::blobs`), and publish
+//! what they find as a [`BlobView`].
 //!
 //! Invariants:
 //! - [`fetch`] returns a path only for a file whose size and sha256 match the BlobMeta and that
@@ -16,6 +17,7 @@ mod cache;
 mod extract;
 mod fetch;
 mod meta;
+mod view;
 
 use std::path::PathBuf;
 
@@ -23,6 +25,7 @@ pub use cache::{BlobCache, CacheError, CacheStats, EntryId, RefOwner, SharedCach
 pub use extract::extract;
 pub use fetch::fetch;
 pub use meta::{Archive, BlobMeta};
+pub use view::{BlobStatus, BlobUse, BlobView};
 
 /// What can go wrong between a BlobMeta payload and an unpacked blob.
 #[derive(Debug, thiserror::Error)]

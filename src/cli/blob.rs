@@ -20,12 +20,12 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{CliError, client_runtime, connect, failure, load_config, read_all};
-use crate::cluster::blob_meta::{Archive, BlobMeta, is_supported_url};
-use crate::cluster::model::SCHEMA;
 use crate::cluster::zk::{ErrorClass, ZkClient};
 use crate::config::Config;
 use crate::ident;
 use crate::lifecycle::ExitCode;
+use crate::model::SCHEMA;
+use crate::model::blob_meta::{Archive, BlobMeta, is_supported_url};
 
 /// How long to wait for ZooKeeper to confirm the session's close before exiting anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{CliError, client_runtime, connect, load_config, read_all};
-use crate::cluster::model::SupervisorInfo;
 use crate::lifecycle::ExitCode;
+use crate::model::SupervisorInfo;
 
 pub fn supervisors(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
@@ -38,7 +38,7 @@ pub fn supervisors(config_path: &Path, json: bool) -> Result<ExitCode, CliError>
     })
 }
 
-fn print_table(rows: &[(String, Result<SupervisorInfo, crate::cluster::model::PayloadError>)]) {
+fn print_table(rows: &[(String, Result<SupervisorInfo, crate::model::PayloadError>)]) {
     println!("{:<38} {:<20} {:>5} {:<10} {:<9}", "ID", "HOST", "SLOTS", "STATE", "HEALTH");
     for (_, row) in rows {
         match row {

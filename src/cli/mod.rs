@@ -178,15 +178,15 @@ pub fn main(args: Args) -> ExitCode {
         Command::Blob(BlobCommand::Rm { key }) => blob::rm(&config_path(&args), key),
         Command::Status { json } => ops::status(&config_path(&args), *json),
         Command::Worker(WorkerCommand::Restart { port }) => {
-            ops::operate(&config_path(&args), crate::admin::control::Operation::RestartWorker { port: *port })
+            ops::operate(&config_path(&args), crate::model::action::Operation::RestartWorker { port: *port })
         }
         Command::Worker(WorkerCommand::ResetBackoff { port }) => {
-            ops::operate(&config_path(&args), crate::admin::control::Operation::ResetBackoff { port: *port })
+            ops::operate(&config_path(&args), crate::model::action::Operation::ResetBackoff { port: *port })
         }
         Command::Drain { wait } => {
-            ops::operate(&config_path(&args), crate::admin::control::Operation::Drain { wait: *wait })
+            ops::operate(&config_path(&args), crate::model::action::Operation::Drain { wait: *wait })
         }
-        Command::Undrain => ops::operate(&config_path(&args), crate::admin::control::Operation::Undrain),
+        Command::Undrain => ops::operate(&config_path(&args), crate::model::action::Operation::Undrain),
     };
     match result {
         Ok(code) => code,

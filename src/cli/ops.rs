@@ -6,10 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{CliError, client_runtime, load_config};
-use crate::admin::control::{self, Operation};
+use crate::admin::control;
 use crate::admin::{SlotStatus, Status};
 use crate::config::Config;
 use crate::lifecycle::ExitCode;
+use crate::model::action::Operation;
 
 pub fn status(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
@@ -18,7 +19,7 @@ pub fn status(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
             } else {
-                print!("{}", render(&status, crate::cluster::model::unix_ms()));
+                print!("{}", render(&status, crate::model::unix_ms()));
             }
             Ok(ExitCode::Clean)
         }

@@ -16,12 +16,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{CliError, client_runtime, connect, failure, load_config, read_all};
-use crate::cluster::assignment::{Assignment, WorkerPlacement};
-use crate::cluster::model::{self, Health, SupervisorInfo};
 use crate::cluster::zk::{ErrorClass, ZkClient};
 use crate::config::Config;
 use crate::ident;
 use crate::lifecycle::{ExitCode, Lifecycle};
+use crate::model::assignment::{Assignment, WorkerPlacement};
+use crate::model::{self, Health, SupervisorInfo};
 
 /// How long to wait for ZooKeeper to confirm the session's close before exiting anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -38,11 +38,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::model::{self, Health, SupervisorInfo, WorkerInfo};
 use super::ownership::{self, Decision, KnownSessions};
 use super::zk::{self, ConnectOptions, ErrorClass, NodeEvent, SessionState, ZkClient, ZkError};
 use crate::config::Capacity;
-use crate::lifecycle::Lifecycle;
+use crate::model::{self, NodeReport, SupervisorInfo, ZkStatus};
 use crate::shutdown::Shutdown;
 
 /// What this agent is; fixed for the life of the process.
@@ -56,14 +55,6 @@ pub struct Identity {
     pub started_at_ms: u64,
 }
 
-/// What the rest of the agent publishes for SupervisorInfo; changes trigger a rewrite.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeReport {
-    pub lifecycle: Lifecycle,
-    pub health: Health,
-    pub workers: Vec<WorkerInfo>,
-}
-
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
     pub connect: ConnectOptions,
@@ -71,18 +62,6 @@ pub struct MembershipConfig {
     pub root: String,
     pub heartbeat: Duration,
     pub heartbeat_refresh: Duration,
-}
-
-/// The ZooKeeper side as others see it (status, readiness, metrics).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZkStatus {
-    /// `connecting` until a session exists, then the session state.
-    pub state: &'static str,
-    pub session_id: Option<String>,
-    pub registered: bool,
-    /// Registrations done by this process (1 + re-registrations).
-    pub registrations: u64,
-    pub sessions: u64,
 }
 
 /// Session happenings the supervisor reacts to (a full sync after each).

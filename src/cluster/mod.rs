@@ -1,7 +1,6 @@
-//! Everything gale exchanges with ZooKeeper.
+//! Everything gale does through the ZooKeeper client. The payloads themselves (what is
+//! written and read, decoded and checked) are plain data in [`crate::model`].
 //!
-//! - [`model`]: the JSON payloads of SPEC §3 (`schema: 1`), decoded leniently (unknown fields
-//!   ignored) and checked strictly (schema, identifiers).
 //! - [`zk`]: the ONLY code that talks to the `zookeeper-client` crate: connecting with backoff,
 //!   error classification, node operations used by the agent.
 //! - [`membership`]: the task that owns the session: registration of the ephemeral
@@ -9,11 +8,9 @@
 //! - [`ownership`]: the pure decision of whose an existing registration node is.
 //!
 //! Architecture Invariant: one task ([`membership::Membership`]) owns the ZooKeeper session.
-//! Other code asks it for things or reads what it publishes; nobody else holds a client.
+//! Other code asks it for things or reads what it publishes (the session state, and a clone
+//! of its client while registered, which the sync jobs use); nobody else opens a session.
 
-pub mod assignment;
-pub mod blob_meta;
 pub mod membership;
-pub mod model;
 pub mod ownership;
 pub mod zk;

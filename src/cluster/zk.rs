@@ -51,7 +51,7 @@ where
     F: std::future::Future<Output = Result<T, zk::Error>>,
 {
     if client.state() == zk::SessionState::Disconnected {
-        crate::admin::metrics().zk_op(op, "not_sent");
+        crate::metrics::metrics().zk_op(op, "not_sent");
         return Err(ZkError::new(op, path, zk::Error::ConnectionLoss));
     }
     let result = match tokio::time::timeout(OP_TIMEOUT, request()).await {
@@ -71,7 +71,7 @@ where
             ErrorClass::Other => "error",
         },
     };
-    crate::admin::metrics().zk_op(op, outcome);
+    crate::metrics::metrics().zk_op(op, outcome);
     result
 }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod raw;
+mod render;
 mod validate;
 
 pub use validate::{ConfigError, load, parse};

@@ -306,7 +306,7 @@ fn shape_problem(path: &str, value: &DeValue<'_>) -> Option<String> {
 /// key of the schema is bare, so lookups by path are unaffected.
 fn join(prefix: &str, key: &str) -> String {
     let bare = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let key = if bare { key.to_owned() } else { super::validate::quote(key) };
+    let key = if bare { key.to_owned() } else { super::render::quote(key) };
     if prefix.is_empty() { key } else { format!("{prefix}.{key}") }
 }
 

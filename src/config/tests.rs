@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::super::raw::{known_keys, nearest};
+use super::super::{LogFormat, OnHealthFailure, OnSessionLoss};
 use super::*;
 
 const FILE: &str = "/etc/gale/gale.toml";

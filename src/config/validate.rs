@@ -12,8 +12,7 @@
 //! order is the section order of SPEC §2, except that unknown keys and wrong types (found
 //! before any rule runs) are reported first.
 //!
-//! [`Config::to_toml`] is the inverse: the effective config in the file's own key names and
-//! units, so `parse(config.to_toml())` gives the same `Config` back.
+//! The inverse, [`Config::to_toml`], is [`super::render`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,9 +24,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{self, Int, RawConfig, ReadError, Str};
+use super::render::{HEALTH_FAILURE, LOG_FORMAT, SESSION_LOSS};
 use super::{
-    AdminConfig, BlobConfig, Capacity, Config, HealthConfig, LogFormat, LogsConfig, OnHealthFailure, OnSessionLoss,
-    RestartConfig, SupervisorConfig, WorkerConfig, ZkAuth, ZookeeperConfig,
+    AdminConfig, BlobConfig, Capacity, Config, HealthConfig, LogsConfig, RestartConfig, SupervisorConfig, WorkerConfig,
+    ZkAuth, ZookeeperConfig,
 };
 
 /// Longest accepted duration. Nothing gale waits for is measured in years, and a bound keeps
@@ -169,19 +169,6 @@ fn friendly_type_error(message: &str) -> String {
         other => other,
     };
     format!("expected {expected}, found {found}")
-}
-
-/// The words of each enum-valued key, shared by parsing and [`Config::to_toml`]; the first
-/// is the default.
-const SESSION_LOSS: [(&str, OnSessionLoss); 2] =
-    [("keep_workers", OnSessionLoss::KeepWorkers), ("stop_workers", OnSessionLoss::StopWorkers)];
-const HEALTH_FAILURE: [(&str, OnHealthFailure); 2] =
-    [("drain", OnHealthFailure::Drain), ("exit", OnHealthFailure::Exit)];
-const LOG_FORMAT: [(&str, LogFormat); 3] =
-    [("auto", LogFormat::Auto), ("text", LogFormat::Text), ("json", LogFormat::Json)];
-
-fn word<T: PartialEq>(table: &[(&'static str, T)], value: &T) -> &'static str {
-    table.iter().find(|(_, v)| v == value).map_or("", |(w, _)| w)
 }
 
 fn config(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -606,163 +593,6 @@ fn check_level(level: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-impl Config {
-    /// The effective configuration as TOML, in the file's key names and units, every key
-    /// written (optional unset ones as comments saying what applies instead).
-    /// `parse(&config.to_toml(), path)` gives back an equal `Config`.
-    pub fn to_toml(&self) -> String {
-        let (z, s, w, r, b, h, l) =
-            (&self.zookeeper, &self.supervisor, &self.worker, &self.restart, &self.blob, &self.health, &self.logs);
-        let list = |items: Vec<String>| format!("[{}]", items.join(", "));
-        let strings = |v: &[String]| list(v.iter().map(|s| quote(s)).collect());
-        let path = |p: &Path| quote(&p.to_string_lossy());
-        let ms = |d: Duration| d.as_millis();
-        let secs = |d: Duration| d.as_secs();
-        let or_comment = |key: &str, value: Option<String>, instead: &str| match value {
-            Some(v) => format!("{key} = {v}"),
-            None => format!("# {key} = ({instead})"),
-        };
-        let auth = or_comment(
-            "auth",
-            z.auth.as_ref().map(|a| {
-                let (scheme, file) = (quote(&a.scheme), path(&a.credentials_file));
-                format!("{{ scheme = {scheme}, credentials_file = {file} }}")
-            }),
-            "none: the ZooKeeper session is not authenticated",
-        );
-        let id = or_comment("id", s.id.as_deref().map(quote), "generated once, kept in local state");
-        let hostname = or_comment("hostname", s.hostname.as_deref().map(quote), "the system hostname");
-        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{} = {}", quote(k), quote(v))).collect();
-        let labels = if labels.is_empty() { "{}".to_owned() } else { format!("{{ {} }}", labels.join(", ")) };
-        let on_session_loss = quote(word(&SESSION_LOSS, &z.on_session_loss));
-        let on_failure = quote(word(&HEALTH_FAILURE, &h.on_failure));
-        let format = quote(word(&LOG_FORMAT, &l.format));
-        let listen = quote(&self.admin.listen.map(|a| a.to_string()).unwrap_or_default());
-        format!(
-            "# effective configuration of {file} (defaults filled in)
-
-[zookeeper]
-servers = {servers}
-root = {root}
-session_timeout_ms = {session_timeout_ms}
-connect_timeout_ms = {connect_timeout_ms}
-{auth}
-on_session_loss = {on_session_loss}
-stop_workers_after_secs = {stop_workers_after_secs}
-
-[supervisor]
-local_dir = {local_dir}
-log_dir = {log_dir}
-{id}
-{hostname}
-slots = {slots}
-heartbeat_secs = {heartbeat_secs}
-heartbeat_refresh_secs = {heartbeat_refresh_secs}
-sync_secs = {supervisor_sync_secs}
-monitor_secs = {monitor_secs}
-labels = {labels}
-capacity = {{ cpu_percent = {cpu_percent}, memory_mb = {memory_mb} }}
-
-[worker]
-start_timeout_secs = {start_timeout_secs}
-heartbeat_timeout_secs = {heartbeat_timeout_secs}
-max_timeout_secs = {max_timeout_secs}
-shutdown_grace_secs = {shutdown_grace_secs}
-run_as_user = {run_as_user}
-allowed_users = {allowed_users}
-min_uid = {min_uid}
-
-[restart]
-backoff_initial_ms = {backoff_initial_ms}
-backoff_max_ms = {backoff_max_ms}
-reset_after_secs = {reset_after_secs}
-node_budget_per_min = {node_budget_per_min}
-
-[blob]
-cache_target_mb = {cache_target_mb}
-sync_secs = {blob_sync_secs}
-download_timeout_secs = {download_timeout_secs}
-download_retries = {download_retries}
-
-[health]
-script_dir = {script_dir}
-interval_secs = {interval_secs}
-timeout_ms = {health_timeout_ms}
-fail_on_timeout = {fail_on_timeout}
-on_failure = {on_failure}
-
-[logs]
-worker_log_max_mb = {worker_log_max_mb}
-worker_log_keep = {worker_log_keep}
-node_quota_mb = {node_quota_mb}
-format = {format}
-level = {level}
-
-[admin]
-listen = {listen}
-",
-            file = self.path.display(),
-            servers = strings(&z.servers),
-            root = quote(&z.root),
-            session_timeout_ms = ms(z.session_timeout),
-            connect_timeout_ms = ms(z.connect_timeout),
-            stop_workers_after_secs = secs(z.stop_workers_after),
-            local_dir = path(&s.local_dir),
-            log_dir = path(&s.log_dir),
-            slots = list(s.slots.iter().map(u16::to_string).collect()),
-            heartbeat_secs = secs(s.heartbeat),
-            heartbeat_refresh_secs = secs(s.heartbeat_refresh),
-            supervisor_sync_secs = secs(s.sync),
-            monitor_secs = secs(s.monitor),
-            cpu_percent = s.capacity.cpu_percent,
-            memory_mb = s.capacity.memory_mb,
-            start_timeout_secs = secs(w.start_timeout),
-            heartbeat_timeout_secs = secs(w.heartbeat_timeout),
-            max_timeout_secs = secs(w.max_timeout),
-            shutdown_grace_secs = secs(w.shutdown_grace),
-            run_as_user = w.run_as_user,
-            allowed_users = strings(&w.allowed_users),
-            min_uid = w.min_uid,
-            backoff_initial_ms = ms(r.backoff_initial),
-            backoff_max_ms = ms(r.backoff_max),
-            reset_after_secs = secs(r.reset_after),
-            node_budget_per_min = r.node_budget_per_min,
-            cache_target_mb = b.cache_target_mb,
-            blob_sync_secs = secs(b.sync),
-            download_timeout_secs = secs(b.download_timeout),
-            download_retries = b.download_retries,
-            script_dir = path(&h.script_dir),
-            interval_secs = secs(h.interval),
-            health_timeout_ms = ms(h.timeout),
-            fail_on_timeout = h.fail_on_timeout,
-            worker_log_max_mb = l.worker_log_max_mb,
-            worker_log_keep = l.worker_log_keep,
-            node_quota_mb = l.node_quota_mb,
-            level = quote(&l.level),
-        )
-    }
-}
-
-/// A TOML basic string: `"` and `\` escaped, control characters as `\uXXXX`.
-pub(super) fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

@@ -100,9 +100,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cluster::assignment::{Assignment, BlobRef, Launch, LivenessMode};
-use crate::cluster::model::{ExitReason, LastExit, SlotStateName, WorkerInfo};
 use crate::config::{RestartConfig, WorkerConfig};
+use crate::model::assignment::{Assignment, BlobRef, Launch, LivenessMode};
+use crate::model::{ExitReason, LastExit, SlotStateName, WorkerInfo};
 
 pub use step::{backoff_delay, step};
 

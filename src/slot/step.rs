@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Action, Env, Input, Killing, Policy, Signal, Slot, SlotJob, SlotState, Worker};
-use crate::cluster::model::{ExitReason, LastExit};
+use crate::model::{ExitReason, LastExit};
 
 /// Never re-send SIGKILL more often than this, even with `shutdown_grace = 0`.
 const MIN_SIGKILL_INTERVAL: Duration = Duration::from_secs(1);

@@ -10,7 +10,7 @@ mod kill;
 mod readout;
 
 use super::*;
-use crate::cluster::model::SlotStateName as N;
+use crate::model::SlotStateName as N;
 
 const GRACE: Duration = Duration::from_secs(3);
 const WALL0: u64 = 1_700_000_000_000;

@@ -34,9 +34,9 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::records::{LocalAssignments, PortJob};
-use crate::cluster::assignment::Assignment;
 use crate::cluster::zk::{NodeStat, ZkClient, ZkError};
 use crate::local_state::{LocalAssignmentsKey, LocalState};
+use crate::model::assignment::Assignment;
 use crate::shutdown::Shutdown;
 
 /// The result of a successful pass, as the process side sees it.

@@ -33,35 +33,14 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::assignments::AssignmentView;
-use crate::blob::{BlobCache, BlobMeta, CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged};
+use crate::blob::{
+    BlobCache, BlobMeta, BlobStatus, BlobUse, BlobView, CacheError, EntryId, RefOwner, SharedCache, Staged,
+};
 use crate::cluster::zk::{ZkClient, ZkError};
 
 /// First wait before a failed download is tried again; doubles per failure.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(300);
-
-/// One blob as an assignment uses it: its key, and whether it is unpacked.
-pub type BlobUse = (String, bool);
-
-/// What the process side knows about one [`BlobUse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobStatus {
-    /// The current version (BlobMeta), if one is known.
-    pub version: Option<u64>,
-    /// The current version's content, once it is in the cache.
-    pub ready: Option<(EntryId, PathBuf)>,
-    /// Why it is not ready, if something went wrong (not while a download simply runs).
-    pub error: Option<String>,
-    /// A download of the current version is running.
-    pub downloading: bool,
-}
-
-/// Every blob the assigned jobs use, published after each pass.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BlobView {
-    pub blobs: BTreeMap<BlobUse, BlobStatus>,
-    pub cache: CacheStats,
-}
 
 /// Settings of the blob sync (`[blob]`).
 #[derive(Debug, Clone)]
@@ -345,7 +324,7 @@ impl BlobSync {
                 }
                 Err(e) => Err(e),
             };
-            let m = crate::admin::metrics();
+            let m = crate::metrics::metrics();
             match result {
                 Ok(()) => {
                     m.blob_downloads.get_or_create(&vec![("result", "ok".to_owned())]).inc();

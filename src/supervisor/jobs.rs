@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::actions::ActionSync;
 use super::assignments::AssignmentSync;
 use super::blobs::BlobSync;
-use crate::cluster::membership::{Command, ZkStatus};
+use crate::cluster::membership::Command;
 use crate::cluster::zk::ZkClient;
 use crate::event::{Job, JobError, JobHandler};
+use crate::model::ZkStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SupervisorJob {

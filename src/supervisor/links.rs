@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::blobs::BlobView;
+use crate::blob::BlobView;
 use crate::blob::{EntryId, SharedCache};
 use crate::slot::SlotJob;
 

@@ -31,12 +31,14 @@ use tracing::{error, info, warn};
 use super::assignments::AssignmentChanges;
 use super::{RunError, SupervisorJob, reload};
 use crate::admin::SlotStatus;
-use crate::cluster::membership::{MembershipError, NodeReport, SessionEvent, ZkStatus};
-use crate::cluster::model::Health;
+use crate::cluster::membership::{MembershipError, SessionEvent};
 use crate::config::Config;
 use crate::event::QueueHandle;
 use crate::health::HealthReport;
 use crate::lifecycle::{Lifecycle, Systemd};
+use crate::model::Health;
+use crate::model::NodeReport;
+use crate::model::ZkStatus;
 
 /// Everything the main loop waits for.
 #[derive(Debug)]
@@ -232,7 +234,7 @@ impl Daemon {
 
     fn on_health(&mut self) {
         let report = self.watches.health.borrow_and_update().clone();
-        let m = crate::admin::metrics();
+        let m = crate::metrics::metrics();
         for script in &report.scripts {
             m.health_runs.get_or_create(&vec![("outcome", script.outcome.as_str().to_owned())]).inc();
         }
@@ -326,7 +328,7 @@ async fn tick(interval: Option<&mut Interval>) {
 
 /// Applies a reload of `running.path` and returns the config now in force.
 fn apply_reload(running: &Config, targets: &reload::Targets) -> Config {
-    let m = crate::admin::metrics();
+    let m = crate::metrics::metrics();
     let count = |result: &str| m.config_reloads.get_or_create(&vec![("result", result.to_owned())]).inc();
     match reload::reload(&running.path, running, targets) {
         reload::Outcome::Rejected(e) => {

@@ -12,8 +12,9 @@ use tracing::{info, warn};
 
 use super::Processes;
 use crate::admin::SlotStatus;
-use crate::admin::control::{Operation, Reply};
+use crate::admin::control::Reply;
 use crate::local_state::Drained;
+use crate::model::action::Operation;
 use crate::slot::{Input, SlotState};
 use crate::worker;
 
@@ -140,7 +141,7 @@ impl Processes {
     /// Every slot, for `gale status`.
     pub(super) fn slot_statuses(&self) -> Vec<SlotStatus> {
         let now = Instant::now();
-        let wall = crate::cluster::model::unix_ms();
+        let wall = crate::model::unix_ms();
         let view = self.links.view();
         self.slots
             .values()

@@ -26,15 +26,15 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::assignments::AssignmentView;
-use super::blobs::BlobView;
 use super::links::{self, BlobLinks};
 use super::records::{LocalAssignments, PortJob, WorkerRecord, WorkerRecords};
+use crate::blob::BlobView;
 use crate::blob::SharedCache;
-use crate::cluster::assignment::LivenessMode;
-use crate::cluster::membership::{NodeReport, ZkStatus};
-use crate::cluster::model::{ExitReason, LastExit, WorkerInfo, unix_ms};
 use crate::event::{JobError, QueueHandle};
 use crate::local_state::{LocalState, Workers};
+use crate::model::assignment::LivenessMode;
+use crate::model::{ExitReason, LastExit, WorkerInfo, unix_ms};
+use crate::model::{NodeReport, ZkStatus};
 use crate::proc_identity::{Liveness, ProcessIdentity};
 use crate::shutdown::Shutdown;
 use crate::slot::{Action, Env, Input, Policy, Signal, Slot, SlotJob, Worker, step};
@@ -495,7 +495,7 @@ impl Processes {
                 && slot.last_exit != last_exit
                 && let Some(exit) = &slot.last_exit
             {
-                crate::admin::metrics().exit(exit.reason.as_str());
+                crate::metrics::metrics().exit(exit.reason.as_str());
                 if exit.reason == ExitReason::Exited {
                     self.exit_seen.insert(port, now);
                 }
@@ -512,7 +512,7 @@ impl Processes {
     async fn perform(&mut self, port: u16, action: Action, now: Instant) -> Option<Input> {
         match action {
             Action::Launch { job, restart } => {
-                let m = crate::admin::metrics();
+                let m = crate::metrics::metrics();
                 if restart && let Err(until) = self.budget.take(now) {
                     warn!(port, "node restart budget exhausted; the relaunch waits");
                     m.restarts_deferred.inc();
@@ -545,7 +545,7 @@ impl Processes {
                 if signal == Signal::Term
                     && let Some(reason) = self.slots.get(&port).and_then(|s| s.state.killing()).map(|k| k.reason)
                 {
-                    crate::admin::metrics().kill(reason.as_str());
+                    crate::metrics::metrics().kill(reason.as_str());
                 }
                 match worker::signal_group(&record.process, sig) {
                     Ok(outcome) => info!(port, worker = %worker.worker_id, pid = worker.pid, signal = %sig, ?outcome,
@@ -809,7 +809,7 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
                     && exit.reason == ExitReason::Exited
                 {
                     exit.reason = ExitReason::MemoryLimit;
-                    crate::admin::metrics().exit(ExitReason::MemoryLimit.as_str());
+                    crate::metrics::metrics().exit(ExitReason::MemoryLimit.as_str());
                     warn!(port, "the worker was killed for exceeding its memory limit (memory_mb)");
                 }
             }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::assignment::{BlobRef, Launch};
+use crate::model::assignment::{BlobRef, Launch};
 use crate::proc_identity::ProcessIdentity;
 
 /// The job assigned to one of our ports, as last read from ZooKeeper.

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::assignments::{AssignmentChanges, AssignmentSync, AssignmentView};
-use super::blobs::{self, BlobView};
+use super::blobs;
 use super::main_loop::{self, Daemon, Watches};
 use super::processes::{self, LocalDirCheck, ProcessConfig, Processes};
 use super::records::LocalAssignments;
@@ -29,9 +29,9 @@ use super::{ProcessJob, SupervisorJob};
 use super::{RunError, actions, jobs, session_log, tasks};
 use crate::admin::SlotStatus;
 use crate::admin::control::Request;
+use crate::blob::BlobView;
 use crate::blob::SharedCache;
-use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipHandles, NodeReport};
-use crate::cluster::model::{Health, unix_ms};
+use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipHandles};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::{Config, OnSessionLoss};
 use crate::event::{QueueHandle, new_queue, run_queue};
@@ -40,6 +40,8 @@ use crate::isolation::Mechanism;
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, PreviousStop};
 use crate::local_state::{self, LocalState};
+use crate::model::NodeReport;
+use crate::model::{Health, unix_ms};
 use crate::proc_identity::ProcessIdentity;
 use crate::shutdown::{Shutdown, Stopper};
 
@@ -301,7 +303,7 @@ async fn open_blob_cache(config: &Config, local_dir: &LocalDir) -> Result<Shared
 /// What the executor reads from the rest of the agent.
 struct ExecutorInputs {
     report: Arc<watch::Sender<NodeReport>>,
-    zk_status: watch::Receiver<crate::cluster::membership::ZkStatus>,
+    zk_status: watch::Receiver<crate::model::ZkStatus>,
     desired: watch::Receiver<Option<Arc<AssignmentView>>>,
     cache: SharedCache,
     blob_view: watch::Receiver<Arc<BlobView>>,

@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::assignments::{self, AssignmentChanges, AssignmentView};
-use super::blobs::BlobView;
 use super::{ProcessJob, SupervisorJob, actions, processes, reload};
 use crate::admin::control::Request;
+use crate::blob::BlobView;
 use crate::cluster::membership::MembershipHandles;
 use crate::config::Config;
 use crate::event::{Phase, QueueHandle, spawn_timer_with};
@@ -184,7 +184,7 @@ async fn rotate_worker_logs(
         else {
             continue;
         };
-        let m = crate::admin::metrics();
+        let m = crate::metrics::metrics();
         m.log_rotations.inc_by(report.rotated.len() as u64);
         m.log_files_deleted.inc_by(report.deleted.len() as u64);
         m.worker_log_bytes.set(i64::try_from(report.total_bytes).unwrap_or(i64::MAX));

@@ -228,8 +228,14 @@ mod tests {
     #[tokio::test]
     async fn injected_failures_are_used_once_and_adopted_processes_exit_on_demand() {
         let fake = FakeProcessControl::new();
-        fake.fail_next_spawn(LaunchError::EmptyCommand { topology: "t".into(), port: 6700 });
-        assert!(matches!(fake.spawn(&spec(6700)), Err(LaunchError::EmptyCommand { .. })));
+        fake.fail_next_spawn(LaunchError::Expand(crate::model::placeholders::ExpandError::EmptyCommand {
+            topology: "t".into(),
+            port: 6700,
+        }));
+        assert!(matches!(
+            fake.spawn(&spec(6700)),
+            Err(LaunchError::Expand(crate::model::placeholders::ExpandError::EmptyCommand { .. }))
+        ));
         let w = fake.spawn(&spec(6700)).unwrap();
         fake.fail_next_signal(io::Error::from_raw_os_error(nix::libc::EPERM));
         assert!(fake.signal_group(&w.identity, Signal::SIGTERM).is_err());

@@ -2,8 +2,9 @@
 //! session and process group, cwd `<local_dir>/workers/<worker-id>/`, stdin `/dev/null`,
 //! stdout and stderr appended to its log file, and the `GALE_*` variables.
 //!
-//! Design: [`expand`] is pure (argv template + values → argv) so every placeholder rule is unit
-//! tested without a process; [`spawn`] is the I/O edge and makes no decision beyond "did each
+//! Design: the argv comes from [`expand`] (pure, argv template + values → argv, with the
+//! placeholder grammar it shares with validation in [`crate::model::placeholders`], where every
+//! placeholder rule is unit tested without a process); [`spawn`] is the I/O edge and makes no decision beyond "did each
 //! step work". Every failure names the topology, the port, the step and the path, because the
 //! operator reads it in `gale status` long after the fact.
 //!
@@ -11,8 +12,7 @@
 //! - The log is a plain file opened with `O_APPEND`, never a pipe to the agent: a worker must
 //!   keep running, and logging, while the agent is stopped or restarting (SPEC §4).
 //! - The `GALE_*` variables are set last, so an assignment's `env` cannot override them.
-//! - Placeholder values are inserted verbatim and never rescanned, so a blob path or id that
-//!   contains `{` cannot inject another placeholder.
+//! - Placeholder values are inserted verbatim and never rescanned (see [`expand`]).
 
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, OpenOptions};
@@ -24,23 +24,12 @@ use std::process::Stdio;
 use super::heartbeat::heartbeat_file;
 use crate::ident::{self, IdentError};
 use crate::isolation::{IsolationError, WorkerCgroup};
+use crate::model::placeholders::{ExpandError, Placeholders, expand};
 use crate::proc_identity::ProcessIdentity;
 
 /// `<local_dir>/workers/<worker_id>`: a worker's cwd.
 pub fn worker_dir(local_dir: &Path, worker_id: &str) -> PathBuf {
     local_dir.join("workers").join(worker_id)
-}
-
-/// The values the placeholders of a launch command expand to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placeholders {
-    pub port: u16,
-    pub worker_id: String,
-    pub topology_id: String,
-    pub supervisor_id: String,
-    pub worker_dir: PathBuf,
-    /// Blob name → path of that blob's local copy, for `{blob:NAME}`.
-    pub blobs: BTreeMap<String, PathBuf>,
 }
 
 /// Everything needed to start one worker.
@@ -101,102 +90,15 @@ impl std::fmt::Display for LaunchStep {
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("topology {topology} port {port}: the launch command is empty")]
-    EmptyCommand { topology: String, port: u16 },
-    #[error(
-        "topology {topology} port {port}: unknown placeholder `{{{name}}}` in argument `{arg}`: known are {{port}}, {{worker_id}}, {{topology_id}}, {{supervisor_id}}, {{worker_dir}}, {{blob:NAME}}"
-    )]
-    UnknownPlaceholder { topology: String, port: u16, name: String, arg: String },
-    #[error("topology {topology} port {port}: `{{blob:{name}}}` in argument `{arg}` names no blob of the assignment")]
-    UnknownBlob { topology: String, port: u16, name: String, arg: String },
-    #[error(
-        "topology {topology} port {port}: program `{program}` is not an absolute path: start the command with `/` or `{{blob:NAME}}/`"
-    )]
-    RelativeProgram { topology: String, port: u16, program: String },
-    #[error("topology {topology} port {port}: path {} is not valid UTF-8 and cannot become an argument", .path.display())]
-    NonUtf8Path { topology: String, port: u16, path: PathBuf },
+    /// The argv template did not expand (see [`crate::model::placeholders`]).
+    #[error(transparent)]
+    Expand(#[from] ExpandError),
     #[error("topology {topology} port {port}: refusing to use an invalid id as a path")]
     InvalidId { topology: String, port: u16, source: IdentError },
     #[error("topology {topology} port {port}: cannot {step} {}", .path.display())]
     Io { topology: String, port: u16, step: LaunchStep, path: PathBuf, source: io::Error },
     #[error("topology {topology} port {port}: cannot prepare the worker's cgroup")]
     Isolation { topology: String, port: u16, source: IsolationError },
-}
-
-/// Expands the placeholders of `command` (SPEC §3.2). A placeholder may stand anywhere inside
-/// an argument (`--dir={worker_dir}/data`). Only `{name}` with a name-like inside is a
-/// placeholder (`assignment::placeholder_name`, the rule validation uses); every other brace is
-/// literal, and substituted values are never re-scanned. After expansion `command[0]` must be an
-/// absolute path (so a worker never depends on the agent's `PATH`).
-pub fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>, LaunchError> {
-    let argv = command.iter().map(|arg| expand_arg(arg, p)).collect::<Result<Vec<_>, _>>()?;
-    let Some(program) = argv.first() else {
-        return Err(LaunchError::EmptyCommand { topology: p.topology_id.clone(), port: p.port });
-    };
-    if !Path::new(program).is_absolute() {
-        return Err(LaunchError::RelativeProgram {
-            topology: p.topology_id.clone(),
-            port: p.port,
-            program: program.clone(),
-        });
-    }
-    Ok(argv)
-}
-
-fn expand_arg(arg: &str, p: &Placeholders) -> Result<String, LaunchError> {
-    let mut out = String::with_capacity(arg.len());
-    let mut rest = arg;
-    // Same rule as validation (`assignment::placeholder_name`): other braces are literal.
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        match crate::cluster::assignment::placeholder_name(after) {
-            Some(name) => {
-                out.push_str(&placeholder_value(name, arg, p)?);
-                rest = &after[name.len() + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn placeholder_value(name: &str, arg: &str, p: &Placeholders) -> Result<String, LaunchError> {
-    let path_str = |path: &Path| {
-        path.to_str().map(str::to_owned).ok_or_else(|| LaunchError::NonUtf8Path {
-            topology: p.topology_id.clone(),
-            port: p.port,
-            path: path.to_owned(),
-        })
-    };
-    match name {
-        "port" => Ok(p.port.to_string()),
-        "worker_id" => Ok(p.worker_id.clone()),
-        "topology_id" => Ok(p.topology_id.clone()),
-        "supervisor_id" => Ok(p.supervisor_id.clone()),
-        "worker_dir" => path_str(&p.worker_dir),
-        _ => match name.strip_prefix("blob:") {
-            Some(blob) => match p.blobs.get(blob) {
-                Some(path) => path_str(path),
-                None => Err(LaunchError::UnknownBlob {
-                    topology: p.topology_id.clone(),
-                    port: p.port,
-                    name: blob.to_owned(),
-                    arg: arg.to_owned(),
-                }),
-            },
-            None => Err(LaunchError::UnknownPlaceholder {
-                topology: p.topology_id.clone(),
-                port: p.port,
-                name: name.to_owned(),
-                arg: arg.to_owned(),
-            }),
-        },
-    }
 }
 
 /// Variables set by the agent itself and addressed to its own main pid (systemd notify socket,
@@ -326,101 +228,6 @@ pub fn spawn_in(spec: &LaunchSpec, isolation: Option<&WorkerCgroup>) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values() -> Placeholders {
-        Placeholders {
-            port: 6700,
-            worker_id: "w-1".into(),
-            topology_id: "wordcount".into(),
-            supervisor_id: "sup-9".into(),
-            worker_dir: "/var/lib/gale/workers/w-1".into(),
-            blobs: BTreeMap::from([("code".to_owned(), PathBuf::from("/var/lib/gale/blobs/ab12"))]),
-        }
-    }
-
-    fn argv(args: &[&str]) -> Vec<String> {
-        args.iter().map(|a| a.to_string()).collect()
-    }
-
-    #[test]
-    fn expands_every_placeholder_anywhere_inside_an_argument() {
-        let got = expand(
-            &argv(&[
-                "/usr/bin/java",
-                "--port={port}",
-                "{worker_id}",
-                "t={topology_id},s={supervisor_id}",
-                "{worker_dir}/data",
-                "{port}{port}",
-                "plain } brace",
-            ]),
-            &values(),
-        )
-        .unwrap();
-        assert_eq!(
-            got,
-            argv(&[
-                "/usr/bin/java",
-                "--port=6700",
-                "w-1",
-                "t=wordcount,s=sup-9",
-                "/var/lib/gale/workers/w-1/data",
-                "67006700",
-                "plain } brace",
-            ])
-        );
-    }
-
-    #[test]
-    fn a_blob_placeholder_may_be_the_program() {
-        let got = expand(&argv(&["{blob:code}/bin/worker", "{blob:code}"]), &values()).unwrap();
-        assert_eq!(got, argv(&["/var/lib/gale/blobs/ab12/bin/worker", "/var/lib/gale/blobs/ab12"]));
-    }
-
-    #[test]
-    fn expanded_values_are_not_rescanned() {
-        let mut p = values();
-        p.worker_id = "{port}".into();
-        assert_eq!(expand(&argv(&["/w", "{worker_id}"]), &p).unwrap(), argv(&["/w", "{port}"]));
-    }
-
-    #[test]
-    fn an_unknown_placeholder_is_named() {
-        let err = expand(&argv(&["/w", "--x={host}"]), &values()).unwrap_err();
-        assert!(
-            matches!(&err, LaunchError::UnknownPlaceholder { name, arg, port: 6700, .. } if name == "host" && arg == "--x={host}"),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("`{host}`"), "{err}");
-    }
-
-    #[test]
-    fn an_unknown_blob_is_named() {
-        let err = expand(&argv(&["/w", "{blob:data}/x"]), &values()).unwrap_err();
-        assert!(matches!(&err, LaunchError::UnknownBlob { name, .. } if name == "data"), "{err:?}");
-        assert!(err.to_string().contains("{blob:data}"), "{err}");
-    }
-
-    #[test]
-    fn braces_that_are_not_placeholders_are_literal() {
-        // The same rule as validation: what validation lets through must launch unchanged.
-        let args = ["/w", "{\"json\": {\"n\": 1}}", "{}", "{ port }", "{\"a\": 1", "x{port}y", "{{port}}"];
-        let out = expand(&argv(&args), &values()).unwrap();
-        let port = values().port.to_string();
-        assert_eq!(out[1..5], args[1..5].iter().map(|a| a.to_string()).collect::<Vec<_>>()[..]);
-        assert_eq!(out[5], format!("x{port}y"));
-        assert_eq!(out[6], format!("{{{port}}}"));
-    }
-
-    #[test]
-    fn the_program_must_be_absolute_after_expansion() {
-        for relative in [&["java", "-jar"][..], &["./run"], &["{worker_id}/run"]] {
-            let err = expand(&argv(relative), &values()).unwrap_err();
-            assert!(matches!(err, LaunchError::RelativeProgram { .. }), "{relative:?}: {err:?}");
-        }
-        let err = expand(&[], &values()).unwrap_err();
-        assert!(matches!(err, LaunchError::EmptyCommand { .. }), "{err:?}");
-    }
 
     #[test]
     fn worker_dir_is_under_local_dir() {

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use gale::cluster::assignment::{Assignment, BlobRef, Launch, LivenessMode, WorkerPlacement};
-use gale::cluster::blob_meta::BlobMeta;
-use gale::cluster::model::{ExitReason, Health, LastExit, SlotStateName, SupervisorInfo, WorkerInfo};
 use gale::config::Capacity;
 use gale::lifecycle::Lifecycle;
+use gale::model::assignment::{Assignment, BlobRef, Launch, LivenessMode, WorkerPlacement};
+use gale::model::blob_meta::BlobMeta;
+use gale::model::{ExitReason, Health, LastExit, SlotStateName, SupervisorInfo, WorkerInfo};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 

@@ -4,19 +4,16 @@
 //! Decoding is lenient about unknown fields and strict about everything that becomes a path,
 //! a process argument or a number the agent acts on: [`Assignment::validate`] rejects a
 //! hostile or broken payload with an error naming the topology and the field, before any of
-//! it is used.
-//!
-//! Placeholders: a `{…}` in a command argument whose inside looks like a name (letters, digits,
-//! `_`, `.`, `-`, `:`) is a placeholder and must be one the agent substitutes, so a typo such as
-//! `{prot}` is caught at submit time instead of reaching a worker's argv; any other brace (JSON
-//! text, `{}`) is literal.
+//! it is used. Which `{…}` is a placeholder, and which names exist, is
+//! [`super::placeholders`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::model::{self, MAX_PAYLOAD_BYTES, PayloadError, SCHEMA};
 use crate::ident::{self, IdentError};
+use crate::model::placeholders::{PLACEHOLDERS, placeholders};
+use crate::model::{self, MAX_PAYLOAD_BYTES, PayloadError, SCHEMA};
 
 /// How the agent decides a worker is alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -87,8 +84,6 @@ pub struct Assignment {
     pub workers: Vec<WorkerPlacement>,
 }
 
-/// Placeholders the agent substitutes in `launch.command`, besides `{blob:NAME}`.
-pub const PLACEHOLDERS: [&str; 5] = ["port", "worker_id", "topology_id", "supervisor_id", "worker_dir"];
 /// Bounds on what a worker's argv and environment may hold; far above any real topology and
 /// far below what would make `execve` fail (E2BIG) or a payload near ZooKeeper's limit.
 pub const MAX_ARGS: usize = 256;
@@ -304,22 +299,6 @@ impl Assignment {
 fn node_name(path: &str) -> Option<&str> {
     let (parent, name) = path.rsplit_once('/')?;
     (parent.rsplit('/').next() == Some("assignments")).then_some(name)
-}
-
-/// The placeholder names in `arg` (see the module docs for what counts as one).
-fn placeholders(arg: &str) -> impl Iterator<Item = &str> {
-    arg.match_indices('{').filter_map(move |(open, _)| placeholder_name(&arg[open + 1..]))
-}
-
-/// The one rule for what is a placeholder, shared by validation and the launcher: given the
-/// text right after a `{`, the name when it is `name}` with a non-empty name of letters,
-/// digits, `_ . - :`. Any other brace is literal text (JSON in an argument, `${HOME}`-like
-/// strings are not touched; `${...}` is rejected by validation as an unknown placeholder only
-/// when its inside is name-like).
-pub fn placeholder_name(after_open: &str) -> Option<&str> {
-    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':');
-    let inner = &after_open[..after_open.find('}')?];
-    (!inner.is_empty() && inner.chars().all(name_char)).then_some(inner)
 }
 
 fn is_env_name(name: &str) -> bool {

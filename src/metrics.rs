@@ -1,9 +1,12 @@
 //! Prometheus metrics (SPEC §8), through `prometheus-client`; every name is prefixed `gale_`.
+//! A top-level module, not part of `admin` (which serves them): everything that counts an
+//! event, the ZooKeeper adapter included, uses it without depending on the admin endpoints.
 //!
 //! Events are counted where they happen, through the process-wide [`metrics()`] (a launch, an
 //! exit, a ZooKeeper request, a download). Values that already live somewhere else (slot
-//! states, queue stats, the cache, the session state) are copied in by [`Metrics::refresh`]
-//! right before each scrape, so they are never stale and cost nothing between scrapes.
+//! states, queue stats, the cache, the session state) are copied in by
+//! `admin::Sources::refresh_metrics` right before each scrape, so they are never stale and
+//! cost nothing between scrapes.
 
 use std::sync::{LazyLock, Mutex};
 

@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::model::{self, PayloadError};
 use crate::ident::{self, IdentError};
+use crate::model::{self, PayloadError};
 
 /// How a blob is unpacked when an assignment asks for `extract` (SPEC §3.3 `archive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

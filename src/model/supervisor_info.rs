@@ -1,29 +1,14 @@
-//! ZooKeeper payloads (SPEC §3). All are UTF-8 JSON objects with `"schema": 1`. Decoding
-//! ignores unknown fields (forward compatible) and rejects an unknown schema with an error
-//! that names the path, so a bad payload is reported and never crashes anything.
+//! `/supervisors/<id>`: SupervisorInfo (SPEC §3.1), what an agent is and runs, with the slot
+//! states and exit reasons it reports, and [`NodeReport`], what the rest of the agent publishes
+//! for it (the membership task writes the node).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::{PayloadError, decode};
 use crate::config::Capacity;
 use crate::lifecycle::Lifecycle;
-
-/// The payload schema this agent writes and understands.
-pub const SCHEMA: u32 = 1;
-
-/// Payloads larger than this are rejected before parsing (ZooKeeper's own limit is ~1 MiB).
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
-    #[error("{path}: payload is {size} bytes, more than the {MAX_PAYLOAD_BYTES} allowed")]
-    TooLarge { path: String, size: usize },
-    #[error("{path}: not a valid payload: {source}")]
-    Json { path: String, source: serde_json::Error },
-    #[error("{path}: unknown schema {schema} (this agent understands schema {SCHEMA})")]
-    Schema { path: String, schema: u64 },
-}
 
 /// Node health as advertised in SupervisorInfo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -166,33 +151,18 @@ impl SupervisorInfo {
     }
 }
 
-/// Decodes any schema-1 payload: size bound, JSON, schema check, then the type.
-pub fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, PayloadError> {
-    if bytes.len() > MAX_PAYLOAD_BYTES {
-        return Err(PayloadError::TooLarge { path: path.to_owned(), size: bytes.len() });
-    }
-    let json = |source| PayloadError::Json { path: path.to_owned(), source };
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
-    match value.get("schema").and_then(serde_json::Value::as_u64) {
-        Some(s) if s == u64::from(SCHEMA) => {}
-        Some(schema) => return Err(PayloadError::Schema { path: path.to_owned(), schema }),
-        None => {
-            let source = <serde_json::Error as serde::de::Error>::custom("missing or non-integer `schema`");
-            return Err(json(source));
-        }
-    }
-    serde_json::from_value(value).map_err(json)
-}
-
-/// Milliseconds since the unix epoch, for payload timestamps (wall clock on purpose: other
-/// hosts read these).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// What the rest of the agent publishes for SupervisorInfo; changes trigger a rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub lifecycle: Lifecycle,
+    pub health: Health,
+    pub workers: Vec<WorkerInfo>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{MAX_PAYLOAD_BYTES, SCHEMA};
 
     fn sample() -> SupervisorInfo {
         SupervisorInfo {
