@@ -145,7 +145,7 @@ impl Sources {
     /// `/ready`: running (or draining) with a registered, connected session.
     pub fn ready(&self) -> bool {
         let zk = self.zk.borrow();
-        matches!(self.lifecycle(), Lifecycle::Running | Lifecycle::Draining) && zk.registered && zk.state == "connected"
+        matches!(self.lifecycle(), Lifecycle::Running | Lifecycle::Draining) && zk.usable()
     }
 
     pub fn status(&self) -> Status {

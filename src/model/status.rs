@@ -13,3 +13,27 @@ pub struct ZkStatus {
     pub registrations: u64,
     pub sessions: u64,
 }
+
+impl ZkStatus {
+    /// The one rule for "the agent has a ZooKeeper session it may act on": connected and
+    /// registered. Syncs run only then, `/ready` needs it, `stop_workers` counts from its
+    /// loss, and systemd's `STATUS=` says `zk connected` only then.
+    pub fn usable(&self) -> bool {
+        self.registered && self.state == "connected"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ZkStatus;
+
+    #[test]
+    fn usable_needs_both_a_connection_and_the_registration() {
+        let status =
+            |state, registered| ZkStatus { state, session_id: None, registered, registrations: 0, sessions: 0 };
+        assert!(status("connected", true).usable());
+        assert!(!status("connected", false).usable(), "connected but not (yet) registered");
+        assert!(!status("disconnected", true).usable(), "registered in a session that is not connected now");
+        assert!(!status("connecting", false).usable());
+    }
+}

@@ -76,7 +76,7 @@ impl SupervisorSync {
         let zk = self.zk_status.borrow();
         let client = self.client.borrow().clone();
         match client {
-            Some(client) if zk.registered && zk.state == "connected" => Ok(client),
+            Some(client) if zk.usable() => Ok(client),
             // A full sync is requested again once the session is back.
             _ => Err(format!("no usable zookeeper session (state {})", zk.state).into()),
         }

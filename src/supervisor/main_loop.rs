@@ -362,7 +362,6 @@ fn exit_bound(config: &Config) -> Duration {
 /// The `STATUS=` line systemd shows: `running: 3/4 slots used, zk connected`.
 fn status_line(lifecycle: Lifecycle, slots: &[SlotStatus], zk: &ZkStatus, configured: usize) -> String {
     let used = slots.iter().filter(|s| s.pid.is_some()).count();
-    let zk =
-        if zk.registered && zk.state == "connected" { "zk connected".to_owned() } else { format!("zk {}", zk.state) };
+    let zk = if zk.usable() { "zk connected".to_owned() } else { format!("zk {}", zk.state) };
     format!("{}: {used}/{configured} slots used, {zk}", lifecycle.as_str())
 }
