@@ -38,7 +38,6 @@ use crate::cluster::membership::{Identity, Membership, MembershipConfig, Members
 use crate::cluster::model::{Health, unix_ms};
 use crate::cluster::zk::ConnectOptions;
 use crate::config::Config;
-use crate::config::OnSessionLoss;
 use crate::event::{Phase, new_queue, run_queue, spawn_timer_with};
 use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, LocalDirError, PreviousStop};
@@ -182,46 +181,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (health_tx, health_rx) = watch::channel(crate::health::HealthReport::default());
     let (slots_tx, slots_rx) = watch::channel(Vec::new());
     let mut processes = Processes::new(
-        ProcessConfig {
-            supervisor_id: id.clone(),
-            local_dir: config.supervisor.local_dir.clone(),
-            log_dir: config.supervisor.log_dir.clone(),
-            slots: config.supervisor.slots.clone(),
-            policy: crate::slot::Policy::from_config(&config.worker, &config.restart),
-            start_timeout: config.worker.start_timeout,
-            heartbeat_timeout: config.worker.heartbeat_timeout,
-            max_timeout: config.worker.max_timeout,
-            node_budget_per_min: config.restart.node_budget_per_min,
-            stop_workers_after: (config.zookeeper.on_session_loss == OnSessionLoss::StopWorkers)
-                .then_some(config.zookeeper.stop_workers_after),
-            users: crate::worker::users::UserPolicy::from_config(&config.worker),
-            isolation: isolation.clone(),
-        },
-        state.clone(),
-        desired_rx.clone(),
-        report_tx.clone(),
-        deadline_tx,
-        hints_tx,
-        zk.status.clone(),
-        cache.clone(),
-        blob_view_rx.clone(),
-        LocalDirCheck {
-            lock_path: local_dir.lock_path(),
-            lock_inode: local_dir
-                .lock_inode()
-                .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
-            state_dir: local_dir.state_dir(),
-        },
-        processes::OpsWiring {
-            requests: ops_rx,
+        ProcessConfig::from_config(&config, &id, isolation.clone()),
+        processes::ProcessLocal {
+            state: state.clone(),
+            cache: cache.clone(),
+            dir_check: LocalDirCheck {
+                lock_path: local_dir.lock_path(),
+                lock_inode: local_dir
+                    .lock_inode()
+                    .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
+                state_dir: local_dir.state_dir(),
+            },
             drained,
-            drained_tx,
+        },
+        processes::ProcessInputs {
+            desired: desired_rx.clone(),
+            zk_status: zk.status.clone(),
+            blob_view: blob_view_rx.clone(),
+            requests: ops_rx,
             health: health_rx.clone(),
-            slots_tx,
             config: config_rx.clone(),
         },
+        processes::ProcessOutputs {
+            report: report_tx.clone(),
+            deadline: deadline_tx,
+            hints: hints_tx,
+            slots: slots_tx,
+            drained: drained_tx,
+        },
+        proc_queue.clone(),
+        Arc::new(crate::worker::RealProcessControl),
     );
-    processes.set_queue(proc_queue.clone());
     let assigned = state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
     // Without its records the agent cannot tell its workers from orphans: refuse to start
     // rather than sweep (kill) workers that are fine.

@@ -29,7 +29,9 @@ pub fn describe(status: ExitStatus) -> (Option<i32>, Option<i32>) {
     (status.code(), status.signal())
 }
 
-/// `9` → `"SIGKILL"`; a number with no name (real-time signals) → `"signal 40"`.
+/// `9` → `"SIGKILL"`; a number with no name (real-time signals) → `"signal 40"`. The one
+/// spelling of a terminating signal: a slot's `last_exit` (status, SupervisorInfo), health
+/// script results and logs all use it.
 pub fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(signal) => signal.as_str().to_owned(),
