@@ -101,7 +101,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{RestartConfig, WorkerConfig};
-use crate::model::assignment::{Assignment, BlobRef, Launch, LivenessMode};
+use crate::model::assignment::{BlobRef, Launch, LivenessMode};
 use crate::model::{ExitReason, LastExit, SlotStateName, WorkerInfo};
 
 pub use step::{backoff_delay, step};
@@ -130,23 +130,41 @@ impl PartialEq for SlotJob {
 impl Eq for SlotJob {}
 
 impl SlotJob {
-    /// The job of `assignment`; per-topology timeouts are capped by `worker.max_timeout`
-    /// (SPEC §3.2), missing ones take the config's.
-    pub fn from_assignment(assignment: &Assignment, worker: &WorkerConfig) -> SlotJob {
-        let timeout = |secs: Option<u64>, default: Duration| {
-            secs.map_or(default, |s| Duration::from_secs(s).min(worker.max_timeout))
-        };
+    /// The job of one port: the assignment's part and the effective timeouts
+    /// ([`JobTimeouts::effective`]).
+    pub fn new(topology_id: String, launch: Launch, blobs: Vec<BlobRef>, timeouts: &JobTimeouts) -> SlotJob {
         SlotJob {
-            topology_id: assignment.topology_id.clone(),
-            launch: assignment.launch.clone(),
-            blobs: assignment.blobs.clone(),
-            start_timeout: timeout(assignment.launch.start_timeout_secs, worker.start_timeout),
-            heartbeat_timeout: timeout(assignment.launch.heartbeat_timeout_secs, worker.heartbeat_timeout),
+            start_timeout: timeouts.effective(launch.start_timeout_secs, timeouts.start),
+            heartbeat_timeout: timeouts.effective(launch.heartbeat_timeout_secs, timeouts.heartbeat),
+            topology_id,
+            launch,
+            blobs,
         }
     }
 
     fn heartbeat_liveness(&self) -> bool {
         self.launch.liveness == LivenessMode::Heartbeat
+    }
+}
+
+/// The node's job timeouts (`[worker]`): the defaults of a job that sets none, and the cap of
+/// what an assignment may ask for (SPEC §3.2). Live-reloadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobTimeouts {
+    pub start: Duration,
+    pub heartbeat: Duration,
+    pub max: Duration,
+}
+
+impl JobTimeouts {
+    pub fn from_config(worker: &WorkerConfig) -> JobTimeouts {
+        JobTimeouts { start: worker.start_timeout, heartbeat: worker.heartbeat_timeout, max: worker.max_timeout }
+    }
+
+    /// The one rule for a job's timeout: the assignment's own (`secs`), else the node's
+    /// `default`; capped by `max` either way (config validation keeps the defaults under it).
+    pub fn effective(&self, secs: Option<u64>, default: Duration) -> Duration {
+        secs.map_or(default, Duration::from_secs).min(self.max)
     }
 }
 

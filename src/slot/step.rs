@@ -48,11 +48,6 @@ pub(super) fn after(at: Instant, d: Duration) -> Instant {
     at.checked_add(d).or_else(|| at.checked_add(CENTURY)).unwrap_or(at)
 }
 
-/// `"SIGKILL"` for 9; numbers this platform does not name are kept as `"SIG<n>"`.
-fn signal_name(signal: i32) -> String {
-    nix::sys::signal::Signal::try_from(signal).map_or_else(|_| format!("SIG{signal}"), |s| s.as_str().to_owned())
-}
-
 struct Step<'a> {
     slot: Slot,
     env: &'a Env,
@@ -269,7 +264,7 @@ impl Step<'_> {
         let ours = |w: &Option<Worker>| w.as_ref().is_some_and(|w| w.worker_id == id);
         let at_ms = self.env.wall_ms;
         let record = |slot: &mut Slot, reason| {
-            slot.last_exit = Some(LastExit { code, signal: signal.map(signal_name), reason, at_ms });
+            slot.last_exit = Some(LastExit { code, signal: signal.map(crate::worker::signal_name), reason, at_ms });
         };
         match state {
             // WaitingForWorkerStart, Running --(Exited: relaunch or Backoff)

@@ -7,7 +7,7 @@
 //! blob sync when this host's jobs changed), and [`SupervisorJob::Blobs`] (the `/blobstore`
 //! watch, the `blob.sync_secs` timer, a download that ended). How much of `/assignments` a
 //! pass reads (everything, or only what changed) is decided in `assignments.rs`. The
-//! `sync-processes` queue's jobs live with their handler in `processes.rs`.
+//! `sync-processes` queue's jobs live with their handler in `processes/mod.rs`.
 
 use std::time::Duration;
 

@@ -33,7 +33,7 @@ use crate::blob::BlobView;
 use crate::blob::SharedCache;
 use crate::cluster::membership::{Identity, Membership, MembershipConfig, MembershipHandles};
 use crate::cluster::zk::ConnectOptions;
-use crate::config::{Config, OnSessionLoss};
+use crate::config::Config;
 use crate::event::{QueueHandle, new_queue, run_queue};
 use crate::health::HealthReport;
 use crate::isolation::Mechanism;
@@ -58,8 +58,6 @@ struct Local {
 struct ExecutorEnds {
     queue: QueueHandle<ProcessJob>,
     task: tokio::task::JoinHandle<Processes>,
-    /// Operations (control socket, ZooKeeper actions) for the executor.
-    ops: mpsc::UnboundedSender<Request>,
     deadline: watch::Receiver<Option<tokio::time::Instant>>,
     hints: mpsc::Receiver<String>,
     drained: watch::Receiver<bool>,
@@ -100,22 +98,18 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
     let (tasks_stopper, shutdown) = Stopper::new();
 
     let assigned = local.state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
-    let executor = start_executor(
-        &config,
-        &local,
-        &isolation,
-        &assigned,
-        ExecutorInputs {
-            report: report.clone(),
-            zk_status: zk.status.clone(),
-            desired: desired_rx.clone(),
-            cache: cache.clone(),
-            blob_view: blob_view_rx.clone(),
-            health: health_rx.clone(),
-            config: config_rx.clone(),
-        },
-    )
-    .await?;
+    // Operations (control socket, ZooKeeper actions) for the executor.
+    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+    let inputs = processes::ProcessInputs {
+        desired: desired_rx.clone(),
+        zk_status: zk.status.clone(),
+        blob_view: blob_view_rx.clone(),
+        requests: ops_rx,
+        health: health_rx.clone(),
+        config: config_rx.clone(),
+    };
+    let executor =
+        start_executor(&config, &local, &isolation, &assigned, cache.clone(), report.clone(), inputs).await?;
     let (front_tx, front_rx) = mpsc::unbounded_channel::<Request>();
     let sync = start_sync(
         &config,
@@ -147,7 +141,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         health_tx,
         health: health_rx.clone(),
         front: front_rx,
-        ops: executor.ops,
+        ops: ops_tx,
         shutdown: shutdown.clone(),
     });
     let sources = crate::admin::Sources {
@@ -300,17 +294,6 @@ async fn open_blob_cache(config: &Config, local_dir: &LocalDir) -> Result<Shared
     Ok(Arc::new(Mutex::new(cache)))
 }
 
-/// What the executor reads from the rest of the agent.
-struct ExecutorInputs {
-    report: Arc<watch::Sender<NodeReport>>,
-    zk_status: watch::Receiver<crate::model::ZkStatus>,
-    desired: watch::Receiver<Option<Arc<AssignmentView>>>,
-    cache: SharedCache,
-    blob_view: watch::Receiver<Arc<BlobView>>,
-    health: watch::Receiver<HealthReport>,
-    config: watch::Receiver<Arc<Config>>,
-}
-
 /// Step 4: the executor adopts what kept running while no agent was here, then runs as the
 /// `sync-processes` queue's handler.
 async fn start_executor(
@@ -318,60 +301,36 @@ async fn start_executor(
     local: &Local,
     isolation: &Mechanism,
     assigned: &LocalAssignments,
-    inputs: ExecutorInputs,
+    cache: SharedCache,
+    report: Arc<watch::Sender<NodeReport>>,
+    inputs: processes::ProcessInputs,
 ) -> Result<ExecutorEnds, RunError> {
     let (deadline_tx, deadline_rx) = watch::channel(None);
     let (hints_tx, hints_rx) = mpsc::channel::<String>(256);
     let queue = new_queue::<ProcessJob>("sync-processes");
-    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
     let drained = local.state.lock().unwrap().get::<local_state::Drained>()?.unwrap_or(false);
     if drained {
         warn!("this host is drained (gale drain): no worker runs until `gale undrain`");
     }
     let (drained_tx, drained_rx) = watch::channel(drained);
     let (slots_tx, slots_rx) = watch::channel(Vec::new());
+    let lock_inode =
+        local.dir.lock_inode().map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?;
+    let dir_check = LocalDirCheck { lock_path: local.dir.lock_path(), lock_inode, state_dir: local.dir.state_dir() };
     let mut processes = Processes::new(
-        ProcessConfig {
-            supervisor_id: local.id.clone(),
-            local_dir: config.supervisor.local_dir.clone(),
-            log_dir: config.supervisor.log_dir.clone(),
-            slots: config.supervisor.slots.clone(),
-            policy: crate::slot::Policy::from_config(&config.worker, &config.restart),
-            start_timeout: config.worker.start_timeout,
-            heartbeat_timeout: config.worker.heartbeat_timeout,
-            max_timeout: config.worker.max_timeout,
-            node_budget_per_min: config.restart.node_budget_per_min,
-            stop_workers_after: (config.zookeeper.on_session_loss == OnSessionLoss::StopWorkers)
-                .then_some(config.zookeeper.stop_workers_after),
-            users: crate::worker::users::UserPolicy::from_config(&config.worker),
-            isolation: isolation.clone(),
+        ProcessConfig::from_config(config, &local.id, isolation.clone()),
+        processes::ProcessLocal { state: local.state.clone(), cache, dir_check, drained },
+        inputs,
+        processes::ProcessOutputs {
+            report,
+            deadline: deadline_tx,
+            hints: hints_tx,
+            slots: slots_tx,
+            drained: drained_tx,
         },
-        local.state.clone(),
-        inputs.desired,
-        inputs.report,
-        deadline_tx,
-        hints_tx,
-        inputs.zk_status,
-        inputs.cache,
-        inputs.blob_view,
-        LocalDirCheck {
-            lock_path: local.dir.lock_path(),
-            lock_inode: local
-                .dir
-                .lock_inode()
-                .map_err(|e| RunError::Internal(format!("cannot stat the lock file: {e}")))?,
-            state_dir: local.dir.state_dir(),
-        },
-        processes::OpsWiring {
-            requests: ops_rx,
-            drained,
-            drained_tx,
-            health: inputs.health,
-            slots_tx,
-            config: inputs.config,
-        },
+        queue.clone(),
+        Arc::new(crate::worker::RealProcessControl),
     );
-    processes.set_queue(queue.clone());
     // Without its records the agent cannot tell its workers from orphans: refuse to start
     // rather than sweep (kill) workers that are fine.
     processes.recover(assigned).await.map_err(|e| {
@@ -381,15 +340,7 @@ async fn start_executor(
         ))
     })?;
     let task = run_queue(&queue, processes);
-    Ok(ExecutorEnds {
-        queue,
-        task,
-        ops: ops_tx,
-        deadline: deadline_rx,
-        hints: hints_rx,
-        drained: drained_rx,
-        slots: slots_rx,
-    })
+    Ok(ExecutorEnds { queue, task, deadline: deadline_rx, hints: hints_rx, drained: drained_rx, slots: slots_rx })
 }
 
 /// What the `sync-supervisor` side reads and publishes.

@@ -29,11 +29,13 @@ pub fn describe(status: ExitStatus) -> (Option<i32>, Option<i32>) {
     (status.code(), status.signal())
 }
 
-/// `9` → `"SIGKILL"`; a number with no name (real-time signals) → `"signal 40"`.
+/// `9` → `"SIGKILL"`; a number with no name (real-time signals) → `"SIG40"`. The one
+/// spelling of a terminating signal: a slot's `last_exit` (status, SupervisorInfo: the
+/// spelling it always had on the wire), health script results and logs all use it.
 pub fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(signal) => signal.as_str().to_owned(),
-        Err(_) => format!("signal {sig}"),
+        Err(_) => format!("SIG{sig}"),
     }
 }
 
@@ -155,7 +157,7 @@ mod tests {
     fn names_signals() {
         assert_eq!(signal_name(9), "SIGKILL");
         assert_eq!(signal_name(15), "SIGTERM");
-        assert_eq!(signal_name(40), "signal 40");
+        assert_eq!(signal_name(40), "SIG40");
     }
 
     #[test]

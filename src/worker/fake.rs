@@ -5,10 +5,13 @@
 //! test made it ignore the signal (SIGKILL cannot be ignored, as in the kernel); a signal to an
 //! exited one is `Gone`, to an identity it never handed out `NotOurs`. Failures are injected
 //! one call at a time (`fail_next_*`), and every call is recorded in order so a test can assert
-//! exactly what the executor did.
+//! exactly what the executor did. The executor's unit tests (`supervisor::processes::tests`)
+//! drive it; cgroups there are made with `Mechanism::Rlimits`, which touches no file, and the
+//! OOM verdict is whatever the test set with [`FakeProcessControl::set_oom_killed`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use nix::sys::signal::Signal;
@@ -18,6 +21,7 @@ use super::control::{LaunchedWorker, ProcessControl};
 use super::exit::{ExitReport, ExitWatch};
 use super::launch::{LaunchError, LaunchSpec};
 use super::signal::SignalOutcome;
+use crate::isolation::{IsolationError, WorkerCgroup};
 use crate::proc_identity::{Liveness, ProcessIdentity};
 
 /// The boot id of every fake process: never this host's, so a fake identity that leaks into
@@ -31,6 +35,8 @@ pub enum FakeCall {
     Signal { pid: u32, signal: Signal },
     Liveness { pid: u32 },
     Adopt { pid: u32 },
+    KillCgroup { worker_id: String },
+    KillLeftIn { dir: PathBuf },
 }
 
 #[derive(Debug)]
@@ -49,6 +55,8 @@ struct State {
     ignored: BTreeSet<i32>,
     processes: BTreeMap<u32, FakeProcess>,
     next_pid: u32,
+    /// Worker ids whose cgroup reports an OOM kill.
+    oom_killed: BTreeSet<String>,
 }
 
 /// See the module doc.
@@ -97,6 +105,28 @@ impl FakeProcessControl {
         end(process, report);
     }
 
+    /// The cgroup of `worker_id` reports an OOM kill from now on.
+    pub fn set_oom_killed(&self, worker_id: &str) {
+        self.state.lock().unwrap().oom_killed.insert(worker_id.to_owned());
+    }
+
+    /// The pids of every successful spawn so far, in order.
+    pub fn spawned(&self) -> Vec<u32> {
+        (1..=self.state.lock().unwrap().next_pid).map(|n| 10_000 + n).collect()
+    }
+
+    /// The signals sent so far, in order, as `(pid, signal)`.
+    pub fn signals(&self) -> Vec<(u32, Signal)> {
+        let calls = self.calls();
+        calls
+            .into_iter()
+            .filter_map(|c| match c {
+                FakeCall::Signal { pid, signal } => Some((pid, signal)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn is_running(&self, pid: u32) -> bool {
         self.state.lock().unwrap().processes.get(&pid).is_some_and(|p| p.running)
     }
@@ -111,7 +141,7 @@ fn end(process: &mut FakeProcess, report: ExitReport) {
 }
 
 impl ProcessControl for FakeProcessControl {
-    fn spawn(&self, spec: &LaunchSpec) -> Result<LaunchedWorker, LaunchError> {
+    fn spawn(&self, spec: &LaunchSpec, _cgroup: &WorkerCgroup) -> Result<LaunchedWorker, LaunchError> {
         let mut state = self.state.lock().unwrap();
         state.calls.push(FakeCall::Spawn {
             topology_id: spec.topology_id.clone(),
@@ -171,6 +201,21 @@ impl ProcessControl for FakeProcessControl {
         }
         ExitWatch::fake(rx)
     }
+
+    fn kill_cgroup(&self, cgroup: &WorkerCgroup) -> Result<(), IsolationError> {
+        let mut state = self.state.lock().unwrap();
+        state.calls.push(FakeCall::KillCgroup { worker_id: cgroup.worker_id().to_owned() });
+        Ok(())
+    }
+
+    fn oom_killed(&self, cgroup: &WorkerCgroup) -> bool {
+        self.state.lock().unwrap().oom_killed.contains(cgroup.worker_id())
+    }
+
+    fn kill_left_in(&self, dir: &Path) -> Vec<u32> {
+        self.state.lock().unwrap().calls.push(FakeCall::KillLeftIn { dir: dir.to_owned() });
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
@@ -193,11 +238,16 @@ mod tests {
         }
     }
 
+    /// A cgroup that touches nothing (rlimits).
+    fn cgroup() -> WorkerCgroup {
+        WorkerCgroup::create(&crate::isolation::Mechanism::Rlimits, "w", &crate::isolation::Limits::default()).unwrap()
+    }
+
     #[tokio::test]
     async fn records_calls_and_models_signals_and_exits() {
         let fake = FakeProcessControl::new();
-        let mut a = fake.spawn(&spec(6700)).unwrap();
-        let b = fake.spawn(&spec(6701)).unwrap();
+        let mut a = fake.spawn(&spec(6700), &cgroup()).unwrap();
+        let b = fake.spawn(&spec(6701), &cgroup()).unwrap();
         assert_ne!(a.identity.pid, b.identity.pid);
         assert_eq!(fake.liveness(&a.identity), Liveness::Alive);
 
@@ -233,10 +283,10 @@ mod tests {
             port: 6700,
         }));
         assert!(matches!(
-            fake.spawn(&spec(6700)),
+            fake.spawn(&spec(6700), &cgroup()),
             Err(LaunchError::Expand(crate::model::placeholders::ExpandError::EmptyCommand { .. }))
         ));
-        let w = fake.spawn(&spec(6700)).unwrap();
+        let w = fake.spawn(&spec(6700), &cgroup()).unwrap();
         fake.fail_next_signal(io::Error::from_raw_os_error(nix::libc::EPERM));
         assert!(fake.signal_group(&w.identity, Signal::SIGTERM).is_err());
         assert!(fake.is_running(w.identity.pid), "a failed signal delivers nothing");

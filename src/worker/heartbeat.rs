@@ -56,7 +56,7 @@ pub struct HeartbeatWatcher {
 }
 
 impl HeartbeatWatcher {
-    /// Watches `worker_dir` (which must exist: [`super::launch::spawn`] creates it).
+    /// Watches `worker_dir` (which must exist: [`super::launch::spawn_in`] creates it).
     pub fn start(
         worker_id: &str,
         worker_dir: &Path,

@@ -4,7 +4,7 @@
 //!
 //! Design: the argv comes from [`expand`] (pure, argv template + values → argv, with the
 //! placeholder grammar it shares with validation in [`crate::model::placeholders`], where every
-//! placeholder rule is unit tested without a process); [`spawn`] is the I/O edge and makes no decision beyond "did each
+//! placeholder rule is unit tested without a process); [`spawn_in`] is the I/O edge and makes no decision beyond "did each
 //! step work". Every failure names the topology, the port, the step and the path, because the
 //! operator reads it in `gale status` long after the fact.
 //!
@@ -27,9 +27,14 @@ use crate::isolation::{IsolationError, WorkerCgroup};
 use crate::model::placeholders::{ExpandError, Placeholders, expand};
 use crate::proc_identity::ProcessIdentity;
 
-/// `<local_dir>/workers/<worker_id>`: a worker's cwd.
+/// `<local_dir>/workers`: where every worker's directory is (and nothing else).
+pub fn workers_dir(local_dir: &Path) -> PathBuf {
+    local_dir.join("workers")
+}
+
+/// `<local_dir>/workers/<worker_id>`: a worker's cwd. The one place this path is built.
 pub fn worker_dir(local_dir: &Path, worker_id: &str) -> PathBuf {
-    local_dir.join("workers").join(worker_id)
+    workers_dir(local_dir).join(worker_id)
 }
 
 /// Everything needed to start one worker.
@@ -65,7 +70,7 @@ pub struct Spawned {
     pub child: tokio::process::Child,
 }
 
-/// The I/O step of [`spawn`] that failed.
+/// The I/O step of [`spawn_in`] that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaunchStep {
     CreateWorkerDir,
@@ -115,17 +120,13 @@ pub(crate) fn remove_agent_only_env(command: &mut std::process::Command) {
     }
 }
 
-/// Starts the worker described by `spec`. Must run inside a tokio runtime (the child is a
-/// `tokio::process::Child`). Does not wait for anything but `exec`: a worker that exits at
-/// once is reported by its `child.wait()`, not here.
-pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
-    spawn_in(spec, None)
-}
-
-/// [`spawn`], with the worker joining `isolation` (its cgroup, or its rlimits) between `fork`
-/// and `exec`. If the child cannot join, the spawn fails (step `Exec`, with the errno of the
-/// failed write): a worker never runs outside its cgroup.
-pub fn spawn_in(spec: &LaunchSpec, isolation: Option<&WorkerCgroup>) -> Result<Spawned, LaunchError> {
+/// Starts the worker described by `spec` inside `isolation` (its cgroup, or its rlimits),
+/// which the child joins between `fork` and `exec`. If the child cannot join, the spawn fails
+/// (step `Exec`, with the errno of the failed write): a worker never runs outside its cgroup,
+/// and there is no way to start one without a [`WorkerCgroup`]. Must run inside a tokio
+/// runtime (the child is a `tokio::process::Child`). Does not wait for anything but `exec`: a
+/// worker that exits at once is reported by its `child.wait()`, not here.
+pub fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Spawned, LaunchError> {
     let (topology, port) = (&spec.topology_id, spec.port);
     let io_err = |step, path: &Path, source| LaunchError::Io {
         topology: topology.clone(),
@@ -198,13 +199,11 @@ pub fn spawn_in(spec: &LaunchSpec, isolation: Option<&WorkerCgroup>) -> Result<S
     // Before the user switch (hooks run in registration order), so the join is made with the
     // agent's credentials whichever the kernel checks: the writer's, or (v2, Linux ≥ 5.16) the
     // opener's. The worker's user could not write `cgroup.procs` itself.
-    if let Some(isolation) = isolation {
-        isolation.prepare(&mut command).map_err(|source| LaunchError::Isolation {
-            topology: topology.clone(),
-            port,
-            source,
-        })?;
-    }
+    isolation.prepare(&mut command).map_err(|source| LaunchError::Isolation {
+        topology: topology.clone(),
+        port,
+        source,
+    })?;
     if let Some(user) = &spec.run_as {
         command.env("USER", &user.name).env("LOGNAME", &user.name);
         crate::sys::switch_user_on_exec(&mut command, user.uid, user.gid, &user.groups);

@@ -2,7 +2,7 @@
 //!
 //! Keyed by topology and port, not by worker id, so that the log of a slot survives the worker's
 //! relaunches under new ids and `gale logs <topology>|<port>` finds it without asking anyone.
-//! The path is only built here; [`super::launch::spawn`] creates the directory and opens the
+//! The path is only built here; [`super::launch::spawn_in`] creates the directory and opens the
 //! file in append mode (several generations of the worker write one after the other, and a
 //! worker keeps writing to it while the agent restarts). That is also why
 //! [`super::logrotate`] rotates it by copy-then-truncate rather than by rename.

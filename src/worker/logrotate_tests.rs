@@ -19,7 +19,7 @@ fn slot(root: &Path, topology: &str, port: u16) -> PathBuf {
     dir
 }
 
-/// The worker's side: stdout opened the way `launch::spawn` opens it.
+/// The worker's side: stdout opened the way `launch::spawn_in` opens it.
 fn append_writer(path: &Path) -> File {
     OpenOptions::new().append(true).create(true).open(path).unwrap()
 }

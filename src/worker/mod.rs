@@ -34,7 +34,7 @@ mod tests;
 pub use control::{LaunchedWorker, ProcessControl, RealProcessControl};
 pub use exit::{ExitReport, ExitWatch, describe, signal_name, wait_adopted};
 pub use heartbeat::{HeartbeatError, HeartbeatWatcher, heartbeat_file, last_heartbeat};
-pub use launch::{LaunchError, LaunchSpec, LaunchStep, Spawned, spawn, spawn_in};
+pub use launch::{LaunchError, LaunchSpec, LaunchStep, Spawned, spawn_in, worker_dir, workers_dir};
 pub use logfile::worker_log_path;
 pub use logrotate::{LogPolicy, SweepReport};
 pub use signal::{SignalOutcome, signal_group};

@@ -1,7 +1,7 @@
 //! Signalling a worker's process group, only after proving the worker is the one we recorded.
 //!
 //! Stopping a worker is SIGTERM to its process group, a grace period, then SIGKILL to the group
-//! (SPEC §4). The group id is the worker's pid because [`super::launch::spawn`] makes every
+//! (SPEC §4). The group id is the worker's pid because [`super::launch::spawn_in`] makes every
 //! worker a session and group leader, so one `killpg` reaches everything it forked that stayed
 //! in its group.
 //!

@@ -14,6 +14,16 @@ use crate::proc_identity::{Liveness, ProcessIdentity};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
+/// No limits and no cgroup (rlimits without `memory_mb` sets nothing): what these tests of the
+/// process edge need, without touching the host's cgroups (`isolation/tests.rs` does that).
+fn unconfined() -> crate::isolation::WorkerCgroup {
+    crate::isolation::WorkerCgroup::create(&crate::isolation::Mechanism::Rlimits, "w-1", &Default::default()).unwrap()
+}
+
+fn spawn(spec: &LaunchSpec) -> Result<Spawned, LaunchError> {
+    spawn_in(spec, &unconfined())
+}
+
 fn spec(root: &Path, command: &[&str]) -> LaunchSpec {
     let worker_dir = launch::worker_dir(&root.join("local"), "w-1");
     LaunchSpec {
@@ -125,7 +135,7 @@ async fn a_descriptor_opened_without_cloexec_does_not_reach_the_worker() {
     let root = tempfile::tempdir().unwrap();
     let script = format!("if [ -e /proc/$$/fd/{fd} ]; then echo leaked; else echo closed; fi");
     let spec = spec(root.path(), &["/bin/sh", "-c", &script]);
-    let mut exit = RealProcessControl.spawn(&spec).unwrap().exit;
+    let mut exit = RealProcessControl.spawn(&spec, &unconfined()).unwrap().exit;
     assert_eq!(wait_bounded(&mut exit).await.code, Some(0));
     assert_eq!(std::fs::read_to_string(&spec.log_file).unwrap(), "closed\n");
 }
@@ -237,7 +247,7 @@ async fn the_watcher_sees_a_worker_touch_its_heartbeat_file() {
     std::fs::create_dir_all(&spec.worker_dir).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let _watcher = HeartbeatWatcher::start(&spec.worker_id, &spec.worker_dir, tx).unwrap();
-    let mut exit = RealProcessControl.spawn(&spec).unwrap().exit;
+    let mut exit = RealProcessControl.spawn(&spec, &unconfined()).unwrap().exit;
     let hint = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await.expect("a hint within a second");
     assert_eq!(hint.as_deref(), Some("w-1"));
     assert!(last_heartbeat(&heartbeat_file(&spec.worker_dir)).is_some());

@@ -84,7 +84,7 @@ fn worker_info_is_the_spec_entry() {
 }
 
 #[test]
-fn job_from_assignment_caps_per_topology_timeouts() {
+fn a_jobs_timeouts_are_its_own_or_the_nodes_capped_by_max_timeout() {
     let worker = WorkerConfig {
         start_timeout: Duration::from_secs(120),
         heartbeat_timeout: Duration::from_secs(30),
@@ -94,18 +94,17 @@ fn job_from_assignment_caps_per_topology_timeouts() {
         allowed_users: vec![],
         min_uid: 1000,
     };
+    let timeouts = JobTimeouts::from_config(&worker);
     let mut launch = pj("a").launch.clone();
-    let assignment = |launch: &Launch| Assignment {
-        schema: 1,
-        topology_id: "a".into(),
-        launch: launch.clone(),
-        blobs: vec![],
-        workers: vec![],
-    };
-    let j = SlotJob::from_assignment(&assignment(&launch), &worker);
+    let job = |launch: &Launch, timeouts: &JobTimeouts| SlotJob::new("a".into(), launch.clone(), vec![], timeouts);
+    let j = job(&launch, &timeouts);
     assert_eq!((j.start_timeout, j.heartbeat_timeout), (worker.start_timeout, worker.heartbeat_timeout));
     launch.start_timeout_secs = Some(9_999);
     launch.heartbeat_timeout_secs = Some(10);
-    let j = SlotJob::from_assignment(&assignment(&launch), &worker);
+    let j = job(&launch, &timeouts);
     assert_eq!((j.start_timeout, j.heartbeat_timeout), (Duration::from_secs(600), Duration::from_secs(10)));
+    // The node's default is capped too (validation forbids it, a reload must not get around it).
+    let low_cap = JobTimeouts { max: Duration::from_secs(20), ..timeouts };
+    let j = job(&pj("a").launch, &low_cap);
+    assert_eq!((j.start_timeout, j.heartbeat_timeout), (Duration::from_secs(20), Duration::from_secs(20)));
 }

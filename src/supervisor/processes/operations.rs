@@ -16,13 +16,22 @@ use crate::admin::control::Reply;
 use crate::local_state::Drained;
 use crate::model::action::Operation;
 use crate::slot::{Input, SlotState};
-use crate::worker;
+
+/// Operator state: the drain and health holds.
+#[derive(Debug)]
+pub(super) struct Ops {
+    pub(super) drained: bool,
+    /// `drain --wait` requests, answered once no worker runs.
+    pub(super) drain_waiters: Vec<tokio::sync::oneshot::Sender<crate::admin::control::Reply>>,
+    /// The health verdict last acted on (for logging the change once).
+    pub(super) held_for_health: bool,
+}
 
 impl Processes {
     /// Workers must not run: drained, or unhealthy.
     pub(super) fn hold(&mut self) -> bool {
         let unhealthy = {
-            let h = self.ops.wiring.health.borrow();
+            let h = self.inputs.health.borrow();
             h.runs > 0 && !h.healthy
         };
         if unhealthy != self.ops.held_for_health {
@@ -38,7 +47,7 @@ impl Processes {
 
     /// Applies every operation that arrived since the last job and answers it.
     pub(super) async fn apply_operations(&mut self, now: Instant, wall: u64) {
-        while let Ok((op, reply)) = self.ops.wiring.requests.try_recv() {
+        while let Ok((op, reply)) = self.inputs.requests.try_recv() {
             info!(op = ?op, "operator request");
             let answer = match op {
                 Operation::RestartWorker { port } => match self.busy(port) {
@@ -96,7 +105,7 @@ impl Processes {
         let Some(record) = self.records.get(&w.worker_id) else {
             return Reply::err(format!("port {port}: worker {} is not recorded", w.worker_id));
         };
-        match worker::signal_group(&record.process, signal) {
+        match self.control.signal_group(&record.process, signal) {
             Ok(outcome) => Reply::ok(format!("port {port}: sent {signal} to worker pid {} ({outcome:?})", w.pid)),
             Err(e) => Reply::err(format!("port {port}: cannot signal worker pid {}: {e}", w.pid)),
         }
@@ -116,7 +125,7 @@ impl Processes {
             Ok(Err(e)) => warn!(error = %e, "cannot persist the drain state; it holds until the agent restarts"),
             Err(e) => warn!(error = %e, "cannot persist the drain state"),
         }
-        self.ops.wiring.drained_tx.send_replace(drained);
+        self.outputs.drained.send_replace(drained);
         // Not draining any more: nobody is waiting for the workers to go.
         if !drained {
             for waiter in self.ops.drain_waiters.drain(..) {
