@@ -51,11 +51,11 @@ use crate::shutdown::Shutdown;
 use process::{Exit, Finished, RunError};
 
 /// At most this many characters of a script's output line are kept in its result.
-pub const OUTPUT_CHARS: usize = 200;
+pub(crate) const OUTPUT_CHARS: usize = 200;
 
 /// What [`run_checks`] needs from the `[health]` config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthSettings {
+pub(crate) struct HealthSettings {
     /// Absolute (config validation); a relative one is taken from the agent's cwd.
     pub script_dir: PathBuf,
     /// Per script, from its start.
@@ -64,7 +64,7 @@ pub struct HealthSettings {
 }
 
 impl HealthSettings {
-    pub fn from_config(c: &crate::config::HealthConfig) -> Self {
+    pub(crate) fn from_config(c: &crate::config::HealthConfig) -> Self {
         HealthSettings { script_dir: c.script_dir.clone(), timeout: c.timeout, fail_on_timeout: c.fail_on_timeout }
     }
 }
@@ -72,7 +72,7 @@ impl HealthSettings {
 /// How one script's run ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Passed,
     /// Non-zero exit, or death by a signal.
     Failed,
@@ -86,7 +86,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The name used in JSON and logs.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Outcome::Passed => "passed",
             Outcome::Failed => "failed",
@@ -105,7 +105,7 @@ impl std::fmt::Display for Outcome {
 
 /// One script's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ScriptResult {
+pub(crate) struct ScriptResult {
     /// The file name (or, for an unreadable directory, the directory's path).
     pub script: String,
     pub outcome: Outcome,
@@ -123,7 +123,7 @@ pub struct ScriptResult {
 
 /// The verdict of one run of every check. `Default` (`runs == 0`) means "not checked yet".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Default)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     /// Every script is healthy (true with no scripts).
     pub healthy: bool,
     /// Sorted by script name.
@@ -134,20 +134,9 @@ pub struct HealthReport {
     pub runs: u64,
 }
 
-impl HealthReport {
-    /// `healthy`, `unhealthy` or, before the first run, `unknown` (SPEC §3.1 and `gale status`).
-    pub fn state(&self) -> &'static str {
-        match (self.runs, self.healthy) {
-            (0, _) => "unknown",
-            (_, true) => "healthy",
-            (_, false) => "unhealthy",
-        }
-    }
-}
-
 /// Runs every check in `settings.script_dir` concurrently and reports. Never fails: every
 /// problem is a result in the report. See the module docs for the rules.
-pub async fn run_checks(settings: &HealthSettings) -> HealthReport {
+pub(crate) async fn run_checks(settings: &HealthSettings) -> HealthReport {
     let dir = std::path::absolute(&settings.script_dir).unwrap_or_else(|_| settings.script_dir.clone());
     let scripts = match list_scripts(&dir) {
         Ok(scripts) => scripts,
@@ -309,7 +298,7 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
 ///
 /// Logs each script whose outcome changed: a warning when it is no longer `passed` (with its
 /// output), info when it passes again.
-pub async fn run_periodically(
+pub(crate) async fn run_periodically(
     mut settings: watch::Receiver<(HealthSettings, Duration)>,
     report: watch::Sender<HealthReport>,
     mut stop: Shutdown,

@@ -18,7 +18,7 @@ pub enum IdentError {
 }
 
 /// Checks `value` against the identifier rule; `kind` names it in the error ("supervisor id").
-pub fn validate(kind: &'static str, value: &str) -> Result<(), IdentError> {
+pub(crate) fn validate(kind: &'static str, value: &str) -> Result<(), IdentError> {
     let mut chars = value.chars();
     let Some(first) = chars.next() else {
         return Err(IdentError::Empty { kind });

@@ -6,32 +6,40 @@
 //! touching the workers it supervises. The external contract (CLI, config, ZooKeeper layout,
 //! local dir, exit codes) is SPEC.md; ARCHITECTURE.md maps the code.
 //!
-//! Entry point for the daemon: [`run`]. The binary (`src/main.rs`) only parses the command
-//! line and hands it to [`cli::main`]; `gale run` (`cli/daemon.rs`) loads the config, sets up
-//! logging and the runtime, calls [`run`] and maps its error to an exit code.
+//! Entry point for the daemon: `run` (`supervisor/mod.rs`). The binary (`src/main.rs`) only
+//! parses the command line and hands it to [`cli::main`]; `gale run` (`cli/daemon.rs`) loads
+//! the config, sets up logging and the runtime, calls `run` and maps its error to an exit code.
+//!
+//! Visibility: everything is `pub(crate)` except what code outside this library uses, so that
+//! the compiler reports dead code. That outside code is the binary ([`cli::Args`],
+//! [`cli::main`]), the integration tests (the wire model and its decoders in [`model`], the
+//! config parser, [`local_state::LocalState`] and its keys, the worker records in
+//! [`supervisor::records`], [`proc_identity::ProcessIdentity`], [`worker::signal_group`]), the
+//! `blobs` bench ([`blob::BlobCache`], [`blob::fetch`]) and the `state_writer` example. The
+//! modules they reach into are `pub mod`; inside them, only those items are `pub`.
 
-pub mod admin;
+mod admin;
 pub mod blob;
 pub mod cli;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod event;
-pub mod health;
-pub mod ident;
-pub mod isolation;
+mod event;
+mod health;
+mod ident;
+mod isolation;
 pub mod lifecycle;
-pub mod local_dir;
+mod local_dir;
 pub mod local_state;
-pub mod logging;
-pub mod metrics;
+mod logging;
+mod metrics;
 pub mod model;
 pub mod proc_identity;
 #[cfg(test)]
 mod proptest_support;
-pub mod shutdown;
-pub mod slot;
+mod shutdown;
+mod slot;
 pub mod supervisor;
 mod sys;
 pub mod worker;
 
-pub use supervisor::{RunError, run};
+pub(crate) use supervisor::{RunError, run};

@@ -26,7 +26,7 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Lifecycle::Starting => "starting",
             Lifecycle::Recovering => "recovering",
@@ -64,20 +64,20 @@ impl From<ExitCode> for std::process::ExitCode {
 /// systemd notification (`Type=notify`). Every call is a no-op when `NOTIFY_SOCKET` is unset
 /// (sd-notify checks), so the daemon behaves the same outside systemd.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Systemd;
+pub(crate) struct Systemd;
 
 impl Systemd {
-    pub fn ready(self, status: &str) {
+    pub(crate) fn ready(self, status: &str) {
         self.notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)]);
     }
 
-    pub fn status(self, status: &str) {
+    pub(crate) fn status(self, status: &str) {
         self.notify(&[sd_notify::NotifyState::Status(status)]);
     }
 
     /// Around a config reload: `RELOADING=1` (with `MONOTONIC_USEC`, which `Type=notify-reload`
     /// requires), then [`Systemd::ready`] once the new config is in force or rejected.
-    pub fn reloading(self) {
+    pub(crate) fn reloading(self) {
         let mut states = vec![sd_notify::NotifyState::Reloading];
         if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
             states.push(now);
@@ -85,17 +85,17 @@ impl Systemd {
         self.notify(&states);
     }
 
-    pub fn stopping(self) {
+    pub(crate) fn stopping(self) {
         self.notify(&[sd_notify::NotifyState::Stopping]);
     }
 
-    pub fn watchdog(self) {
+    pub(crate) fn watchdog(self) {
         self.notify(&[sd_notify::NotifyState::Watchdog]);
     }
 
     /// Half of `WatchdogSec` when systemd asked for watchdog pings, as sd_watchdog_enabled(3)
     /// recommends.
-    pub fn watchdog_interval(self) -> Option<std::time::Duration> {
+    pub(crate) fn watchdog_interval(self) -> Option<std::time::Duration> {
         sd_notify::watchdog_enabled().filter(|d| !d.is_zero()).map(|d| d / 2)
     }
 

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use nix::fcntl::{FcntlArg, fcntl};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LocalDirError {
+pub(crate) enum LocalDirError {
     #[error("local dir {dir} is locked by another gale agent{holder}: only one agent may use a local dir")]
     Locked { dir: PathBuf, holder: String },
     #[error("{what} {path}: {source}")]
@@ -41,7 +41,7 @@ pub enum LocalDirError {
 
 /// How the previous agent on this directory ended, read from the `clean-shutdown` marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreviousStop {
+pub(crate) enum PreviousStop {
     /// The marker was there: the last agent stopped cleanly (or this is the first start).
     Clean,
     /// No marker, but there was earlier state: the last agent crashed or was killed.
@@ -52,7 +52,7 @@ pub enum PreviousStop {
 
 /// An opened, locked local directory. Dropping it releases the lock.
 #[derive(Debug)]
-pub struct LocalDir {
+pub(crate) struct LocalDir {
     root: PathBuf,
     /// The lock file, open for the life of this value: closing it drops the record lock.
     lock: File,
@@ -79,7 +79,7 @@ fn whole_file(kind: nix::libc::c_int) -> nix::libc::flock {
 /// The pid of the process holding a record lock on `file` that would block a write lock, if
 /// any (`F_GETLK`; the file may be open read-only). Used by `gale status` to tell "down" from
 /// "running without a readable endpoint".
-pub fn lock_holder(file: &File) -> std::io::Result<Option<u32>> {
+pub(crate) fn lock_holder(file: &File) -> std::io::Result<Option<u32>> {
     let mut probe = whole_file(nix::libc::F_WRLCK);
     fcntl(file, FcntlArg::F_GETLK(&mut probe)).map_err(std::io::Error::from)?;
     Ok((probe.l_type != nix::libc::F_UNLCK as nix::libc::c_short).then_some(probe.l_pid as u32))
@@ -87,7 +87,7 @@ pub fn lock_holder(file: &File) -> std::io::Result<Option<u32>> {
 
 impl LocalDir {
     /// Locks `root`, creates its layout, empties `tmp/`, and consumes the clean-shutdown marker.
-    pub fn open(root: &Path) -> Result<(LocalDir, PreviousStop), LocalDirError> {
+    pub(crate) fn open(root: &Path) -> Result<(LocalDir, PreviousStop), LocalDirError> {
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| LocalDirError::Io { what, path, source }
@@ -151,38 +151,34 @@ impl LocalDir {
         Ok((dir, previous))
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.root.join("lock")
     }
 
     /// Inode of the lock file we hold, to notice the directory being replaced under us.
-    pub fn lock_inode(&self) -> std::io::Result<u64> {
+    pub(crate) fn lock_inode(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.lock.metadata()?.ino())
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
 
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
-    pub fn workers_dir(&self) -> PathBuf {
-        self.root.join("workers")
-    }
-
-    pub fn clean_shutdown_marker(&self) -> PathBuf {
+    pub(crate) fn clean_shutdown_marker(&self) -> PathBuf {
         self.root.join("clean-shutdown")
     }
 
     /// The last step of a clean stop: durably writes the marker.
-    pub fn mark_clean_shutdown(&self) -> Result<(), LocalDirError> {
+    pub(crate) fn mark_clean_shutdown(&self) -> Result<(), LocalDirError> {
         let marker = self.clean_shutdown_marker();
         let io = |source| LocalDirError::Io { what: "cannot write", path: marker.clone(), source };
         let mut file = File::create(&marker).map_err(io)?;
@@ -231,7 +227,7 @@ impl Drop for Held {
 }
 
 /// fsync of a directory, so that a rename or unlink in it survives power loss.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -29,7 +29,7 @@ fn filter(level: &str) -> Result<EnvFilter, String> {
 }
 
 /// Installs the global subscriber writing to stderr. Errors if the filter does not parse.
-pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+pub(crate) fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let (filter, handle) = reload::Layer::new(filter(level)?);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let layer = fmt::layer().with_writer(std::io::stderr);
@@ -49,7 +49,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
 
 /// A config reload's `logs.level`: takes effect at once (a no-op when `RUST_LOG` is set, or
 /// before `init`).
-pub fn set_level(level: &str) -> Result<(), String> {
+pub(crate) fn set_level(level: &str) -> Result<(), String> {
     let filter = filter(level)?;
     match FILTER.get() {
         Some(handle) => handle.reload(filter).map_err(|e| format!("cannot change the log filter: {e}")),

@@ -18,14 +18,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// One label set: (name, value) pairs.
-pub type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 fn labels(pairs: &[(&'static str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
 /// Every metric the agent exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// 1 for the current lifecycle state, 0 for the others.
     pub lifecycle: Family<Labels, Gauge>,
@@ -145,21 +145,21 @@ impl Metrics {
     }
 
     /// The text exposition (OpenMetrics text, which Prometheus scrapes).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 
     /// Sets a one-hot gauge family: `current` to 1, every other of `all` to 0.
-    pub fn one_hot(family: &Family<Labels, Gauge>, label: &'static str, all: &[&str], current: &str) {
+    pub(crate) fn one_hot(family: &Family<Labels, Gauge>, label: &'static str, all: &[&str], current: &str) {
         for value in all {
             family.get_or_create(&labels(&[(label, value)])).set(i64::from(*value == current));
         }
     }
 
     /// Adds to `counter` what `total` (a running total kept elsewhere) grew by since last time.
-    pub fn add_delta(&self, key: &str, counter: &Counter, total: u64) {
+    pub(crate) fn add_delta(&self, key: &str, counter: &Counter, total: u64) {
         let mut seen = self.seen.lock().unwrap();
         let last = seen.entry(key.to_owned()).or_insert(0.0);
         let now = total as f64;
@@ -169,7 +169,7 @@ impl Metrics {
         }
     }
 
-    pub fn add_delta_f64(&self, key: &str, counter: &Counter<f64>, total: f64) {
+    pub(crate) fn add_delta_f64(&self, key: &str, counter: &Counter<f64>, total: f64) {
         let mut seen = self.seen.lock().unwrap();
         let last = seen.entry(key.to_owned()).or_insert(0.0);
         if total > *last {
@@ -178,15 +178,15 @@ impl Metrics {
         }
     }
 
-    pub fn zk_op(&self, op: &str, result: &str) {
+    pub(crate) fn zk_op(&self, op: &str, result: &str) {
         self.zk_operations.get_or_create(&labels(&[("op", op), ("result", result)])).inc();
     }
 
-    pub fn exit(&self, reason: &str) {
+    pub(crate) fn exit(&self, reason: &str) {
         self.exits.get_or_create(&labels(&[("reason", reason)])).inc();
     }
 
-    pub fn kill(&self, reason: &str) {
+    pub(crate) fn kill(&self, reason: &str) {
         self.kills.get_or_create(&labels(&[("reason", reason)])).inc();
     }
 }
@@ -200,7 +200,7 @@ impl std::fmt::Debug for Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 /// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }
 

@@ -20,7 +20,7 @@ pub struct ProcessIdentity {
 
 /// What can be said about a recorded process now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Liveness {
+pub(crate) enum Liveness {
     /// The same process (pid, start time, boot) is running on this host.
     Alive,
     /// Same boot, and no process with that pid and start time exists: it is gone.
@@ -32,7 +32,7 @@ pub enum Liveness {
 
 impl ProcessIdentity {
     /// This process.
-    pub fn current() -> std::io::Result<ProcessIdentity> {
+    pub(crate) fn current() -> std::io::Result<ProcessIdentity> {
         ProcessIdentity::of(std::process::id())
     }
 
@@ -41,7 +41,7 @@ impl ProcessIdentity {
         Ok(ProcessIdentity { pid, start_ticks: start_ticks(pid)?, boot_id: boot_id()? })
     }
 
-    pub fn liveness(&self) -> Liveness {
+    pub(crate) fn liveness(&self) -> Liveness {
         match boot_id() {
             Ok(boot) if boot == self.boot_id => {}
             _ => return Liveness::Unknown,
@@ -56,13 +56,13 @@ impl ProcessIdentity {
     }
 }
 
-pub fn boot_id() -> std::io::Result<String> {
+pub(crate) fn boot_id() -> std::io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned())
 }
 
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted after the last `)`.
-pub fn start_ticks(pid: u32) -> std::io::Result<u64> {
+pub(crate) fn start_ticks(pid: u32) -> std::io::Result<u64> {
     read_stat(pid).map(|(ticks, _)| ticks)
 }
 
@@ -85,7 +85,7 @@ fn parse_stat(stat: &str) -> Option<(u64, char)> {
 ///
 /// Scans `/proc`, so it costs a read per process on the host: for the rare case where a group
 /// is known to still have members. A process that vanishes during the scan is skipped.
-pub fn live_group_members(pgid: u32) -> std::io::Result<Vec<u32>> {
+pub(crate) fn live_group_members(pgid: u32) -> std::io::Result<Vec<u32>> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {

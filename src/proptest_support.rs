@@ -8,11 +8,11 @@ use proptest::test_runner::Config;
 
 /// How long one call under test may take: far above what the largest generated input needs,
 /// even on a loaded machine, so a call past it is a hang.
-pub const LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const LIMIT: Duration = Duration::from_secs(10);
 
 /// 256 cases per test unless `PROPTEST_CASES` says otherwise. No failure files: a failure is
 /// reported with its minimal input and becomes a named unit test beside the code it broke.
-pub fn cases() -> Config {
+pub(crate) fn cases() -> Config {
     let mut config = Config { failure_persistence: None, ..Config::default() };
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = 256;
@@ -22,7 +22,7 @@ pub fn cases() -> Config {
 
 /// Runs `f` on a thread of its own and returns what it returns; fails the case if `f` panics
 /// or has not returned within [`LIMIT`] (the stuck thread is left behind: the test fails anyway).
-pub fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn bounded<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
         let _ = tx.send(f());

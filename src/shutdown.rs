@@ -13,21 +13,21 @@ use tokio::sync::watch;
 
 /// Fires the stop of every [`Shutdown`] made from it.
 #[derive(Debug)]
-pub struct Stopper(watch::Sender<bool>);
+pub(crate) struct Stopper(watch::Sender<bool>);
 
 /// One task's view of the stop signal; clone it for each task.
 #[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 impl Stopper {
     /// A stopper and the first receiver of its signal.
-    pub fn new() -> (Stopper, Shutdown) {
+    pub(crate) fn new() -> (Stopper, Shutdown) {
         let (tx, rx) = watch::channel(false);
         (Stopper(tx), Shutdown(rx))
     }
 
     /// Tells every task holding a [`Shutdown`] of this stopper to stop.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.0.send_replace(true);
     }
 }
@@ -35,12 +35,14 @@ impl Stopper {
 impl Shutdown {
     /// Completes once the stop was asked for (at once if it already was, or if the
     /// [`Stopper`] is gone). Cancel-safe: use it as a `select!` branch.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let _ = self.0.wait_for(|stopped| *stopped).await;
     }
 
-    /// Whether the stop was asked for (or the [`Stopper`] is gone).
-    pub fn is_stopped(&self) -> bool {
+    /// Whether the stop was asked for (or the [`Stopper`] is gone). Tests only: the daemon
+    /// waits with [`wait`](Self::wait).
+    #[cfg(test)]
+    pub(crate) fn is_stopped(&self) -> bool {
         *self.0.borrow() || self.0.has_changed().is_err()
     }
 }

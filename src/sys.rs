@@ -32,7 +32,7 @@ use tokio::io::unix::AsyncFd;
 /// (Linux ≥ 5.11) flags rather than closes, so the pipe std uses to report a failed `exec`
 /// (already close-on-exec) keeps working. On an older kernel the call fails with `EINVAL` or
 /// `ENOSYS` and is ignored: Rust's own descriptors are still close-on-exec.
-pub fn new_session_on_exec(command: &mut Command) {
+pub(crate) fn new_session_on_exec(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before `exec`. It only calls `setsid(2)`
     // and `close_range(2)`, both async-signal-safe raw system calls; it allocates nothing
     // (the error from `setsid` is an errno wrapped in `io::Error`'s `Os` variant, which does
@@ -54,7 +54,7 @@ pub fn new_session_on_exec(command: &mut Command) {
 /// Makes the child drop to `uid`/`gid` with supplementary `groups` just before `exec`, in the
 /// order that works: groups and gid first (they need root), uid last. Runs after
 /// [`new_session_on_exec`] when both are registered (hooks run in registration order).
-pub fn switch_user_on_exec(command: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
+pub(crate) fn switch_user_on_exec(command: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
     // Built before the fork: the child must not allocate.
     let groups: Vec<nix::unistd::Gid> = groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
@@ -74,7 +74,7 @@ pub fn switch_user_on_exec(command: &mut Command, uid: u32, gid: u32, groups: &[
 
 /// Registers `fd` with the tokio reactor for readiness `interest`. Must be called inside a
 /// tokio runtime. Used for pidfds, which become readable when their process exits.
-pub fn register_owned_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+pub(crate) fn register_owned_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: tokio requires the descriptor to stay open and to be the same one for the whole
     // life of the `AsyncFd`. The `OwnedFd` is moved into the `AsyncFd`, which is then its only
     // owner: nothing else can close it, and `OwnedFd::as_raw_fd` always returns the number it
@@ -89,7 +89,7 @@ pub fn register_owned_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<
 ///
 /// Writing "0" to `cgroup.procs` moves the writing process (v1 and v2). If a write fails the
 /// child reports the errno and the spawn fails: a worker never runs outside its cgroup.
-pub fn join_cgroups_on_exec(command: &mut Command, procs: Vec<OwnedFd>) {
+pub(crate) fn join_cgroups_on_exec(command: &mut Command, procs: Vec<OwnedFd>) {
     use std::os::fd::AsRawFd;
     // SAFETY: the closure runs in the forked child before `exec`. It only calls `write(2)`, an
     // async-signal-safe system call, on descriptors owned by the closure (moved in, so open
@@ -111,7 +111,7 @@ pub fn join_cgroups_on_exec(command: &mut Command, procs: Vec<OwnedFd>) {
 
 /// Sets `RLIMIT_AS` (soft and hard) to `bytes` in the child of `command` before `exec`: the
 /// rlimits fallback for `memory_mb` where no cgroup can be made (see `isolation`).
-pub fn limit_address_space_on_exec(command: &mut Command, bytes: u64) {
+pub(crate) fn limit_address_space_on_exec(command: &mut Command, bytes: u64) {
     let limit = nix::libc::rlimit { rlim_cur: bytes as nix::libc::rlim_t, rlim_max: bytes as nix::libc::rlim_t };
     // SAFETY: the closure runs in the forked child before `exec`. It only calls
     // `setrlimit(2)`, an async-signal-safe system call, with a pointer to a `rlimit` copied

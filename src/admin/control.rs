@@ -22,26 +22,26 @@ use crate::model::action::Operation;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub ok: bool,
     pub message: String,
 }
 
 impl Reply {
-    pub fn ok(message: impl Into<String>) -> Reply {
+    pub(crate) fn ok(message: impl Into<String>) -> Reply {
         Reply { ok: true, message: message.into() }
     }
 
-    pub fn err(message: impl Into<String>) -> Reply {
+    pub(crate) fn err(message: impl Into<String>) -> Reply {
         Reply { ok: false, message: message.into() }
     }
 }
 
 /// An operation on its way to the executor, with where to send the answer.
-pub type Request = (Operation, oneshot::Sender<Reply>);
+pub(crate) type Request = (Operation, oneshot::Sender<Reply>);
 
 /// Sends `op` to the executor and waits for its answer (at most `timeout`).
-pub async fn submit(ops: &mpsc::UnboundedSender<Request>, op: Operation, timeout: Duration) -> Reply {
+pub(crate) async fn submit(ops: &mpsc::UnboundedSender<Request>, op: Operation, timeout: Duration) -> Reply {
     let (tx, rx) = oneshot::channel();
     if ops.send((op, tx)).is_err() {
         return Reply::err("the agent is stopping");
@@ -55,7 +55,7 @@ pub async fn submit(ops: &mpsc::UnboundedSender<Request>, op: Operation, timeout
 
 /// Binds the socket (replacing a stale one: the local dir lock proves no other agent uses it),
 /// mode 0600, and returns the serving future; it ends when `stop` turns true.
-pub fn bind(
+pub(crate) fn bind(
     path: &Path,
     ops: mpsc::UnboundedSender<Request>,
     mut stop: Shutdown,
@@ -133,7 +133,7 @@ async fn serve(stream: UnixStream, ops: mpsc::UnboundedSender<Request>) {
 }
 
 /// The client side (`gale worker …`, `gale drain`): one request, one reply.
-pub async fn request(path: &Path, op: &Operation) -> std::io::Result<Reply> {
+pub(crate) async fn request(path: &Path, op: &Operation) -> std::io::Result<Reply> {
     let mut stream = UnixStream::connect(path).await?;
     let mut line = serde_json::to_vec(op).expect("an operation serializes");
     line.push(b'\n');

@@ -16,7 +16,7 @@ use crate::shutdown::Shutdown;
 
 /// Binds `addr` now (so a taken port fails the start with a clear error) and returns the
 /// server future, which runs until `stop` turns true.
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     sources: Sources,
     mut stop: Shutdown,
@@ -33,7 +33,7 @@ pub async fn bind(
     })
 }
 
-pub fn router(sources: Sources) -> Router {
+pub(crate) fn router(sources: Sources) -> Router {
     Router::new()
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))

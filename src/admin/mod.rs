@@ -6,8 +6,8 @@
 //! (the executor, the main loop) as [`Operation`](crate::model::action::Operation)s and answered
 //! from there.
 
-pub mod control;
-pub mod http;
+pub(crate) mod control;
+pub(crate) mod http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::model::{LastExit, NodeReport, SlotStateName, ZkStatus, unix_ms};
 
 /// One slot as `gale status` shows it (every configured port, `empty` included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotStatus {
+pub(crate) struct SlotStatus {
     pub port: u16,
     pub state: SlotStateName,
     pub topology_id: Option<String>,
@@ -44,7 +44,7 @@ pub struct SlotStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ZkStatusDoc {
+pub(crate) struct ZkStatusDoc {
     pub state: String,
     pub session_id: Option<String>,
     pub registered: bool,
@@ -53,7 +53,7 @@ pub struct ZkStatusDoc {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthDoc {
+pub(crate) struct HealthDoc {
     /// `healthy`, `unhealthy` or `unknown` (no run yet).
     pub state: String,
     /// `drain` or `exit`.
@@ -64,7 +64,7 @@ pub struct HealthDoc {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CacheDoc {
+pub(crate) struct CacheDoc {
     pub entries: usize,
     pub bytes: u64,
     pub target_bytes: u64,
@@ -75,7 +75,7 @@ pub struct CacheDoc {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueueDoc {
+pub(crate) struct QueueDoc {
     pub name: String,
     pub depth: usize,
     pub runs: u64,
@@ -90,7 +90,7 @@ pub struct QueueDoc {
 
 /// `GET /status`, `gale status --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub version: String,
     pub supervisor_id: String,
     pub hostname: String,
@@ -110,11 +110,11 @@ pub struct Status {
 }
 
 /// A queue's numbers, read at request time.
-pub type QueueProbe = Arc<dyn Fn() -> QueueDoc + Send + Sync>;
+pub(crate) type QueueProbe = Arc<dyn Fn() -> QueueDoc + Send + Sync>;
 
 /// Everything the endpoints read; cheap to clone.
 #[derive(Clone)]
-pub struct Sources {
+pub(crate) struct Sources {
     pub supervisor_id: String,
     pub hostname: String,
     pub started_at_ms: u64,
@@ -138,17 +138,17 @@ impl std::fmt::Debug for Sources {
 }
 
 impl Sources {
-    pub fn lifecycle(&self) -> Lifecycle {
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
         self.report.borrow().lifecycle
     }
 
     /// `/ready`: running (or draining) with a registered, connected session.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         let zk = self.zk.borrow();
         matches!(self.lifecycle(), Lifecycle::Running | Lifecycle::Draining) && zk.usable()
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let zk = self.zk.borrow().clone();
         let health = Some(self.health.borrow().clone()).filter(|h| h.runs > 0);
         let (cache, downloading) = {
@@ -202,7 +202,7 @@ impl Sources {
     }
 
     /// Copies what lives elsewhere into the metrics, right before a scrape.
-    pub fn refresh_metrics(&self) {
+    pub(crate) fn refresh_metrics(&self) {
         let m = metrics();
         let status = self.status();
         metrics::Metrics::one_hot(

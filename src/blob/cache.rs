@@ -39,7 +39,7 @@ const PLAIN_FILE: &str = "file";
 
 /// Which entry: one blob content, as a plain file or extracted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EntryId {
+pub(crate) struct EntryId {
     pub sha256: String,
     pub extracted: bool,
 }
@@ -47,7 +47,7 @@ pub struct EntryId {
 impl EntryId {
     /// The entry for `meta`'s content; its digest becomes a path component, so it must be
     /// exactly the form we expect.
-    pub fn of(meta: &BlobMeta, extracted: bool) -> Result<EntryId, CacheError> {
+    pub(crate) fn of(meta: &BlobMeta, extracted: bool) -> Result<EntryId, CacheError> {
         if !is_sha256_hex(&meta.sha256) {
             return Err(CacheError::BadDigest {
                 key: meta.key.clone(),
@@ -75,17 +75,17 @@ impl EntryId {
 /// Who holds a reference: (slot port, topology id), one per slot and assignment. An entry is
 /// referenced while a slot's assignment wants it (the current version of one of its blobs) or
 /// a worker of that slot and assignment links to it (possibly an older version).
-pub type RefOwner = (u16, String);
+pub(crate) type RefOwner = (u16, String);
 
 /// The cache as the two queues share it: the blob sync installs and cleans up, the process side
 /// links and references. Every critical section is short (no download under the lock).
-pub type SharedCache = std::sync::Arc<std::sync::Mutex<BlobCache>>;
+pub(crate) type SharedCache = std::sync::Arc<std::sync::Mutex<BlobCache>>;
 
 /// A verified download, staged in `tmp` and fsynced, ready for [`BlobCache::install`]. Dropping
 /// it without installing leaves a staging dir that the next [`BlobCache::open`] removes;
 /// [`Staged::discard`] removes it at once.
 #[derive(Debug)]
-pub struct Staged {
+pub(crate) struct Staged {
     pub id: EntryId,
     dir: PathBuf,
     bytes: u64,
@@ -95,11 +95,11 @@ pub struct Staged {
 
 impl Staged {
     /// Size of the staged entry (unpacked size for an archive).
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         remove_any(&self.dir);
     }
 }
@@ -238,12 +238,12 @@ impl BlobCache {
     }
 
     /// Whether the content is present; not a use.
-    pub fn contains(&self, id: &EntryId) -> bool {
+    pub(crate) fn contains(&self, id: &EntryId) -> bool {
         self.entries.contains_key(id)
     }
 
     /// A use of a present entry: counted as a hit and touched (LRU). `None` if absent.
-    pub fn hit(&mut self, id: &EntryId) -> Option<PathBuf> {
+    pub(crate) fn hit(&mut self, id: &EntryId) -> Option<PathBuf> {
         if !self.entries.contains_key(id) {
             return None;
         }
@@ -252,7 +252,7 @@ impl BlobCache {
     }
 
     /// A use that found the content absent and starts a download.
-    pub fn count_miss(&mut self) {
+    pub(crate) fn count_miss(&mut self) {
         self.misses += 1;
     }
 
@@ -260,7 +260,7 @@ impl BlobCache {
     /// entry there (moved in, or extracted) and fsync it. Counted as a miss by `install`.
     ///
     /// If the future is dropped mid-way, a staging dir may stay in `tmp` until the next open.
-    pub async fn stage(
+    pub(crate) async fn stage(
         meta: &BlobMeta,
         extract: bool,
         tmp: &Path,
@@ -298,7 +298,7 @@ impl BlobCache {
     /// The quick half of a miss: renames a staged entry into the cache (one rename, then an fsync
     /// of the cache dir) and returns its path. An entry already present wins; the staged copy is
     /// discarded.
-    pub fn install(&mut self, staged: Staged) -> Result<PathBuf, CacheError> {
+    pub(crate) fn install(&mut self, staged: Staged) -> Result<PathBuf, CacheError> {
         let id = staged.id.clone();
         if self.entries.contains_key(&id) {
             staged.discard();
@@ -323,7 +323,7 @@ impl BlobCache {
 
     /// Replaces every "wanted" reference: `wanted` maps each slot and assignment to the entries
     /// its blobs currently need. Entries not present are skipped.
-    pub fn set_wanted(&mut self, wanted: &BTreeMap<RefOwner, BTreeSet<EntryId>>) {
+    pub(crate) fn set_wanted(&mut self, wanted: &BTreeMap<RefOwner, BTreeSet<EntryId>>) {
         for entry in self.entries.values_mut() {
             entry.wanted.clear();
         }
@@ -338,7 +338,7 @@ impl BlobCache {
 
     /// Makes `ids` exactly the entries `owner`'s workers link to. All or nothing: if one is not
     /// present, nothing changes and its id is returned.
-    pub fn set_linked(&mut self, owner: &RefOwner, ids: &BTreeSet<EntryId>) -> Result<(), EntryId> {
+    pub(crate) fn set_linked(&mut self, owner: &RefOwner, ids: &BTreeSet<EntryId>) -> Result<(), EntryId> {
         if let Some(missing) = ids.iter().find(|id| !self.entries.contains_key(id)) {
             return Err(missing.clone());
         }
@@ -353,14 +353,16 @@ impl BlobCache {
     }
 
     /// The entry whose content `path` (a link target) is, if it lies in this cache.
-    pub fn entry_of(&self, path: &Path) -> Option<EntryId> {
+    pub(crate) fn entry_of(&self, path: &Path) -> Option<EntryId> {
         let rest = path.strip_prefix(&self.root).ok()?;
         let first = rest.components().next()?.as_os_str().to_str()?;
         EntryId::parse(first)
     }
 
     /// Adds a reference so `cleanup` keeps the entry; false (and nothing done) if it is unknown.
-    pub fn add_ref(&mut self, id: &EntryId, owner: RefOwner) -> bool {
+    /// Tests only: the daemon sets an entry's references from the links it makes.
+    #[cfg(test)]
+    pub(crate) fn add_ref(&mut self, id: &EntryId, owner: RefOwner) -> bool {
         match self.entries.get_mut(id) {
             Some(entry) => {
                 entry.linked.insert(owner);
@@ -371,7 +373,7 @@ impl BlobCache {
     }
 
     /// Drops every reference held by `owner` (the slot left that assignment).
-    pub fn release(&mut self, owner: &RefOwner) {
+    pub(crate) fn release(&mut self, owner: &RefOwner) {
         for entry in self.entries.values_mut() {
             entry.linked.remove(owner);
         }
@@ -380,7 +382,7 @@ impl BlobCache {
     /// While the total is above `target_bytes`, removes unreferenced entries, least recently
     /// used first. Referenced entries are never removed, so the total may stay above target.
     /// Returns the ids removed.
-    pub fn cleanup(&mut self, target_bytes: u64) -> Vec<EntryId> {
+    pub(crate) fn cleanup(&mut self, target_bytes: u64) -> Vec<EntryId> {
         let mut candidates: Vec<_> = self
             .entries
             .iter()
@@ -417,7 +419,7 @@ impl BlobCache {
         removed
     }
 
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.entries.values().map(|e| e.bytes).sum()
     }
 
@@ -432,7 +434,7 @@ impl BlobCache {
     }
 
     /// The path of an entry, if present; does not count as a use.
-    pub fn path(&self, id: &EntryId) -> Option<&Path> {
+    pub(crate) fn path(&self, id: &EntryId) -> Option<&Path> {
         self.entries.get(id).map(|e| e.path.as_path())
     }
 

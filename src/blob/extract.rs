@@ -19,7 +19,7 @@ use super::BlobError;
 use super::meta::Archive;
 
 /// Unpacks `archive` (of `kind`) into `dest`, which must not exist yet and is created.
-pub fn extract(archive: &Path, kind: Archive, dest: &Path) -> Result<(), BlobError> {
+pub(crate) fn extract(archive: &Path, kind: Archive, dest: &Path) -> Result<(), BlobError> {
     let io_err = |source| BlobError::Extract { archive: archive.to_owned(), dest: dest.to_owned(), source };
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io_err)?;

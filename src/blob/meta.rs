@@ -2,7 +2,8 @@
 //! is `crate::model::blob_meta`, shared with `gale blob put`; this adds what the downloader
 //! needs on top: the parsed source of a `url`.
 
-pub use crate::model::blob_meta::{Archive, BlobMeta};
+pub(crate) use crate::model::blob_meta::Archive;
+pub use crate::model::blob_meta::BlobMeta;
 
 /// Where a blob's content comes from, as parsed from a validated `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,11 +21,13 @@ mod view;
 
 use std::path::PathBuf;
 
-pub use cache::{BlobCache, CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged};
-pub use extract::extract;
+pub use cache::BlobCache;
+pub(crate) use cache::{CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged};
+pub(crate) use extract::extract;
 pub use fetch::fetch;
-pub use meta::{Archive, BlobMeta};
-pub use view::{BlobStatus, BlobUse, BlobView};
+pub(crate) use meta::Archive;
+pub use meta::BlobMeta;
+pub(crate) use view::{BlobStatus, BlobUse, BlobView};
 
 /// What can go wrong between a BlobMeta payload and an unpacked blob.
 #[derive(Debug, thiserror::Error)]

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use super::{CacheStats, EntryId};
 
 /// One blob as an assignment uses it: its key, and whether it is unpacked.
-pub type BlobUse = (String, bool);
+pub(crate) type BlobUse = (String, bool);
 
 /// What the process side knows about one [`BlobUse`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobStatus {
+pub(crate) struct BlobStatus {
     /// The current version (BlobMeta), if one is known.
     pub version: Option<u64>,
     /// The current version's content, once it is in the cache.
@@ -26,7 +26,7 @@ pub struct BlobStatus {
 
 /// Every blob the assigned jobs use, published after each pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BlobView {
+pub(crate) struct BlobView {
     pub blobs: BTreeMap<BlobUse, BlobStatus>,
     pub cache: CacheStats,
 }

@@ -107,7 +107,7 @@ fn digest_file(file: &Path) -> io::Result<Digested> {
     Ok(reader.finish())
 }
 
-pub fn put(
+pub(crate) fn put(
     config_path: &Path,
     key: &str,
     file: &Path,
@@ -268,7 +268,7 @@ fn copy_to_dir(reader: &mut impl Read, dir: &Path, key: &str, version: u64, show
     })
 }
 
-pub fn list(config_path: &Path) -> Result<ExitCode, CliError> {
+pub(crate) fn list(config_path: &Path) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     let dir = config.zk_path("/blobstore");
     client_runtime()?.block_on(async {
@@ -291,7 +291,7 @@ pub fn list(config_path: &Path) -> Result<ExitCode, CliError> {
     })
 }
 
-pub fn rm(config_path: &Path, key: &str) -> Result<ExitCode, CliError> {
+pub(crate) fn rm(config_path: &Path, key: &str) -> Result<ExitCode, CliError> {
     check_key(key)?;
     let config = load_config(config_path)?;
     let path = config.zk_path(&format!("/blobstore/{key}"));

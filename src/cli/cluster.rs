@@ -7,7 +7,7 @@ use super::{CliError, client_runtime, connect, load_config, read_all};
 use crate::lifecycle::ExitCode;
 use crate::model::SupervisorInfo;
 
-pub fn supervisors(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
+pub(crate) fn supervisors(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     client_runtime()?.block_on(async {
         let client = connect(&config).await?;

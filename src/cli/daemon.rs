@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{CliError, load_config};
 use crate::lifecycle::ExitCode;
 
-pub fn run(config_path: &Path) -> Result<ExitCode, CliError> {
+pub(crate) fn run(config_path: &Path) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     crate::logging::init(config.logs.format, &config.logs.level).map_err(|e| CliError::new(ExitCode::Config, e))?;
     // Two worker threads: the agent's work is I/O bound and small; this keeps its footprint low.

@@ -38,7 +38,7 @@ const POLL_INTERVAL_MS: u16 = 200;
 /// Read size, backwards for `-n` and forwards for `-f`.
 const CHUNK: usize = 64 * 1024;
 
-pub fn logs(config_path: &Path, target: &str, follow: bool, lines: u64) -> Result<ExitCode, CliError> {
+pub(crate) fn logs(config_path: &Path, target: &str, follow: bool, lines: u64) -> Result<ExitCode, CliError> {
     let target = Target::parse(target)?;
     let config = load_config(config_path)?;
     let root = config.supervisor.log_dir.join("workers");

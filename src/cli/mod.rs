@@ -23,13 +23,13 @@ use crate::lifecycle::ExitCode;
 pub struct Args {
     /// Config file [default: $GALE_CONFIG, else /etc/gale/gale.toml]
     #[arg(long, global = true, value_name = "PATH", env = "GALE_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon in the foreground (systemd runs this)
     Run,
     /// Parse and validate the config; print the effective config (defaults filled) as TOML
@@ -78,7 +78,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum WorkerCommand {
+pub(crate) enum WorkerCommand {
     /// Kill and relaunch the worker on PORT now (not counted as a failure)
     Restart { port: u16 },
     /// Forget PORT's earlier failures and end its backoff now
@@ -86,7 +86,7 @@ pub enum WorkerCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BlobCommand {
+pub(crate) enum BlobCommand {
     /// Copy FILE into the store and publish it as the next version of KEY (SPEC §3.3)
     Put {
         key: String,
@@ -105,13 +105,13 @@ pub enum BlobCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum StateCommand {
+pub(crate) enum StateCommand {
     /// Print every kept version of the local state with its keys; works with the daemon down
     Dump,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClusterCommand {
+pub(crate) enum ClusterCommand {
     /// Live supervisors registered in ZooKeeper
     Supervisors {
         /// Print JSON instead of a table
@@ -121,7 +121,7 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TopologyCommand {
+pub(crate) enum TopologyCommand {
     /// Validate an assignment file (SPEC §3.2) and write it to ZooKeeper, creating or updating it
     Submit {
         /// The assignment, as JSON
@@ -140,13 +140,13 @@ pub enum TopologyCommand {
 
 /// A command's failure: the one-line message and the exit code it maps to.
 #[derive(Debug)]
-pub struct CliError {
+pub(crate) struct CliError {
     pub code: ExitCode,
     pub message: String,
 }
 
 impl CliError {
-    pub fn new(code: ExitCode, message: impl Into<String>) -> CliError {
+    pub(crate) fn new(code: ExitCode, message: impl Into<String>) -> CliError {
         CliError { code, message: message.into() }
     }
 }

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::lifecycle::ExitCode;
 use crate::model::action::Operation;
 
-pub fn status(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
+pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     match fetch_status(&config) {
         Ok(status) => {
@@ -135,7 +135,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// The table for people; everything in it is in the JSON too.
-pub fn render(status: &Status, now_ms: u64) -> String {
+pub(crate) fn render(status: &Status, now_ms: u64) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let zk = &status.zookeeper;
@@ -228,7 +228,7 @@ fn row(slot: &SlotStatus, now_ms: u64) -> String {
 }
 
 /// Sends `op` over the control socket and prints the answer.
-pub fn operate(config_path: &Path, op: Operation) -> Result<ExitCode, CliError> {
+pub(crate) fn operate(config_path: &Path, op: Operation) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     let socket = config.control_socket();
     let reply = client_runtime()?.block_on(control::request(&socket, &op)).map_err(|e| {

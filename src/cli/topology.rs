@@ -26,7 +26,7 @@ use crate::model::{self, Health, SupervisorInfo};
 /// How long to wait for ZooKeeper to confirm the session's close before exiting anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn submit(config_path: &Path, file: &Path, auto_place: Option<u32>) -> Result<ExitCode, CliError> {
+pub(crate) fn submit(config_path: &Path, file: &Path, auto_place: Option<u32>) -> Result<ExitCode, CliError> {
     // The file first: checking it needs neither the config nor ZooKeeper.
     let mut assignment = read_assignment(file)?;
     let config = load_config(config_path)?;
@@ -56,7 +56,7 @@ pub fn submit(config_path: &Path, file: &Path, auto_place: Option<u32>) -> Resul
     })
 }
 
-pub fn kill(config_path: &Path, id: &str) -> Result<ExitCode, CliError> {
+pub(crate) fn kill(config_path: &Path, id: &str) -> Result<ExitCode, CliError> {
     check_id(id)?;
     let config = load_config(config_path)?;
     let path = config.zk_path(&format!("/assignments/{id}"));
@@ -75,7 +75,7 @@ pub fn kill(config_path: &Path, id: &str) -> Result<ExitCode, CliError> {
     })
 }
 
-pub fn list(config_path: &Path) -> Result<ExitCode, CliError> {
+pub(crate) fn list(config_path: &Path) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     let dir = config.zk_path("/assignments");
     client_runtime()?.block_on(async {
@@ -103,7 +103,7 @@ pub fn list(config_path: &Path) -> Result<ExitCode, CliError> {
     })
 }
 
-pub fn show(config_path: &Path, id: &str) -> Result<ExitCode, CliError> {
+pub(crate) fn show(config_path: &Path, id: &str) -> Result<ExitCode, CliError> {
     check_id(id)?;
     let config = load_config(config_path)?;
     let path = config.zk_path(&format!("/assignments/{id}"));

@@ -46,7 +46,7 @@ use crate::shutdown::Shutdown;
 
 /// What this agent is; fixed for the life of the process.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub id: String,
     pub hostname: String,
     pub slots: Vec<u16>,
@@ -56,7 +56,7 @@ pub struct Identity {
 }
 
 #[derive(Debug, Clone)]
-pub struct MembershipConfig {
+pub(crate) struct MembershipConfig {
     pub connect: ConnectOptions,
     /// ZooKeeper root, e.g. `/gale`.
     pub root: String,
@@ -66,7 +66,7 @@ pub struct MembershipConfig {
 
 /// Session happenings the supervisor reacts to (a full sync after each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEvent {
+pub(crate) enum SessionEvent {
     /// Registered under a new session (first start or after expiry).
     Registered { session: i64 },
     /// The connection came back inside the same session (watches may have missed events).
@@ -75,7 +75,7 @@ pub enum SessionEvent {
 
 /// Requests to the membership task.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Re-read our node and repair it if needed (the periodic sync's safety net).
     Verify(oneshot::Sender<Result<(), String>>),
     /// A config reload: new heartbeat timing and advertised labels/capacity (applied at once,
@@ -89,12 +89,12 @@ pub enum Command {
 }
 
 /// Persists the session ids this agent opens (with the identity of this process).
-pub trait SessionLog: Send + Sync + 'static {
+pub(crate) trait SessionLog: Send + Sync + 'static {
     fn record(&self, session: i64) -> Result<(), String>;
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum MembershipError {
+pub(crate) enum MembershipError {
     #[error(
         "supervisor id {id} is already registered at {path} by another live zookeeper session ({owner}{host}){detail}; \
          another agent uses this id, likely a cloned disk or a copied local dir: give this host its own id \
@@ -135,7 +135,7 @@ impl From<ZkError> for RegisterError {
 }
 
 /// The membership task's state. Run with [`Membership::run`].
-pub struct Membership {
+pub(crate) struct Membership {
     config: MembershipConfig,
     identity: Identity,
     session_log: Arc<dyn SessionLog>,
@@ -160,7 +160,7 @@ impl std::fmt::Debug for Membership {
 
 /// Handles the supervisor keeps.
 #[derive(Debug)]
-pub struct MembershipHandles {
+pub(crate) struct MembershipHandles {
     pub commands: mpsc::Sender<Command>,
     pub events: mpsc::UnboundedReceiver<SessionEvent>,
     pub status: watch::Receiver<ZkStatus>,
@@ -172,7 +172,7 @@ pub struct MembershipHandles {
 impl Membership {
     /// `previous`: the sessions earlier agent processes recorded, and whether their process
     /// still runs, read from LocalState before this process recorded anything.
-    pub fn new(
+    pub(crate) fn new(
         config: MembershipConfig,
         identity: Identity,
         session_log: Arc<dyn SessionLog>,
@@ -212,7 +212,7 @@ impl Membership {
     }
 
     /// Runs until `stop` turns true (Ok, session closed) or a fatal identity problem.
-    pub async fn run(mut self) -> Result<(), MembershipError> {
+    pub(crate) async fn run(mut self) -> Result<(), MembershipError> {
         // After a lost session, or when the session id cannot be recorded, wait a little
         // before the next session, so a persistent failure is not a tight loop of sessions.
         let mut retry = zk::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));

@@ -11,6 +11,6 @@
 //! Other code asks it for things or reads what it publishes (the session state, and a clone
 //! of its client while registered, which the sync jobs use); nobody else opens a session.
 
-pub mod membership;
-pub mod ownership;
-pub mod zk;
+pub(crate) mod membership;
+pub(crate) mod ownership;
+pub(crate) mod zk;

@@ -12,7 +12,7 @@ use crate::proc_identity::Liveness;
 
 /// The sessions this agent knows to be its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KnownSessions {
+pub(crate) struct KnownSessions {
     /// Sessions this process opened (certainly ours, certainly abandoned when not current).
     pub this_process: Vec<i64>,
     /// Sessions recorded in the local state by earlier agent processes.
@@ -23,7 +23,7 @@ pub struct KnownSessions {
 
 /// What to do about an existing node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Owned by the current session: it is our registration already.
     Ours,
     /// A leftover of ours: delete it and register.
@@ -36,7 +36,7 @@ pub enum Decision {
     Conflict,
 }
 
-pub fn decide(owner: i64, current: i64, known: &KnownSessions) -> Decision {
+pub(crate) fn decide(owner: i64, current: i64, known: &KnownSessions) -> Decision {
     if owner == current {
         Decision::Ours
     } else if owner == 0 {

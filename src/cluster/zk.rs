@@ -34,7 +34,7 @@ use zookeeper_client as zk;
 /// reconnects or the session expires (up to ~1.4× the session timeout); the agent must not
 /// hang that long in one call (it would stop noticing shutdown and session events), so a
 /// request that takes longer is reported as a connection loss and retried by the caller.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Awaits a request with [`OP_TIMEOUT`]. While the client is disconnected nothing is sent:
 /// the request would only wait in the client's queue; the caller retries later.
@@ -77,7 +77,7 @@ where
 
 /// What the caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(crate) enum ErrorClass {
     NoNode,
     NodeExists,
     BadVersion,
@@ -92,7 +92,7 @@ pub enum ErrorClass {
 
 #[derive(Debug, thiserror::Error)]
 #[error("zookeeper {op} {path}: {source}")]
-pub struct ZkError {
+pub(crate) struct ZkError {
     pub op: &'static str,
     pub path: String,
     #[source]
@@ -104,7 +104,7 @@ impl ZkError {
         ZkError { op, path: path.to_owned(), source }
     }
 
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         match self.source {
             zk::Error::NoNode => ErrorClass::NoNode,
             zk::Error::NodeExists => ErrorClass::NodeExists,
@@ -122,7 +122,7 @@ impl ZkError {
 
 /// Session state as the agent sees it (reported in logs, status and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionState {
+pub(crate) enum SessionState {
     Connected,
     ConnectedReadOnly,
     Disconnected,
@@ -143,7 +143,7 @@ impl SessionState {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionState::Connected => "connected",
             SessionState::ConnectedReadOnly => "connected_read_only",
@@ -155,14 +155,14 @@ impl SessionState {
     }
 
     /// The session cannot come back; only a new session helps.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(self, SessionState::Expired | SessionState::AuthFailed | SessionState::Closed)
     }
 }
 
 /// The parts of a node's `Stat` the agent uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeStat {
+pub(crate) struct NodeStat {
     pub version: i32,
     /// Session id owning an ephemeral node; 0 for a persistent one.
     pub ephemeral_owner: i64,
@@ -187,7 +187,7 @@ impl From<&zk::Stat> for NodeStat {
 
 /// What a one-shot node watch saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeEvent {
+pub(crate) enum NodeEvent {
     Created,
     Deleted,
     DataChanged,
@@ -198,10 +198,10 @@ pub enum NodeEvent {
 
 /// A one-shot watch on one node.
 #[derive(Debug)]
-pub struct NodeWatch(zk::OneshotWatcher);
+pub(crate) struct NodeWatch(zk::OneshotWatcher);
 
 impl NodeWatch {
-    pub async fn changed(self) -> NodeEvent {
+    pub(crate) async fn changed(self) -> NodeEvent {
         let event = self.0.changed().await;
         match event.event_type {
             zk::EventType::NodeCreated => NodeEvent::Created,
@@ -216,7 +216,7 @@ impl NodeWatch {
 /// A persistent recursive watch on a subtree (ZooKeeper ≥ 3.6). It sees every change below
 /// its path but may miss some during a reconnect (ZOOKEEPER-4698): re-read after reconnecting.
 #[derive(Debug)]
-pub struct TreeWatch {
+pub(crate) struct TreeWatch {
     watcher: zk::PersistentWatcher,
     ended: bool,
     /// The last session event was a reconnect: the watch must be set again (see `changed`).
@@ -228,7 +228,7 @@ impl TreeWatch {
     /// `Some("")` for a change of the connection (disconnected, reconnected: events may have
     /// been missed), or `None` once the session ended (then the watch is dead and never
     /// returns again).
-    pub async fn changed(&mut self) -> Option<String> {
+    pub(crate) async fn changed(&mut self) -> Option<String> {
         if self.ended {
             return std::future::pending().await;
         }
@@ -253,25 +253,25 @@ impl TreeWatch {
     /// means `index.max(i)`, so the SetWatches2 lists of persistent watches are never sent).
     /// Found by the ensemble scenario of `tests/faults.rs`: after a leader failover an agent
     /// saw no assignment change again.
-    pub fn reconnected(&self) -> bool {
+    pub(crate) fn reconnected(&self) -> bool {
         self.reconnected
     }
 }
 
 /// Session-state changes of one client.
 #[derive(Debug)]
-pub struct StateWatcher(zk::StateWatcher);
+pub(crate) struct StateWatcher(zk::StateWatcher);
 
 impl StateWatcher {
     /// The next state change. After a terminal state this never returns.
-    pub async fn changed(&mut self) -> SessionState {
+    pub(crate) async fn changed(&mut self) -> SessionState {
         SessionState::from_client(self.0.changed().await)
     }
 }
 
 /// How to reach the ensemble.
 #[derive(Debug, Clone)]
-pub struct ConnectOptions {
+pub(crate) struct ConnectOptions {
     /// `host:port` list.
     pub servers: Vec<String>,
     pub session_timeout: Duration,
@@ -283,7 +283,7 @@ pub struct ConnectOptions {
 /// The digest credentials file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read zookeeper credentials {path}: {reason}")]
-pub struct CredentialsError {
+pub(crate) struct CredentialsError {
     pub path: String,
     pub reason: String,
 }
@@ -292,7 +292,7 @@ impl ConnectOptions {
     /// From `[zookeeper]`, reading `auth.credentials_file` (one line `user:password`, not
     /// readable by group or others) when digest auth is configured. Used by the daemon and by
     /// every CLI command that talks to ZooKeeper, so they authenticate alike.
-    pub fn from_config(config: &crate::config::Config) -> Result<ConnectOptions, CredentialsError> {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Result<ConnectOptions, CredentialsError> {
         Ok(ConnectOptions {
             servers: config.zookeeper.servers.clone(),
             session_timeout: config.zookeeper.session_timeout,
@@ -328,7 +328,7 @@ fn read_digest(config: &crate::config::Config) -> Result<Option<String>, Credent
 /// dropped (see [`ZkClient::close`]), so clones handed out by the membership task must be
 /// short-lived (held for one job, not stored).
 #[derive(Debug, Clone)]
-pub struct ZkClient {
+pub(crate) struct ZkClient {
     client: zk::Client,
     /// Digest auth is in force: create nodes with [`CREATOR_ALL_WORLD_READ`].
     secured: bool,
@@ -336,7 +336,7 @@ pub struct ZkClient {
 
 /// One connection attempt: every server tried once (fail eagerly), bounded by
 /// `connect_timeout`.
-pub async fn connect_once(opts: &ConnectOptions) -> Result<ZkClient, ZkError> {
+pub(crate) async fn connect_once(opts: &ConnectOptions) -> Result<ZkClient, ZkError> {
     let servers = opts.servers.join(",");
     // `connect_timeout` bounds establishing a session (below). It is not the crate's
     // "connection timeout", which is the idle time after which a live connection counts as
@@ -356,17 +356,17 @@ pub async fn connect_once(opts: &ConnectOptions) -> Result<ZkClient, ZkError> {
 /// Backoff between connection attempts: 250 ms doubling to 10 s, each delay drawn uniformly
 /// from its upper half (jitter).
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff { next: initial, max }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         let half = base / 2;
@@ -375,7 +375,7 @@ impl Backoff {
 }
 
 /// Connects, retrying with backoff until it works or `stop` turns true (then `None`).
-pub async fn connect(opts: &ConnectOptions, stop: &mut Shutdown) -> Option<ZkClient> {
+pub(crate) async fn connect(opts: &ConnectOptions, stop: &mut Shutdown) -> Option<ZkClient> {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     let mut attempt = 1u32;
     loop {
@@ -416,29 +416,29 @@ impl ZkClient {
         if self.secured { zk::Acls::new(&CREATOR_ALL_WORLD_READ) } else { zk::Acls::anyone_all() }
     }
 
-    pub fn session_id(&self) -> i64 {
+    pub(crate) fn session_id(&self) -> i64 {
         self.client.session_id().0
     }
 
     /// `0x…`, as ZooKeeper's own logs print session ids.
-    pub fn session_hex(&self) -> String {
+    pub(crate) fn session_hex(&self) -> String {
         format!("{:#x}", self.session_id())
     }
 
-    pub fn session_timeout(&self) -> Duration {
+    pub(crate) fn session_timeout(&self) -> Duration {
         self.client.session_timeout()
     }
 
-    pub fn state(&self) -> SessionState {
+    pub(crate) fn state(&self) -> SessionState {
         SessionState::from_client(self.client.state())
     }
 
-    pub fn state_watcher(&self) -> StateWatcher {
+    pub(crate) fn state_watcher(&self) -> StateWatcher {
         StateWatcher(self.client.state_watcher())
     }
 
     /// Creates `path` and its missing ancestors as persistent nodes; existing ones are fine.
-    pub async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
+    pub(crate) async fn ensure_path(&self, path: &str) -> Result<(), ZkError> {
         let mut prefix = String::new();
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             prefix.push('/');
@@ -458,18 +458,18 @@ impl ZkClient {
         Ok(())
     }
 
-    pub async fn create_ephemeral(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
+    pub(crate) async fn create_ephemeral(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
         let options = zk::CreateMode::Ephemeral.with_acls(self.acls());
         let (stat, _) = bounded(&self.client, "create", path, || self.client.create(path, data, &options)).await?;
         Ok(NodeStat::from(&stat))
     }
 
-    pub async fn stat(&self, path: &str) -> Result<Option<NodeStat>, ZkError> {
+    pub(crate) async fn stat(&self, path: &str) -> Result<Option<NodeStat>, ZkError> {
         let stat = bounded(&self.client, "stat", path, || self.client.check_stat(path)).await?;
         Ok(stat.as_ref().map(NodeStat::from))
     }
 
-    pub async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, NodeStat)>, ZkError> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, NodeStat)>, ZkError> {
         match bounded(&self.client, "get", path, || self.client.get_data(path)).await {
             Ok((data, stat)) => Ok(Some((data, NodeStat::from(&stat)))),
             Err(err) if err.class() == ErrorClass::NoNode => Ok(None),
@@ -477,17 +477,17 @@ impl ZkClient {
         }
     }
 
-    pub async fn set(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<NodeStat, ZkError> {
+    pub(crate) async fn set(&self, path: &str, data: &[u8], version: Option<i32>) -> Result<NodeStat, ZkError> {
         let stat = bounded(&self.client, "set", path, || self.client.set_data(path, data, version)).await?;
         Ok(NodeStat::from(&stat))
     }
 
-    pub async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
+    pub(crate) async fn delete(&self, path: &str, version: Option<i32>) -> Result<(), ZkError> {
         bounded(&self.client, "delete", path, || self.client.delete(path, version)).await
     }
 
     /// Children names of `path`; a missing `path` has none.
-    pub async fn children(&self, path: &str) -> Result<Vec<String>, ZkError> {
+    pub(crate) async fn children(&self, path: &str) -> Result<Vec<String>, ZkError> {
         match bounded(&self.client, "list", path, || self.client.list_children(path)).await {
             Ok(children) => Ok(children),
             Err(err) if err.class() == ErrorClass::NoNode => Ok(Vec::new()),
@@ -496,7 +496,7 @@ impl ZkClient {
     }
 
     /// Children names of `path` and its stat (one request), `None` if `path` does not exist.
-    pub async fn children_with_stat(&self, path: &str) -> Result<Option<(Vec<String>, NodeStat)>, ZkError> {
+    pub(crate) async fn children_with_stat(&self, path: &str) -> Result<Option<(Vec<String>, NodeStat)>, ZkError> {
         match bounded(&self.client, "list", path, || self.client.get_children(path)).await {
             Ok((children, stat)) => Ok(Some((children, NodeStat::from(&stat)))),
             Err(err) if err.class() == ErrorClass::NoNode => Ok(None),
@@ -505,7 +505,7 @@ impl ZkClient {
     }
 
     /// Creates or overwrites a persistent node (parents must exist).
-    pub async fn put_persistent(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
+    pub(crate) async fn put_persistent(&self, path: &str, data: &[u8]) -> Result<NodeStat, ZkError> {
         let options = zk::CreateMode::Persistent.with_acls(self.acls());
         match bounded(&self.client, "create", path, || self.client.create(path, data, &options)).await {
             Ok((stat, _)) => Ok(NodeStat::from(&stat)),
@@ -515,7 +515,7 @@ impl ZkClient {
     }
 
     /// A persistent recursive watch on `path` and everything below it.
-    pub async fn watch_tree(&self, path: &str) -> Result<TreeWatch, ZkError> {
+    pub(crate) async fn watch_tree(&self, path: &str) -> Result<TreeWatch, ZkError> {
         let watcher =
             bounded(&self.client, "watch", path, || self.client.watch(path, zk::AddWatchMode::PersistentRecursive))
                 .await?;
@@ -523,14 +523,14 @@ impl ZkClient {
     }
 
     /// Stat of `path` (if it exists) and a one-shot watch for its next change.
-    pub async fn watch_node(&self, path: &str) -> Result<(Option<NodeStat>, NodeWatch), ZkError> {
+    pub(crate) async fn watch_node(&self, path: &str) -> Result<(Option<NodeStat>, NodeWatch), ZkError> {
         let (stat, watcher) = bounded(&self.client, "watch", path, || self.client.check_and_watch_stat(path)).await?;
         Ok((stat.as_ref().map(NodeStat::from), NodeWatch(watcher)))
     }
 
     /// Closes the session: its ephemeral nodes go at once. Waits up to `timeout` for the
     /// client to confirm; returns whether it did.
-    pub async fn close(self, timeout: Duration) -> bool {
+    pub(crate) async fn close(self, timeout: Duration) -> bool {
         let mut states = self.client.state_watcher();
         let session = self.session_hex();
         match states.state() {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 mod raw;
@@ -20,7 +20,7 @@ mod validate;
 pub use validate::{ConfigError, load, parse};
 
 /// Default config path when neither `--config` nor `$GALE_CONFIG` is given.
-pub const DEFAULT_PATH: &str = "/etc/gale/gale.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/gale/gale.toml";
 
 /// The validated configuration of one agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,18 +154,13 @@ pub struct AdminConfig {
 
 impl Config {
     /// `<local_dir>/control.sock`.
-    pub fn control_socket(&self) -> PathBuf {
+    pub(crate) fn control_socket(&self) -> PathBuf {
         self.supervisor.local_dir.join("control.sock")
     }
 
     /// ZooKeeper path under the configured root, e.g. `path("/supervisors")`.
-    pub fn zk_path(&self, rel: &str) -> String {
+    pub(crate) fn zk_path(&self, rel: &str) -> String {
         debug_assert!(rel.starts_with('/'));
         format!("{}{}", self.zookeeper.root, rel)
-    }
-
-    /// The config file's directory (relative includes are not supported; used in messages).
-    pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("/"))
     }
 }

@@ -216,7 +216,7 @@ pub(super) struct FileIndex {
 
 impl FileIndex {
     /// Indexes `root` and returns the unknown key that comes first in the file, if any.
-    pub fn build(root: &DeTable<'_>) -> (Self, Option<ShapeError>) {
+    pub(crate) fn build(root: &DeTable<'_>) -> (Self, Option<ShapeError>) {
         let mut index = FileIndex::default();
         let mut errors = Vec::new();
         index.walk("", root, &mut errors);
@@ -269,7 +269,7 @@ impl FileIndex {
     }
 
     /// The innermost key whose key or value covers `span`: where serde's error points.
-    pub fn key_at(&self, span: &Range<usize>) -> Option<&KeyAt> {
+    pub(crate) fn key_at(&self, span: &Range<usize>) -> Option<&KeyAt> {
         let covers = |r: &Range<usize>| r.start <= span.start && span.end <= r.end.max(r.start + 1);
         self.keys
             .iter()

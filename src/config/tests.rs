@@ -405,7 +405,6 @@ fn load_reads_the_file_and_names_it_when_it_cannot() {
     std::fs::write(&path, MIN).unwrap();
     let config = load(&path).unwrap();
     assert_eq!(config.path, path);
-    assert_eq!(config.dir(), dir.path());
 
     let missing = dir.path().join("nope.toml");
     let err = load(&missing).unwrap_err();
@@ -413,7 +412,6 @@ fn load_reads_the_file_and_names_it_when_it_cannot() {
     assert!(shown.starts_with(&format!("{}: cannot read", missing.display())), "{shown}");
     assert!(shown.contains("os error 2"), "{shown}");
     assert_eq!((err.line(), err.key()), (None, None));
-    assert_eq!(err.path(), missing);
 }
 
 #[test]

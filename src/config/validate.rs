@@ -71,13 +71,6 @@ impl ConfigError {
             _ => None,
         }
     }
-
-    /// The config file the error is about.
-    pub fn path(&self) -> &Path {
-        match self {
-            ConfigError::Read { path, .. } | ConfigError::Syntax { path, .. } | ConfigError::Key { path, .. } => path,
-        }
-    }
 }
 
 /// Reads, parses and validates the config file at `path`.

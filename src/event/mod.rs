@@ -14,5 +14,7 @@
 mod queue;
 mod timer;
 
-pub use queue::{Job, JobError, JobHandler, QueueHandle, QueueStats, new_queue, run_queue, spawn_queue};
-pub use timer::{Phase, spawn_timer, spawn_timer_with};
+#[cfg(test)]
+pub(crate) use queue::spawn_queue;
+pub(crate) use queue::{Job, JobError, JobHandler, QueueHandle, new_queue, run_queue};
+pub(crate) use timer::{Phase, spawn_timer_with};

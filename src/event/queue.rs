@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 /// A kind of work a queue runs. Ordered: when several are pending, the smallest runs first.
-pub trait Job: Copy + Ord + Debug + Send + Sync + 'static {
+pub(crate) trait Job: Copy + Ord + Debug + Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Whether a successful run of `self` also did `other`'s work (a full sync covers its
@@ -30,16 +30,16 @@ pub trait Job: Copy + Ord + Debug + Send + Sync + 'static {
 }
 
 /// A job's failure, logged with its cause and counted; the queue keeps running.
-pub type JobError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type JobError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What runs the jobs. It owns the state the jobs work on (one owner, no shared lock).
-pub trait JobHandler<J: Job>: Send + 'static {
+pub(crate) trait JobHandler<J: Job>: Send + 'static {
     fn run(&mut self, job: J) -> impl Future<Output = Result<(), JobError>> + Send;
 }
 
 /// Counters of one queue, for status and metrics.
 #[derive(Debug, Default)]
-pub struct QueueStats {
+pub(crate) struct QueueStats {
     pub requested: AtomicU64,
     pub coalesced: AtomicU64,
     pub runs: AtomicU64,
@@ -63,7 +63,7 @@ struct Shared<J> {
 
 /// A cheap, cloneable handle to request jobs on a queue.
 #[derive(Debug)]
-pub struct QueueHandle<J> {
+pub(crate) struct QueueHandle<J> {
     shared: Arc<Shared<J>>,
 }
 
@@ -76,7 +76,7 @@ impl<J> Clone for QueueHandle<J> {
 impl<J: Job> QueueHandle<J> {
     /// Asks for `job` to run. Returns false when it was already pending (coalesced) or the
     /// queue is closed.
-    pub fn request(&self, job: J) -> bool {
+    pub(crate) fn request(&self, job: J) -> bool {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Acquire) {
             return false;
@@ -93,27 +93,27 @@ impl<J: Job> QueueHandle<J> {
     }
 
     /// Jobs waiting to run (not counting the one running).
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.shared.pending.lock().unwrap().len()
     }
 
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.shared.name
     }
 
-    pub fn stats(&self) -> &QueueStats {
+    pub(crate) fn stats(&self) -> &QueueStats {
         &self.shared.stats
     }
 
     /// `(job name, error)` of the jobs whose last run failed and that no successful run has
     /// covered since.
-    pub fn failing(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn failing(&self) -> Vec<(&'static str, String)> {
         self.shared.failing.lock().unwrap().iter().map(|(job, e)| (job.name(), e.clone())).collect()
     }
 
     /// Stops the queue: pending jobs are dropped, the running one finishes, then the task
     /// returns its handler. Later requests are ignored.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.pending.lock().unwrap().clear();
         // notify_one stores a permit, so the task sees this even if it is not waiting yet.
@@ -122,8 +122,10 @@ impl<J: Job> QueueHandle<J> {
 }
 
 /// Spawns the queue task. The returned `JoinHandle` yields the handler once the queue is
-/// closed and its running job (if any) has finished.
-pub fn spawn_queue<J: Job, H: JobHandler<J>>(name: &'static str, handler: H) -> (QueueHandle<J>, JoinHandle<H>) {
+/// closed and its running job (if any) has finished. Tests only: the daemon makes its queues
+/// with [`new_queue`] and [`run_queue`], since its handlers need their handle first.
+#[cfg(test)]
+pub(crate) fn spawn_queue<J: Job, H: JobHandler<J>>(name: &'static str, handler: H) -> (QueueHandle<J>, JoinHandle<H>) {
     let handle = new_queue(name);
     let task = run_queue(&handle, handler);
     (handle, task)
@@ -131,7 +133,7 @@ pub fn spawn_queue<J: Job, H: JobHandler<J>>(name: &'static str, handler: H) -> 
 
 /// A queue without its task yet: for a handler that needs the handle (to give to the tasks it
 /// starts) before it runs. Requests made before [`run_queue`] wait for it.
-pub fn new_queue<J: Job>(name: &'static str) -> QueueHandle<J> {
+pub(crate) fn new_queue<J: Job>(name: &'static str) -> QueueHandle<J> {
     QueueHandle {
         shared: Arc::new(Shared {
             name,
@@ -145,7 +147,7 @@ pub fn new_queue<J: Job>(name: &'static str) -> QueueHandle<J> {
 }
 
 /// Starts the task that runs `handle`'s jobs with `handler` (once per queue).
-pub fn run_queue<J: Job, H: JobHandler<J>>(handle: &QueueHandle<J>, mut handler: H) -> JoinHandle<H> {
+pub(crate) fn run_queue<J: Job, H: JobHandler<J>>(handle: &QueueHandle<J>, mut handler: H) -> JoinHandle<H> {
     let shared = handle.shared.clone();
     let name = shared.name;
     tokio::spawn(

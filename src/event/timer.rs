@@ -23,8 +23,10 @@ use crate::shutdown::Shutdown;
 
 /// When a timer's first tick comes, after it starts or its period changes; then every period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// One period later: timers started together tick together.
+pub(crate) enum Phase {
+    /// One period later: timers started together tick together. Tests only (their ticks at
+    /// exact times); the agent's timers all use `Random`.
+    #[cfg(test)]
     Fixed,
     /// Uniformly in [period, 2 × period): timers started together spread over the period.
     Random,
@@ -34,6 +36,7 @@ impl Phase {
     /// The delay before the first tick; `unit` is a draw from [0, 1).
     fn first_tick(self, period: Duration, unit: f64) -> Duration {
         match self {
+            #[cfg(test)]
             Phase::Fixed => period,
             Phase::Random => period + period.mul_f64(unit.clamp(0.0, 1.0)),
         }
@@ -41,16 +44,18 @@ impl Phase {
 }
 
 /// Requests `job` on `queue` every `period` (first after one period) until `stop` changes
-/// to true or its sender is dropped.
-pub fn spawn_timer<J: Job>(queue: QueueHandle<J>, job: J, period: Duration, stop: Shutdown) -> JoinHandle<()> {
+/// to true or its sender is dropped. Tests only: a fixed period and phase.
+#[cfg(test)]
+pub(crate) fn spawn_timer<J: Job>(queue: QueueHandle<J>, job: J, period: Duration, stop: Shutdown) -> JoinHandle<()> {
     let (_fixed, period) = watch::channel(period);
     spawn_timer_with(queue, job, period, Phase::Fixed, stop)
 }
 
-/// As [`spawn_timer`], with a period that can change (a config reload) and a [`Phase`]: a new
-/// period restarts the timer, its first tick placed by `phase` again (so a reload pushed to a
-/// fleet at once does not line the timers up either).
-pub fn spawn_timer_with<J: Job>(
+/// Requests `job` on `queue` every `period` until `stop` changes to true or its sender is
+/// dropped. The period can change (a config reload): a new period restarts the timer, its
+/// first tick placed by `phase` again (so a reload pushed to a fleet at once does not line the
+/// timers up either).
+pub(crate) fn spawn_timer_with<J: Job>(
     queue: QueueHandle<J>,
     job: J,
     mut period: watch::Receiver<Duration>,

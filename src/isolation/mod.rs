@@ -55,13 +55,13 @@ use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-pub use procfs::Hierarchy;
-pub use worker::{SweepOutcome, WorkerCgroup, sweep_orphans};
+pub(crate) use procfs::Hierarchy;
+pub(crate) use worker::{WorkerCgroup, sweep_orphans};
 
 /// The limits of one worker (SPEC §3.2 `memory_mb`, `cpu_percent`; a pids limit per §7).
 /// `None` leaves that resource unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub memory_mb: Option<u64>,
     /// Percent of one CPU: 100 is one full core, 250 two and a half.
     pub cpu_percent: Option<u32>,
@@ -70,7 +70,7 @@ pub struct Limits {
 
 /// One cgroup directory, and the path `/proc/<pid>/cgroup` shows for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupDir {
+pub(crate) struct CgroupDir {
     pub hierarchy: Hierarchy,
     /// The directory in the mounted cgroup filesystem.
     pub path: PathBuf,
@@ -90,7 +90,7 @@ impl CgroupDir {
 
 /// How worker limits are enforced on this host; chosen once by [`detect`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mechanism {
+pub(crate) enum Mechanism {
     /// `root` is the workers' parent in the unified hierarchy, with memory and cpu (and pids
     /// when the kernel has it) enabled in its `cgroup.subtree_control`.
     CgroupV2 {
@@ -107,7 +107,7 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// "cgroup v2", "cgroup v1" or "rlimits": what `gale status` reports.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Mechanism::CgroupV2 { .. } => "cgroup v2",
             Mechanism::CgroupV1 { .. } => "cgroup v1",
@@ -115,14 +115,15 @@ impl Mechanism {
         }
     }
 
-    /// The workers' parent directories (empty for rlimits).
-    pub fn parent_dirs(&self) -> Vec<&Path> {
+    /// The workers' parent directories (empty for rlimits). Tests only (their clean-up).
+    #[cfg(test)]
+    pub(crate) fn parent_dirs(&self) -> Vec<&Path> {
         self.parents().into_iter().map(|d| d.path.as_path()).collect()
     }
 
     /// The names of the limits in `limits` this mechanism cannot enforce (SPEC §3.2: such a
     /// worker is rejected with a reported reason, or the operator accepts the gap).
-    pub fn unenforceable(&self, limits: &Limits) -> Vec<&'static str> {
+    pub(crate) fn unenforceable(&self, limits: &Limits) -> Vec<&'static str> {
         let mut missing = Vec::new();
         match self {
             Mechanism::CgroupV2 { root } => {
@@ -169,7 +170,7 @@ impl std::fmt::Display for Mechanism {
 
 /// Why an isolation step failed. Every variant names the path it was about.
 #[derive(Debug, thiserror::Error)]
-pub enum IsolationError {
+pub(crate) enum IsolationError {
     #[error("cannot {op} {}", .path.display())]
     Io { op: &'static str, path: PathBuf, source: io::Error },
     #[error("cannot write `{value}` to {}", .path.display())]
@@ -202,7 +203,7 @@ fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Isolatio
 /// delegated to it, else cgroup v1 if the memory and cpu controllers are mounted as v1 and
 /// the parent can be created in both, else rlimits. Why each better mechanism was passed over
 /// is logged at info.
-pub fn detect(parent_name: &str) -> Mechanism {
+pub(crate) fn detect(parent_name: &str) -> Mechanism {
     let (mounts, own) =
         match (std::fs::read_to_string("/proc/self/mountinfo"), std::fs::read_to_string("/proc/self/cgroup")) {
             (Ok(m), Ok(c)) => (procfs::parse_mountinfo(&m), c),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// A cgroup hierarchy as `/proc/<pid>/cgroup` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hierarchy {
+pub(crate) enum Hierarchy {
     /// The v2 unified hierarchy (`0::<path>`, filesystem type `cgroup2`).
     Unified,
     /// The v1 hierarchy that holds this controller (`<n>:memory:<path>`, type `cgroup`).
@@ -31,7 +31,7 @@ impl std::fmt::Display for Hierarchy {
 
 /// One line of `/proc/self/mountinfo`, the fields this module needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub(crate) struct Mount {
     /// The cgroup path that is the root of this mount (field 4).
     pub root: String,
     pub mount_point: PathBuf,
@@ -42,7 +42,7 @@ pub struct Mount {
 
 /// Parses `/proc/self/mountinfo`. Malformed lines are skipped: a line this parser cannot read
 /// can only make a mechanism look unavailable, never point at a wrong directory.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_mount_line).collect()
 }
 
@@ -82,7 +82,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// The path of `hierarchy` in a `/proc/<pid>/cgroup` text.
-pub fn cgroup_path(proc_cgroup: &str, hierarchy: Hierarchy) -> Option<&str> {
+pub(crate) fn cgroup_path(proc_cgroup: &str, hierarchy: Hierarchy) -> Option<&str> {
     proc_cgroup.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -96,7 +96,7 @@ pub fn cgroup_path(proc_cgroup: &str, hierarchy: Hierarchy) -> Option<&str> {
 
 /// The directory of cgroup `path` of `hierarchy`, through the first mount of that hierarchy
 /// whose root contains it. `None` when the hierarchy is not mounted or no mount reaches `path`.
-pub fn cgroup_dir(mounts: &[Mount], hierarchy: Hierarchy, path: &str) -> Option<PathBuf> {
+pub(crate) fn cgroup_dir(mounts: &[Mount], hierarchy: Hierarchy, path: &str) -> Option<PathBuf> {
     mounts.iter().find_map(|m| {
         let right_type = match hierarchy {
             Hierarchy::Unified => m.fstype == "cgroup2",
@@ -112,18 +112,18 @@ pub fn cgroup_dir(mounts: &[Mount], hierarchy: Hierarchy, path: &str) -> Option<
 }
 
 /// `parent` + `/` + `name` as a cgroup path (`/` + `name` under the root).
-pub fn child_path(parent: &str, name: &str) -> String {
+pub(crate) fn child_path(parent: &str, name: &str) -> String {
     if parent.ends_with('/') { format!("{parent}{name}") } else { format!("{parent}/{name}") }
 }
 
 /// Whether `path` (a line's path from `/proc/<pid>/cgroup`) is `cgroup` or inside it.
-pub fn is_within(path: &str, cgroup: &str) -> bool {
+pub(crate) fn is_within(path: &str, cgroup: &str) -> bool {
     cgroup == "/" || path == cgroup || path.strip_prefix(cgroup).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The value of `key` in a flat-keyed cgroup file (`memory.events`, `memory.oom_control`,
 /// `cpu.stat`, `pids.events`): lines of `<key> <number>`.
-pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
         if k == key { v.trim().parse().ok() } else { None }

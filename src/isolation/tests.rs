@@ -155,7 +155,7 @@ async fn a_grandchild_left_behind_is_listed_and_killed_with_the_cgroup() {
         blobs: BTreeMap::new(),
         run_as: Some(crate::worker::users::RunAs { name: "nobody".into(), uid: 65534, gid: 65534, groups: vec![] }),
     };
-    let mut spawned = crate::worker::spawn_in(&spec, &cg).unwrap();
+    let mut spawned = crate::worker::launch::spawn_in(&spec, &cg).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(5), spawned.child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
     let grandchild: u32 = std::fs::read_to_string(&spec.log_file).unwrap().trim().parse().unwrap();

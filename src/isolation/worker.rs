@@ -34,8 +34,7 @@ const RMDIR_PAUSE: Duration = Duration::from_millis(20);
 
 /// One worker's cgroup (or, with rlimits, the limits to apply at exec). See the module docs.
 #[derive(Debug)]
-pub struct WorkerCgroup {
-    worker_id: String,
+pub(crate) struct WorkerCgroup {
     /// Every directory the worker joins: v2 one; v1 memory, cpu, and pids when mounted.
     /// The first is the primary one (memory accounting, OOM counters). Empty for rlimits.
     dirs: Vec<CgroupDir>,
@@ -47,7 +46,11 @@ impl WorkerCgroup {
     /// Creates the cgroup of `worker_id` and writes `limits` into it. A leftover empty cgroup
     /// with the same id is replaced; one with processes is an error (adopt or sweep it).
     /// On any failure nothing is left behind.
-    pub fn create(mechanism: &Mechanism, worker_id: &str, limits: &Limits) -> Result<WorkerCgroup, IsolationError> {
+    pub(crate) fn create(
+        mechanism: &Mechanism,
+        worker_id: &str,
+        limits: &Limits,
+    ) -> Result<WorkerCgroup, IsolationError> {
         check_id(worker_id)?;
         for (limit, zero) in [
             ("memory_mb", limits.memory_mb == Some(0)),
@@ -61,9 +64,9 @@ impl WorkerCgroup {
         let dirs: Vec<CgroupDir> = mechanism.parents().into_iter().map(|p| p.child(worker_id)).collect();
         if dirs.is_empty() {
             let address_space = limits.memory_mb.map(|mb| mb.saturating_mul(MIB));
-            return Ok(WorkerCgroup { worker_id: worker_id.to_owned(), dirs, address_space });
+            return Ok(WorkerCgroup { dirs, address_space });
         }
-        let cgroup = WorkerCgroup { worker_id: worker_id.to_owned(), dirs, address_space: None };
+        let cgroup = WorkerCgroup { dirs, address_space: None };
         for dir in &cgroup.dirs {
             if let Err(e) = make_fresh_dir(&dir.path) {
                 let _ = cgroup.remove_dirs();
@@ -79,7 +82,7 @@ impl WorkerCgroup {
 
     /// The cgroup of `worker_id` left by an earlier agent, if its primary directory exists.
     /// Limits are not re-read: they stay as written at create.
-    pub fn adopt(mechanism: &Mechanism, worker_id: &str) -> Option<WorkerCgroup> {
+    pub(crate) fn adopt(mechanism: &Mechanism, worker_id: &str) -> Option<WorkerCgroup> {
         check_id(worker_id).ok()?;
         let parents = mechanism.parents();
         let primary = parents.first()?.child(worker_id);
@@ -87,21 +90,25 @@ impl WorkerCgroup {
             return None;
         }
         let dirs = parents.into_iter().map(|p| p.child(worker_id)).filter(|d| d.path.is_dir()).collect();
-        Some(WorkerCgroup { worker_id: worker_id.to_owned(), dirs, address_space: None })
+        Some(WorkerCgroup { dirs, address_space: None })
     }
 
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
+    /// The worker id this cgroup is named after (its primary directory's name). Tests only;
+    /// with rlimits (no directory) it is empty.
+    #[cfg(test)]
+    pub(crate) fn worker_id(&self) -> &str {
+        self.dirs.first().and_then(|d| d.path.file_name()).and_then(|n| n.to_str()).unwrap_or_default()
     }
 
     /// Whether [`pids`](Self::pids) and [`kill_all`](Self::kill_all) mean anything (false with
     /// rlimits: the caller must use the process group instead).
-    pub fn tracks_processes(&self) -> bool {
+    pub(crate) fn tracks_processes(&self) -> bool {
         !self.dirs.is_empty()
     }
 
-    /// The directories of this cgroup, primary first (empty with rlimits).
-    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
+    /// The directories of this cgroup, primary first (empty with rlimits). Tests only.
+    #[cfg(test)]
+    pub(crate) fn dirs(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|d| d.path.as_path())
     }
 
@@ -109,7 +116,7 @@ impl WorkerCgroup {
     /// rlimits, to set `RLIMIT_AS`). The `cgroup.procs` files are opened here, in the parent,
     /// because the child may not allocate or open paths between `fork` and `exec`. If the join
     /// fails in the child, the spawn fails with that error: a worker never runs unconfined.
-    pub fn prepare(&self, command: &mut std::process::Command) -> Result<(), IsolationError> {
+    pub(crate) fn prepare(&self, command: &mut std::process::Command) -> Result<(), IsolationError> {
         if self.dirs.is_empty() {
             if let Some(bytes) = self.address_space {
                 crate::sys::limit_address_space_on_exec(command, bytes);
@@ -128,7 +135,7 @@ impl WorkerCgroup {
     }
 
     /// The processes in this cgroup (and any cgroups below it), sorted. Empty with rlimits.
-    pub fn pids(&self) -> Result<Vec<u32>, IsolationError> {
+    pub(crate) fn pids(&self) -> Result<Vec<u32>, IsolationError> {
         let mut pids = BTreeSet::new();
         for dir in &self.dirs {
             collect_pids(&dir.path, &mut pids)?;
@@ -139,7 +146,7 @@ impl WorkerCgroup {
     /// Kills every process in the cgroup and waits (bounded) until none is left. v2 with
     /// `cgroup.kill` (Linux ≥ 5.14) kills atomically, forks included; otherwise each member is
     /// SIGKILLed, round after round, until a listing comes back empty.
-    pub fn kill_all(&self) -> Result<(), IsolationError> {
+    pub(crate) fn kill_all(&self) -> Result<(), IsolationError> {
         let Some(primary) = self.dirs.first() else { return Ok(()) };
         let kill_file = primary.path.join("cgroup.kill");
         let has_kill_file = primary.hierarchy == Hierarchy::Unified && kill_file.exists();
@@ -166,7 +173,7 @@ impl WorkerCgroup {
     /// kernels the only evidence is `memory.failcnt` > 0 (the limit was hit), which means an
     /// OOM kill only if the worker also died of SIGKILL: the caller must check that.
     /// False with rlimits, or when nothing can be read (logged).
-    pub fn oom_killed(&self) -> bool {
+    pub(crate) fn oom_killed(&self) -> bool {
         let Some(primary) = self.dirs.first() else { return false };
         let (file, key) = match primary.hierarchy {
             Hierarchy::Unified => ("memory.events", "oom_kill"),
@@ -193,7 +200,7 @@ impl WorkerCgroup {
 
     /// Kills everything in the cgroup and removes its directories. On error the directories
     /// that remain are found again by [`WorkerCgroup::adopt`] or [`sweep_orphans`].
-    pub fn remove(self) -> Result<(), IsolationError> {
+    pub(crate) fn remove(self) -> Result<(), IsolationError> {
         self.kill_all()?;
         self.remove_dirs()
     }
@@ -312,7 +319,7 @@ impl WorkerCgroup {
 
 /// The ids of [`sweep_orphans`]: what was removed and what could not be.
 #[derive(Debug, Default)]
-pub struct SweepOutcome {
+pub(crate) struct SweepOutcome {
     pub removed: Vec<String>,
     pub failed: Vec<(String, IsolationError)>,
 }
@@ -320,7 +327,7 @@ pub struct SweepOutcome {
 /// Kills and removes every worker cgroup under the workers' parent whose id is not in `keep`
 /// (leftovers of workers that are gone, or of a crash during a launch). Names that are not
 /// valid worker ids are not ours and are left alone.
-pub fn sweep_orphans(mechanism: &Mechanism, keep: &BTreeSet<String>) -> Result<SweepOutcome, IsolationError> {
+pub(crate) fn sweep_orphans(mechanism: &Mechanism, keep: &BTreeSet<String>) -> Result<SweepOutcome, IsolationError> {
     let mut outcome = SweepOutcome::default();
     for id in super::worker_ids(mechanism)? {
         if keep.contains(&id) {
@@ -333,7 +340,7 @@ pub fn sweep_orphans(mechanism: &Mechanism, keep: &BTreeSet<String>) -> Result<S
         // adopt() needs the primary dir; a crash mid-create may have left only others.
         let parents = mechanism.parents();
         let dirs = parents.into_iter().map(|p| p.child(&id)).filter(|d| d.path.is_dir()).collect();
-        let cgroup = WorkerCgroup { worker_id: id.clone(), dirs, address_space: None };
+        let cgroup = WorkerCgroup { dirs, address_space: None };
         match cgroup.remove() {
             Ok(()) => outcome.removed.push(id),
             Err(e) => outcome.failed.push((id, e)),

@@ -14,7 +14,7 @@ use super::scan::{self, data_path};
 
 /// Whether a version present in the directory can be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VersionStatus {
+pub(crate) enum VersionStatus {
     Ok,
     /// A data or temp file without marker: a write that never completed.
     NoMarker,
@@ -34,7 +34,7 @@ impl std::fmt::Display for VersionStatus {
 
 /// One version found in the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionInfo {
+pub(crate) struct VersionInfo {
     pub version: u64,
     pub status: VersionStatus,
     /// The decoded map, when `status` is `Ok`.
@@ -42,7 +42,7 @@ pub struct VersionInfo {
 }
 
 /// Every version present in `dir` (with a data file, marker or temp file), newest first.
-pub fn versions(dir: &Path) -> Result<Vec<VersionInfo>, StateError> {
+pub(crate) fn versions(dir: &Path) -> Result<Vec<VersionInfo>, StateError> {
     let listing = scan::scan(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?;
     Ok(listing
         .iter()
@@ -61,7 +61,7 @@ pub fn versions(dir: &Path) -> Result<Vec<VersionInfo>, StateError> {
 
 /// Renders every version in `dir`, newest first, with its status and (when readable) every key:
 /// known keys as compact JSON, unknown ones by size.
-pub fn dump(dir: &Path) -> Result<String, StateError> {
+pub(crate) fn dump(dir: &Path) -> Result<String, StateError> {
     let versions = versions(dir)?;
     let known = known_keys();
     let mut out = String::new();

@@ -14,11 +14,11 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 
 /// The decoded payload: key name → bincode encoding of that key's value.
-pub type Entries = BTreeMap<String, Vec<u8>>;
+pub(crate) type Entries = BTreeMap<String, Vec<u8>>;
 
 pub(crate) const MAGIC: &[u8; 8] = b"GALESTAT";
 /// The data file format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// Why a version's data file cannot be used.

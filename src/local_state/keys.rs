@@ -20,7 +20,7 @@ pub trait Key {
 }
 
 /// Decodes a stored value of a known key and renders it as JSON (for `dump`).
-pub type ToJson = fn(&[u8]) -> Result<serde_json::Value, String>;
+pub(crate) type ToJson = fn(&[u8]) -> Result<serde_json::Value, String>;
 
 fn to_json<K: Key>(bytes: &[u8]) -> Result<serde_json::Value, String> {
     let value: K::Value = bincode::deserialize(bytes).map_err(|e| e.to_string())?;
@@ -42,7 +42,7 @@ macro_rules! state_keys {
         )*
 
         /// Every key this build knows, by name, with a decoder to JSON.
-        pub fn known_keys() -> BTreeMap<&'static str, ToJson> {
+        pub(crate) fn known_keys() -> BTreeMap<&'static str, ToJson> {
             BTreeMap::from([$( ($name, to_json::<$ty> as ToJson), )*])
         }
     };

@@ -73,11 +73,8 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use dump::{VersionInfo, VersionStatus, dump, versions};
-pub use error::{StateError, WriteStep};
-pub use format::{Defect, Entries, FORMAT_VERSION};
-pub use keys::{
-    Drained, EarlierSessionIds, Key, LastSessionId, LocalAssignmentsKey, SessionOwner, SupervisorId, ToJson, Workers,
-    known_keys,
-};
-pub use store::{Batch, KEEP_VERSIONS, LocalState};
+pub(crate) use dump::dump;
+pub use error::StateError;
+pub(crate) use keys::{Drained, EarlierSessionIds, SupervisorId};
+pub use keys::{Key, LastSessionId, LocalAssignmentsKey, SessionOwner, Workers};
+pub use store::LocalState;

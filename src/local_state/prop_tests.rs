@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use super::format::{self, Entries, HEADER_LEN};
+use super::dump::versions;
+use super::format::{self, Entries, FORMAT_VERSION, HEADER_LEN};
 use super::scan::{data_path, marker_path, temp_path};
 use super::*;
 use crate::proptest_support::{bounded, cases};

@@ -19,7 +19,7 @@ use super::keys::Key;
 use super::scan::{self, data_path, marker_path, temp_path};
 
 /// How many versions are kept; older ones are deleted once a new version is durable.
-pub const KEEP_VERSIONS: usize = 4;
+pub(crate) const KEEP_VERSIONS: usize = 4;
 
 /// The local state of one supervisor, backed by a versioned directory.
 #[derive(Debug)]
@@ -38,25 +38,25 @@ pub struct LocalState {
 
 /// Changes made inside [`LocalState::update`], written together as one version.
 #[derive(Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     entries: Entries,
+    /// Tests only, for [`Batch::get`].
+    #[cfg(test)]
     version: Option<u64>,
 }
 
 impl Batch {
-    /// Reads a key as it stands in this batch (including its own changes).
-    pub fn get<K: Key>(&self) -> Result<Option<K::Value>, StateError> {
+    /// Reads a key as it stands in this batch (including its own changes). Tests only: the
+    /// daemon's updates write without reading.
+    #[cfg(test)]
+    pub(crate) fn get<K: Key>(&self) -> Result<Option<K::Value>, StateError> {
         decode_value::<K>(&self.entries, self.version)
     }
 
-    pub fn put<K: Key>(&mut self, value: &K::Value) -> Result<(), StateError> {
+    pub(crate) fn put<K: Key>(&mut self, value: &K::Value) -> Result<(), StateError> {
         let bytes = bincode::serialize(value).map_err(|source| StateError::Encode { key: K::NAME, source })?;
         self.entries.insert(K::NAME.to_owned(), bytes);
         Ok(())
-    }
-
-    pub fn remove<K: Key>(&mut self) {
-        self.entries.remove(K::NAME);
     }
 }
 
@@ -147,12 +147,9 @@ impl LocalState {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The newest version read or written; `None` for a fresh, never written store.
-    pub fn version(&self) -> Option<u64> {
+    /// The newest version read or written; `None` for a fresh, never written store. Tests only.
+    #[cfg(test)]
+    pub(crate) fn version(&self) -> Option<u64> {
         self.version
     }
 
@@ -165,18 +162,14 @@ impl LocalState {
         self.update(|batch| batch.put::<K>(value))
     }
 
-    /// Writes one new version without `key`; returns the version.
-    pub fn remove<K: Key>(&mut self) -> Result<u64, StateError> {
-        self.update(|batch| {
-            batch.remove::<K>();
-            Ok(())
-        })
-    }
-
     /// Applies several changes and writes them as ONE new version (atomic together). If `f`
     /// fails, nothing is written.
-    pub fn update(&mut self, f: impl FnOnce(&mut Batch) -> Result<(), StateError>) -> Result<u64, StateError> {
-        let mut batch = Batch { entries: self.entries.clone(), version: self.version };
+    pub(crate) fn update(&mut self, f: impl FnOnce(&mut Batch) -> Result<(), StateError>) -> Result<u64, StateError> {
+        let mut batch = Batch {
+            entries: self.entries.clone(),
+            #[cfg(test)]
+            version: self.version,
+        };
         f(&mut batch)?;
         let bytes = format::encode(&batch.entries).map_err(|source| StateError::EncodePayload { source })?;
         let version = next_version(self.highest_seen, (self.clock)());

@@ -11,7 +11,7 @@ use super::decode;
 /// A request for a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Operation {
+pub(crate) enum Operation {
     /// Kill and relaunch the worker on `port` now (not a failure: no backoff).
     RestartWorker { port: u16 },
     /// Forget the port's earlier failures and leave `backoff` now.
@@ -28,7 +28,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Operation::RestartWorker { .. } => "restart_worker",
             Operation::ResetBackoff { .. } => "reset_backoff",
@@ -48,7 +48,7 @@ struct Action {
 }
 
 /// The action payload as an operation, or what is wrong with it.
-pub fn operation(path: &str, data: &[u8]) -> Result<Operation, String> {
+pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, String> {
     let action: Action = decode(path, data).map_err(|e| e.to_string())?;
     let port = || action.port.ok_or_else(|| format!("{path}: action `{}` needs a `port`", action.action));
     Ok(match action.action.as_str() {

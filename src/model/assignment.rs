@@ -156,11 +156,6 @@ impl Assignment {
         serde_json::to_vec(self).expect("Assignment always serializes")
     }
 
-    /// The ports this topology wants on `supervisor_id`.
-    pub fn slots_for<'a>(&'a self, supervisor_id: &'a str) -> impl Iterator<Item = u16> + 'a {
-        self.workers.iter().filter(move |w| w.supervisor_id == supervisor_id).map(|w| w.port)
-    }
-
     fn invalid(&self, field: impl Into<String>, reason: impl Into<String>) -> AssignmentError {
         AssignmentError::Field { topology: self.topology_id.clone(), field: field.into(), reason: reason.into() }
     }

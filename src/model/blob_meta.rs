@@ -13,7 +13,7 @@ use crate::model::{self, PayloadError};
 
 /// How a blob is unpacked when an assignment asks for `extract` (SPEC §3.3 `archive`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Archive {
+pub(crate) enum Archive {
     #[serde(rename = "tar.gz")]
     TarGz,
     #[serde(rename = "zip")]
@@ -21,7 +21,7 @@ pub enum Archive {
 }
 
 impl Archive {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Archive::TarGz => "tar.gz",
             Archive::Zip => "zip",
@@ -29,7 +29,7 @@ impl Archive {
     }
 
     /// Parses the SPEC name (`tar.gz`, `zip`).
-    pub fn parse(s: &str) -> Option<Archive> {
+    pub(crate) fn parse(s: &str) -> Option<Archive> {
         match s {
             "tar.gz" => Some(Archive::TarGz),
             "zip" => Some(Archive::Zip),
@@ -38,7 +38,7 @@ impl Archive {
     }
 
     /// Guesses from a file name: `.tar.gz`/`.tgz` or `.zip`; anything else is not an archive.
-    pub fn guess(file_name: &str) -> Option<Archive> {
+    pub(crate) fn guess(file_name: &str) -> Option<Archive> {
         let lower = file_name.to_ascii_lowercase();
         if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
             Some(Archive::TarGz)
@@ -118,7 +118,7 @@ impl BlobMeta {
 
     /// The archive kind; `None` for a plain file (and for an invalid value, which
     /// [`BlobMeta::validate`] rejects first).
-    pub fn archive(&self) -> Option<Archive> {
+    pub(crate) fn archive(&self) -> Option<Archive> {
         self.archive.as_deref().and_then(Archive::parse)
     }
 
@@ -129,13 +129,13 @@ impl BlobMeta {
 
 /// True for exactly 64 lowercase hex digits, the form `gale blob put` writes; uppercase is
 /// refused so two spellings of one digest never compare unequal.
-pub fn is_sha256_hex(s: &str) -> bool {
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `file:///abs/path` (an absolute path with no `..` component: the agent opens it as is) or
 /// `http(s)://` with a non-empty host.
-pub fn is_supported_url(url: &str) -> bool {
+pub(crate) fn is_supported_url(url: &str) -> bool {
     if let Some(path) = url.strip_prefix("file://") {
         return path.starts_with('/') && path.len() > 1 && !path.split('/').any(|c| c == "..");
     }

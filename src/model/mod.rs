@@ -16,15 +16,16 @@
 //! Every payload goes through [`decode`]: a bad payload is an error that names its path, and
 //! never crashes anything.
 
-pub mod action;
+pub(crate) mod action;
 pub mod assignment;
 pub mod blob_meta;
 pub mod placeholders;
 mod status;
 mod supervisor_info;
 
-pub use status::ZkStatus;
-pub use supervisor_info::{ExitReason, Health, LastExit, NodeReport, SlotStateName, SupervisorInfo, WorkerInfo};
+pub(crate) use status::ZkStatus;
+pub(crate) use supervisor_info::NodeReport;
+pub use supervisor_info::{ExitReason, Health, LastExit, SlotStateName, SupervisorInfo, WorkerInfo};
 
 /// The payload schema this agent writes and understands.
 pub const SCHEMA: u32 = 1;
@@ -43,7 +44,7 @@ pub enum PayloadError {
 }
 
 /// Decodes any schema-1 payload: size bound, JSON, schema check, then the type.
-pub fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, PayloadError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, PayloadError> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(PayloadError::TooLarge { path: path.to_owned(), size: bytes.len() });
     }
@@ -62,6 +63,6 @@ pub fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Resul
 
 /// Milliseconds since the unix epoch, for payload timestamps (wall clock on purpose: other
 /// hosts read these).
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

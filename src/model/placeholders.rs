@@ -35,7 +35,7 @@ pub fn placeholder_name(after_open: &str) -> Option<&str> {
 
 /// The values the placeholders of a launch command expand to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placeholders {
+pub(crate) struct Placeholders {
     pub port: u16,
     pub worker_id: String,
     pub topology_id: String,
@@ -47,7 +47,7 @@ pub struct Placeholders {
 
 /// Why an argv template did not expand. Every variant names the topology and the port.
 #[derive(Debug, thiserror::Error)]
-pub enum ExpandError {
+pub(crate) enum ExpandError {
     #[error("topology {topology} port {port}: the launch command is empty")]
     EmptyCommand { topology: String, port: u16 },
     #[error(
@@ -69,7 +69,7 @@ pub enum ExpandError {
 /// placeholder ([`placeholder_name`], the rule validation uses); every other brace is
 /// literal, and substituted values are never re-scanned. After expansion `command[0]` must be an
 /// absolute path (so a worker never depends on the agent's `PATH`).
-pub fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>, ExpandError> {
+pub(crate) fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>, ExpandError> {
     let argv = command.iter().map(|arg| expand_arg(arg, p)).collect::<Result<Vec<_>, _>>()?;
     let Some(program) = argv.first() else {
         return Err(ExpandError::EmptyCommand { topology: p.topology_id.clone(), port: p.port });

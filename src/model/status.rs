@@ -4,7 +4,7 @@
 
 /// The ZooKeeper side as others see it (status, readiness, metrics).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZkStatus {
+pub(crate) struct ZkStatus {
     /// `connecting` until a session exists, then the session state.
     pub state: &'static str,
     pub session_id: Option<String>,
@@ -18,7 +18,7 @@ impl ZkStatus {
     /// The one rule for "the agent has a ZooKeeper session it may act on": connected and
     /// registered. Syncs run only then, `/ready` needs it, `stop_workers` counts from its
     /// loss, and systemd's `STATUS=` says `zk connected` only then.
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.registered && self.state == "connected"
     }
 }

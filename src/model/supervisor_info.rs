@@ -49,7 +49,7 @@ impl SlotStateName {
     ];
 
     /// The SPEC §3.1 name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SlotStateName::Empty => "empty",
             SlotStateName::WaitingForBlobs => "waiting_for_blobs",
@@ -78,7 +78,7 @@ pub enum ExitReason {
 
 impl ExitReason {
     /// The SPEC §3.1 name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ExitReason::Exited => "exited",
             ExitReason::StartTimeout => "start_timeout",
@@ -137,7 +137,7 @@ pub struct SupervisorInfo {
 impl SupervisorInfo {
     /// True when `self` and `other` differ only in `time_ms`: no rewrite is needed before
     /// the refresh interval.
-    pub fn same_content(&self, other: &SupervisorInfo) -> bool {
+    pub(crate) fn same_content(&self, other: &SupervisorInfo) -> bool {
         SupervisorInfo { time_ms: 0, ..self.clone() } == SupervisorInfo { time_ms: 0, ..other.clone() }
     }
 
@@ -153,7 +153,7 @@ impl SupervisorInfo {
 
 /// What the rest of the agent publishes for SupervisorInfo; changes trigger a rewrite.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeReport {
+pub(crate) struct NodeReport {
     pub lifecycle: Lifecycle,
     pub health: Health,
     pub workers: Vec<WorkerInfo>,

@@ -104,14 +104,14 @@ use crate::config::{RestartConfig, WorkerConfig};
 use crate::model::assignment::{BlobRef, Launch, LivenessMode};
 use crate::model::{ExitReason, LastExit, SlotStateName, WorkerInfo};
 
-pub use step::{backoff_delay, step};
+pub(crate) use step::step;
 
 /// What a slot should run, derived from the assignment for this port. Equality decides "same
 /// job": any change of the assignment's part (command, env, blobs, its own timeouts in
 /// `launch`) means the worker must be replaced. The effective timeouts are NOT part of it: they
 /// also follow the agent's config, and a config reload must not restart workers.
 #[derive(Debug, Clone)]
-pub struct SlotJob {
+pub(crate) struct SlotJob {
     pub topology_id: String,
     pub launch: Launch,
     pub blobs: Vec<BlobRef>,
@@ -132,7 +132,7 @@ impl Eq for SlotJob {}
 impl SlotJob {
     /// The job of one port: the assignment's part and the effective timeouts
     /// ([`JobTimeouts::effective`]).
-    pub fn new(topology_id: String, launch: Launch, blobs: Vec<BlobRef>, timeouts: &JobTimeouts) -> SlotJob {
+    pub(crate) fn new(topology_id: String, launch: Launch, blobs: Vec<BlobRef>, timeouts: &JobTimeouts) -> SlotJob {
         SlotJob {
             start_timeout: timeouts.effective(launch.start_timeout_secs, timeouts.start),
             heartbeat_timeout: timeouts.effective(launch.heartbeat_timeout_secs, timeouts.heartbeat),
@@ -150,20 +150,20 @@ impl SlotJob {
 /// The node's job timeouts (`[worker]`): the defaults of a job that sets none, and the cap of
 /// what an assignment may ask for (SPEC §3.2). Live-reloadable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobTimeouts {
+pub(crate) struct JobTimeouts {
     pub start: Duration,
     pub heartbeat: Duration,
     pub max: Duration,
 }
 
 impl JobTimeouts {
-    pub fn from_config(worker: &WorkerConfig) -> JobTimeouts {
+    pub(crate) fn from_config(worker: &WorkerConfig) -> JobTimeouts {
         JobTimeouts { start: worker.start_timeout, heartbeat: worker.heartbeat_timeout, max: worker.max_timeout }
     }
 
     /// The one rule for a job's timeout: the assignment's own (`secs`), else the node's
     /// `default`; capped by `max` either way (config validation keeps the defaults under it).
-    pub fn effective(&self, secs: Option<u64>, default: Duration) -> Duration {
+    pub(crate) fn effective(&self, secs: Option<u64>, default: Duration) -> Duration {
         secs.map_or(default, Duration::from_secs).min(self.max)
     }
 }
@@ -171,7 +171,7 @@ impl JobTimeouts {
 /// The node-wide knobs of kills and restarts (`[worker]` and `[restart]`); live-reloadable,
 /// so it is passed to every [`step`] rather than kept in the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pub shutdown_grace: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -179,7 +179,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(worker: &WorkerConfig, restart: &RestartConfig) -> Policy {
+    pub(crate) fn from_config(worker: &WorkerConfig, restart: &RestartConfig) -> Policy {
         Policy {
             shutdown_grace: worker.shutdown_grace,
             backoff_initial: restart.backoff_initial,
@@ -191,14 +191,14 @@ impl Policy {
 
 /// A worker process of this slot, as the executor started or adopted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Worker {
+pub(crate) struct Worker {
     pub worker_id: String,
     pub pid: u32,
 }
 
 /// What happened, fed to [`step`] by the executor.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Input {
+pub(crate) enum Input {
     /// Time passed: act on deadlines (see [`Slot::next_deadline`]).
     Tick,
     /// The desired job for this port now (`None`: nothing assigned). Same job again: no-op.
@@ -231,14 +231,14 @@ pub enum Input {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     Term,
     Kill,
 }
 
 /// What the executor must do, in order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Start a worker for `job` (a new worker id), then answer with `Launched`, `LaunchFailed`
     /// or `Deferred`. `restart`: a relaunch of the same job, subject to the node restart budget.
     Launch { job: Arc<SlotJob>, restart: bool },
@@ -250,7 +250,7 @@ pub enum Action {
 
 /// The outside world at one step: the executor reads the clocks and draws the jitter.
 #[derive(Debug, Clone, Copy)]
-pub struct Env {
+pub(crate) struct Env {
     pub now: Instant,
     /// Wall clock (ms since the epoch), only for the timestamps reported in SupervisorInfo.
     pub wall_ms: u64,
@@ -260,7 +260,7 @@ pub struct Env {
 
 /// A kill in progress.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Killing {
+pub(crate) struct Killing {
     /// The job of the worker being killed.
     pub job: Arc<SlotJob>,
     /// `None` while our launch is outstanding: signalled as soon as `Launched` names it.
@@ -273,7 +273,7 @@ pub struct Killing {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum SlotState {
+pub(crate) enum SlotState {
     Empty,
     WaitingForBlobs {
         job: Arc<SlotJob>,
@@ -325,7 +325,7 @@ pub enum SlotState {
 
 impl SlotState {
     /// The process of this slot, if one is known to run.
-    pub fn worker(&self) -> Option<&Worker> {
+    pub(crate) fn worker(&self) -> Option<&Worker> {
         match self {
             Self::WaitingForWorkerStart { worker, .. } => worker.as_ref(),
             Self::Running { worker, .. } => Some(worker),
@@ -339,7 +339,7 @@ impl SlotState {
     }
 
     /// The job this slot is busy with: while killing, the job of the worker being killed.
-    pub fn job(&self) -> Option<&Arc<SlotJob>> {
+    pub(crate) fn job(&self) -> Option<&Arc<SlotJob>> {
         match self {
             Self::Empty => None,
             Self::WaitingForBlobs { job }
@@ -352,7 +352,7 @@ impl SlotState {
     }
 
     /// The kill in progress, if the slot is stopping its worker.
-    pub fn killing(&self) -> Option<&Killing> {
+    pub(crate) fn killing(&self) -> Option<&Killing> {
         match self {
             Self::Kill { kill, .. } | Self::KillAndRelaunch { kill } | Self::KillBlobUpdate { kill } => Some(kill),
             _ => None,
@@ -362,7 +362,7 @@ impl SlotState {
 
 /// One port: its state and what is reported about it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Slot {
+pub(crate) struct Slot {
     pub port: u16,
     pub state: SlotState,
     /// Relaunches of the current job that started a process (the first launch is not one).
@@ -377,7 +377,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(port: u16, now: Instant, wall_ms: u64) -> Slot {
+    pub(crate) fn new(port: u16, now: Instant, wall_ms: u64) -> Slot {
         Slot {
             port,
             state: SlotState::Empty,
@@ -392,7 +392,7 @@ impl Slot {
 
     /// The earliest instant at which a [`Input::Tick`] would change something; `None`: only
     /// an input will.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             SlotState::Empty | SlotState::WaitingForBlobs { .. } | SlotState::WaitingForBlobUpdate { .. } => None,
             SlotState::WaitingForWorkerStart { deadline, .. } => Some(*deadline),
@@ -408,7 +408,7 @@ impl Slot {
         }
     }
 
-    pub fn state_name(&self) -> SlotStateName {
+    pub(crate) fn state_name(&self) -> SlotStateName {
         match self.state {
             SlotState::Empty => SlotStateName::Empty,
             SlotState::WaitingForBlobs { .. } => SlotStateName::WaitingForBlobs,
@@ -423,17 +423,17 @@ impl Slot {
     }
 
     /// The process of this slot, if one is known to run.
-    pub fn worker(&self) -> Option<&Worker> {
+    pub(crate) fn worker(&self) -> Option<&Worker> {
         self.state.worker()
     }
 
     /// The job this slot is busy with: while killing, the job of the worker being killed.
-    pub fn job(&self) -> Option<&Arc<SlotJob>> {
+    pub(crate) fn job(&self) -> Option<&Arc<SlotJob>> {
         self.state.job()
     }
 
     /// The SPEC §3.1 `workers[]` entry; `None` when the slot is empty.
-    pub fn to_worker_info(&self) -> Option<WorkerInfo> {
+    pub(crate) fn to_worker_info(&self) -> Option<WorkerInfo> {
         let job = self.job()?;
         let worker = self.worker();
         Some(WorkerInfo {

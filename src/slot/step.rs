@@ -13,7 +13,7 @@ use crate::model::{ExitReason, LastExit};
 const MIN_SIGKILL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Feeds `input` to `slot` and returns the new slot and what the executor must do, in order.
-pub fn step(slot: Slot, input: Input, env: &Env, policy: &Policy) -> (Slot, Vec<Action>) {
+pub(crate) fn step(slot: Slot, input: Input, env: &Env, policy: &Policy) -> (Slot, Vec<Action>) {
     let mut s = Step { slot, env, policy, actions: Vec::new(), entered: false };
     let before = s.slot.state_name();
     let state = std::mem::replace(&mut s.slot.state, SlotState::Empty);
@@ -28,7 +28,7 @@ pub fn step(slot: Slot, input: Input, env: &Env, policy: &Policy) -> (Slot, Vec<
 
 /// The backoff before relaunching after the `failures`-th failure in a row: none for the first,
 /// then `backoff_initial * 2^(failures-2)` capped at `backoff_max`, drawn from `[d/2, d]`.
-pub fn backoff_delay(failures: u32, policy: &Policy, jitter: f64) -> Duration {
+pub(crate) fn backoff_delay(failures: u32, policy: &Policy, jitter: f64) -> Duration {
     if failures <= 1 {
         return Duration::ZERO;
     }

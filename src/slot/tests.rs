@@ -9,6 +9,7 @@ mod blob_update;
 mod kill;
 mod readout;
 
+use super::step::backoff_delay;
 use super::*;
 use crate::model::SlotStateName as N;
 

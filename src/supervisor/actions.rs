@@ -21,7 +21,7 @@ use crate::metrics::metrics;
 use crate::model::action::operation;
 
 #[derive(Debug)]
-pub struct ActionSync {
+pub(crate) struct ActionSync {
     dir: String,
     ops: mpsc::UnboundedSender<Request>,
     /// Nodes applied whose delete failed, by (path, mzxid): never applied twice.
@@ -29,12 +29,12 @@ pub struct ActionSync {
 }
 
 impl ActionSync {
-    pub fn new(root: &str, supervisor_id: &str, ops: mpsc::UnboundedSender<Request>) -> ActionSync {
+    pub(crate) fn new(root: &str, supervisor_id: &str, ops: mpsc::UnboundedSender<Request>) -> ActionSync {
         ActionSync { dir: action_dir(root, supervisor_id), ops, applied: BTreeSet::new() }
     }
 
     /// Applies and deletes every pending action, oldest (by name: sequential nodes sort) first.
-    pub async fn sync(&mut self, client: &ZkClient) -> Result<(), ZkError> {
+    pub(crate) async fn sync(&mut self, client: &ZkClient) -> Result<(), ZkError> {
         let mut names = match client.children(&self.dir).await {
             Ok(names) => names,
             Err(e) if e.class() == crate::cluster::zk::ErrorClass::NoNode => return Ok(()),
@@ -80,6 +80,6 @@ impl ActionSync {
     }
 }
 
-pub fn action_dir(root: &str, supervisor_id: &str) -> String {
+pub(crate) fn action_dir(root: &str, supervisor_id: &str) -> String {
     format!("{root}/actions/{supervisor_id}")
 }

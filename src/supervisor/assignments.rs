@@ -41,7 +41,7 @@ use crate::shutdown::Shutdown;
 
 /// The result of a successful pass, as the process side sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AssignmentView {
+pub(crate) struct AssignmentView {
     /// Counts successful syncs of this process: a view is "newer than" a moment when its
     /// generation is (the stop_workers policy waits for a view read after the session is back).
     pub generation: u64,
@@ -52,9 +52,7 @@ pub struct AssignmentView {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("no zookeeper session")]
-    NoSession,
+pub(crate) enum SyncError {
     #[error(transparent)]
     Zk(#[from] ZkError),
     #[error("cannot persist local assignments: {0}")]
@@ -86,7 +84,7 @@ struct Pending {
 /// [`AssignmentSync`] that owns the cache: senders note what changed, the next pass takes it.
 /// Bounded by the number of topologies (a set), however many events arrive.
 #[derive(Debug, Clone)]
-pub struct AssignmentChanges {
+pub(crate) struct AssignmentChanges {
     dir: String,
     pending: Arc<Mutex<Pending>>,
 }
@@ -94,13 +92,13 @@ pub struct AssignmentChanges {
 impl AssignmentChanges {
     /// Everything may have changed (a new session, a reconnect, a watch set again): the next
     /// pass is a full one.
-    pub fn resync(&self) {
+    pub(crate) fn resync(&self) {
         self.pending.lock().unwrap().resyncs += 1;
     }
 
     /// An event of the persistent watch on `<root>/assignments` ([`watch_dir`]): `Some` path of
     /// a changed node, `None` when events may have been missed.
-    pub fn note(&self, path: Option<&str>) {
+    pub(crate) fn note(&self, path: Option<&str>) {
         let Some(path) = path else { return self.resync() };
         match path.strip_prefix(&self.dir).and_then(|rest| rest.strip_prefix('/')) {
             // `<root>/assignments/<topology>`: that topology only.
@@ -127,7 +125,7 @@ impl AssignmentChanges {
 
 /// State of the assignment sync; owned by the `sync-supervisor` handler.
 #[derive(Debug)]
-pub struct AssignmentSync {
+pub(crate) struct AssignmentSync {
     root: String,
     supervisor_id: String,
     slots: BTreeSet<u16>,
@@ -165,7 +163,7 @@ struct Reads {
 impl AssignmentSync {
     /// `persisted`: the `local-assignments` of the previous run, the fallback for topologies
     /// whose payload is broken when this process first reads them.
-    pub fn new(
+    pub(crate) fn new(
         root: &str,
         supervisor_id: &str,
         slots: &[u16],
@@ -195,7 +193,7 @@ impl AssignmentSync {
     }
 
     /// The handle the `/assignments` watch and the session events report changes through.
-    pub fn changes(&self) -> AssignmentChanges {
+    pub(crate) fn changes(&self) -> AssignmentChanges {
         self.changes.clone()
     }
 
@@ -206,7 +204,7 @@ impl AssignmentSync {
     /// One pass (see the module docs): a full one when one is due, else the topologies the
     /// watch reported and, if `periodic` (the `sync_secs` timer), the check of the parent.
     /// Returns whether this supervisor's jobs changed (the blob pass need not follow if not).
-    pub async fn sync(&mut self, client: &ZkClient, periodic: bool) -> Result<bool, SyncError> {
+    pub(crate) async fn sync(&mut self, client: &ZkClient, periodic: bool) -> Result<bool, SyncError> {
         let session = client.session_id();
         let (resyncs, names) = self.changes.take();
         let full = self.generation == 0 || self.full_in != Some(session) || resyncs > self.resyncs_done;
@@ -426,7 +424,7 @@ impl AssignmentSync {
 /// that changed, and with `None` when events may have been missed: once per new watch (the
 /// time before it was set), and on each change of the connection (a persistent watch misses
 /// the events of a disconnection, ZOOKEEPER-4698). Ends when `stop` turns true.
-pub async fn watch_dir(
+pub(crate) async fn watch_dir(
     dir: String,
     mut client: watch::Receiver<Option<ZkClient>>,
     mut stop: Shutdown,

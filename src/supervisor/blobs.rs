@@ -44,7 +44,7 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Settings of the blob sync (`[blob]`).
 #[derive(Debug, Clone)]
-pub struct BlobSyncConfig {
+pub(crate) struct BlobSyncConfig {
     pub root: String,
     pub tmp: PathBuf,
     pub cache_target_bytes: u64,
@@ -76,7 +76,7 @@ struct Done {
 }
 
 /// State of the blob sync; owned by the `sync-supervisor` handler.
-pub struct BlobSync {
+pub(crate) struct BlobSync {
     config: BlobSyncConfig,
     cache: SharedCache,
     assignments: watch::Receiver<Option<Arc<AssignmentView>>>,
@@ -114,7 +114,7 @@ impl Drop for BlobSync {
 }
 
 impl BlobSync {
-    pub fn new(
+    pub(crate) fn new(
         config: BlobSyncConfig,
         cache: SharedCache,
         assignments: watch::Receiver<Option<Arc<AssignmentView>>>,
@@ -140,7 +140,7 @@ impl BlobSync {
     }
 
     /// Follow config reloads: `[blob]` settings apply from the next pass.
-    pub fn follow_config(&mut self, config: watch::Receiver<Arc<crate::config::Config>>) {
+    pub(crate) fn follow_config(&mut self, config: watch::Receiver<Arc<crate::config::Config>>) {
         self.live = Some(config);
     }
 
@@ -150,7 +150,7 @@ impl BlobSync {
 
     /// One pass (module docs). Without a session (`client` None) it works from the BlobMeta
     /// already read. A ZooKeeper error is returned after the rest of the pass is done.
-    pub async fn sync(&mut self, client: Option<&ZkClient>) -> Result<(), ZkError> {
+    pub(crate) async fn sync(&mut self, client: Option<&ZkClient>) -> Result<(), ZkError> {
         if let Some(live) = self.live.as_mut()
             && live.has_changed().unwrap_or(false)
         {

@@ -22,7 +22,7 @@ use crate::event::{Job, JobError, JobHandler};
 use crate::model::ZkStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SupervisorJob {
+pub(crate) enum SupervisorJob {
     /// Registration safety net, then assignments (a full pass after a new session or a
     /// reconnect, else the cheap periodic check), blobs and actions.
     Sync,
@@ -56,7 +56,7 @@ impl Job for SupervisorJob {
 
 /// Runs `sync-supervisor` jobs.
 #[derive(Debug)]
-pub struct SupervisorSync {
+pub(crate) struct SupervisorSync {
     pub membership: mpsc::Sender<Command>,
     /// To fail at once, not after `timeout`, while there is no session.
     pub zk_status: watch::Receiver<ZkStatus>,

@@ -51,12 +51,12 @@ impl Linked {
 
 /// The result of checking a running worker's links against the current blob versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LinkCheck {
+pub(crate) struct LinkCheck {
     /// A blob with `restart_on_update` has a newer local version than the worker's.
     pub restart: bool,
 }
 
-pub struct BlobLinks {
+pub(crate) struct BlobLinks {
     cache: SharedCache,
     view: watch::Receiver<Arc<BlobView>>,
     held: BTreeMap<u16, Held>,
@@ -69,17 +69,17 @@ impl std::fmt::Debug for BlobLinks {
 }
 
 /// `<worker_dir>/blobs`: `$GALE_BLOB_DIR`.
-pub fn blob_dir(worker_dir: &Path) -> PathBuf {
+pub(crate) fn blob_dir(worker_dir: &Path) -> PathBuf {
     worker_dir.join("blobs")
 }
 
 impl BlobLinks {
-    pub fn new(cache: SharedCache, view: watch::Receiver<Arc<BlobView>>) -> BlobLinks {
+    pub(crate) fn new(cache: SharedCache, view: watch::Receiver<Arc<BlobView>>) -> BlobLinks {
         BlobLinks { cache, view, held: BTreeMap::new() }
     }
 
     /// The blob view last published by the blob sync.
-    pub fn view(&self) -> Arc<BlobView> {
+    pub(crate) fn view(&self) -> Arc<BlobView> {
         self.view.borrow().clone()
     }
 
@@ -112,14 +112,19 @@ impl BlobLinks {
 
     /// `Ok` when every blob of `job` can be linked now; else the error to show on the slot
     /// (`None`: nothing wrong, a download is simply running).
-    pub fn ready(&self, port: u16, job: &SlotJob) -> Result<(), Option<String>> {
+    pub(crate) fn ready(&self, port: u16, job: &SlotJob) -> Result<(), Option<String>> {
         self.resolve(port, job).map(drop)
     }
 
     /// Links every blob of `job` into `<worker_dir>/blobs` for a new worker, referencing the
     /// entries for this slot first (so cleanup cannot take one in between). Returns blob name →
     /// link path, for `{blob:NAME}`.
-    pub fn link(&mut self, port: u16, job: &SlotJob, worker_dir: &Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    pub(crate) fn link(
+        &mut self,
+        port: u16,
+        job: &SlotJob,
+        worker_dir: &Path,
+    ) -> Result<BTreeMap<String, PathBuf>, String> {
         let resolved = self.resolve(port, job).map_err(|e| {
             let names: Vec<&str> = job.blobs.iter().map(|b| b.name.as_str()).collect();
             e.unwrap_or_else(|| format!("blobs {} are not local yet", names.join(", ")))
@@ -146,7 +151,7 @@ impl BlobLinks {
 
     /// After an agent restart: what the adopted worker in `worker_dir` links to (read from its
     /// links on disk) becomes this slot's reference.
-    pub fn adopt(&mut self, port: u16, job: &SlotJob, worker_dir: &Path) {
+    pub(crate) fn adopt(&mut self, port: u16, job: &SlotJob, worker_dir: &Path) {
         let dir = blob_dir(worker_dir);
         let mut cache = self.cache.lock().unwrap();
         let mut links = BTreeMap::new();
@@ -169,7 +174,7 @@ impl BlobLinks {
     /// For a live worker of `job` in `worker_dir`: switches the link of every blob without
     /// `restart_on_update` whose current version is newer than the linked one, and tells
     /// whether a blob with `restart_on_update` needs the worker restarted.
-    pub fn check(&mut self, port: u16, job: &SlotJob, worker_dir: &Path) -> LinkCheck {
+    pub(crate) fn check(&mut self, port: u16, job: &SlotJob, worker_dir: &Path) -> LinkCheck {
         let view = self.view.borrow().clone();
         let mut result = LinkCheck::default();
         let Some(held) = self.held.get(&port).filter(|h| h.topology == job.topology_id).cloned() else {
@@ -212,7 +217,7 @@ impl BlobLinks {
 
     /// Drops the references of slots that left the assignment they were held for. `current`:
     /// port → (topology of the slot's job, whether a worker still runs there).
-    pub fn release_unused(&mut self, current: &BTreeMap<u16, (Option<String>, bool)>) {
+    pub(crate) fn release_unused(&mut self, current: &BTreeMap<u16, (Option<String>, bool)>) {
         let mut cache = self.cache.lock().unwrap();
         self.held.retain(|port, held| {
             let keep = current

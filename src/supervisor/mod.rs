@@ -18,12 +18,12 @@
 //! `processes.rs` (sync-processes: the executor of the slots).
 
 mod actions;
-pub mod assignments;
-pub mod blobs;
+pub(crate) mod assignments;
+pub(crate) mod blobs;
 mod jobs;
 mod links;
 mod main_loop;
-pub mod processes;
+pub(crate) mod processes;
 pub mod records;
 mod reload;
 mod session_log;
@@ -33,8 +33,8 @@ mod tasks;
 
 use std::future::Future;
 
-pub use jobs::SupervisorJob;
-pub use processes::ProcessJob;
+pub(crate) use jobs::SupervisorJob;
+pub(crate) use processes::ProcessJob;
 
 use crate::cluster::membership::MembershipError;
 use crate::config::Config;
@@ -43,7 +43,7 @@ use crate::local_state::StateError;
 
 /// Why the daemon stopped other than cleanly. `main` maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error(transparent)]
     LocalDir(#[from] LocalDirError),
     #[error(transparent)]
@@ -60,7 +60,7 @@ pub enum RunError {
 
 impl RunError {
     /// Exit code per SPEC §6.
-    pub fn exit_code(&self) -> crate::lifecycle::ExitCode {
+    pub(crate) fn exit_code(&self) -> crate::lifecycle::ExitCode {
         use crate::lifecycle::ExitCode;
         match self {
             RunError::LocalDir(LocalDirError::Locked { .. }) => ExitCode::IdentityConflict,
@@ -73,7 +73,7 @@ impl RunError {
 }
 
 /// Runs the agent until `shutdown` completes (then stops cleanly) or a fatal error.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let (mut daemon, teardown) = start::start(config).await?;
     let outcome = daemon.run_until(shutdown).await;
     stop::stop(daemon, teardown, outcome).await

@@ -22,7 +22,7 @@ pub struct PortJob {
 }
 
 /// `local-assignments`: port -> job.
-pub type LocalAssignments = BTreeMap<u16, PortJob>;
+pub(crate) type LocalAssignments = BTreeMap<u16, PortJob>;
 
 /// One worker process the agent started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,12 +36,12 @@ const RESTART_ONLY: &[(&str, KeepRunning)] = &[
 ];
 
 /// Whether a changed `key` can be applied without a restart.
-pub fn is_live(key: &str) -> bool {
+pub(crate) fn is_live(key: &str) -> bool {
     !RESTART_ONLY.iter().any(|(k, _)| key == *k || key.starts_with(&format!("{k}.")))
 }
 
 /// Every key whose effective value differs, dotted (`supervisor.heartbeat_refresh_secs`).
-pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+pub(crate) fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
     let flat = |c: &Config| {
         let table: toml::Table = c.to_toml().parse().expect("the effective config is valid TOML");
         let mut out = BTreeMap::new();
@@ -76,7 +76,7 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>
 }
 
 /// The config to run with: `new`, except the restart-only settings, which keep `old`'s.
-pub fn merge(old: &Config, new: &Config) -> Config {
+pub(crate) fn merge(old: &Config, new: &Config) -> Config {
     let mut merged = new.clone();
     merged.path = old.path.clone();
     for (_, keep_running) in RESTART_ONLY {
@@ -87,7 +87,7 @@ pub fn merge(old: &Config, new: &Config) -> Config {
 
 /// The outcome of one reload, for the log and the metric.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Rejected(String),
     Unchanged,
     Applied { live: Vec<String>, restart: Vec<String> },
@@ -95,7 +95,7 @@ pub enum Outcome {
 
 /// Where live settings go.
 #[derive(Debug)]
-pub struct Targets {
+pub(crate) struct Targets {
     pub config: watch::Sender<std::sync::Arc<Config>>,
     pub membership: mpsc::Sender<crate::cluster::membership::Command>,
     pub sync_period: watch::Sender<Duration>,
@@ -106,7 +106,7 @@ pub struct Targets {
 }
 
 /// Loads `path` and applies it over `running` (see the module docs).
-pub fn reload(path: &Path, running: &Config, targets: &Targets) -> Outcome {
+pub(crate) fn reload(path: &Path, running: &Config, targets: &Targets) -> Outcome {
     let new = match crate::config::load(path) {
         Ok(new) => new,
         Err(e) => return Outcome::Rejected(e.to_string()),
@@ -142,13 +142,13 @@ pub fn reload(path: &Path, running: &Config, targets: &Targets) -> Outcome {
 /// A `notify` watch on the config file's directory (editors replace the file rather than
 /// write it), reporting changes of that file name on `changes`. Without a watcher (it could
 /// not be set up) SIGHUP still works.
-pub struct ConfigFileWatch {
+pub(crate) struct ConfigFileWatch {
     pub changes: mpsc::UnboundedReceiver<()>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl ConfigFileWatch {
-    pub fn new(path: &Path) -> ConfigFileWatch {
+    pub(crate) fn new(path: &Path) -> ConfigFileWatch {
         use notify::Watcher;
         let (tx, changes) = mpsc::unbounded_channel();
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(std::ffi::OsStr::to_owned)) else {

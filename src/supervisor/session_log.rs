@@ -18,19 +18,19 @@ use crate::proc_identity::{Liveness, ProcessIdentity};
 const EARLIER_KEPT: usize = 15;
 
 #[derive(Debug)]
-pub struct StateSessionLog {
+pub(crate) struct StateSessionLog {
     state: Arc<Mutex<LocalState>>,
     me: ProcessIdentity,
 }
 
 impl StateSessionLog {
-    pub fn new(state: Arc<Mutex<LocalState>>, me: ProcessIdentity) -> StateSessionLog {
+    pub(crate) fn new(state: Arc<Mutex<LocalState>>, me: ProcessIdentity) -> StateSessionLog {
         StateSessionLog { state, me }
     }
 }
 
 /// What earlier agent processes recorded; read at start, before this process records anything.
-pub fn previous_sessions(state: &LocalState) -> Result<KnownSessions, StateError> {
+pub(crate) fn previous_sessions(state: &LocalState) -> Result<KnownSessions, StateError> {
     let mut recorded: Vec<i64> = state.get::<LastSessionId>()?.into_iter().collect();
     recorded.extend(state.get::<EarlierSessionIds>()?.unwrap_or_default());
     let recorded_owner = match state.get::<SessionOwner>()? {

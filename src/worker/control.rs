@@ -30,14 +30,14 @@ use crate::proc_identity::{Liveness, ProcessIdentity};
 
 /// A worker that was just started through [`ProcessControl::spawn`].
 #[derive(Debug)]
-pub struct LaunchedWorker {
+pub(crate) struct LaunchedWorker {
     pub identity: ProcessIdentity,
     /// Await [`ExitWatch::wait`] to learn of its exit.
     pub exit: ExitWatch,
 }
 
 /// Everything the executor does to worker processes.
-pub trait ProcessControl: Send + Sync + std::fmt::Debug {
+pub(crate) trait ProcessControl: Send + Sync + std::fmt::Debug {
     /// Starts a worker inside `cgroup` (see [`launch::spawn_in`]). Needs a tokio runtime.
     fn spawn(&self, spec: &LaunchSpec, cgroup: &WorkerCgroup) -> Result<LaunchedWorker, LaunchError>;
 
@@ -69,7 +69,7 @@ pub trait ProcessControl: Send + Sync + std::fmt::Debug {
 
 /// The real thing: processes, `/proc`, `killpg`, cgroup files.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RealProcessControl;
+pub(crate) struct RealProcessControl;
 
 impl ProcessControl for RealProcessControl {
     fn spawn(&self, spec: &LaunchSpec, cgroup: &WorkerCgroup) -> Result<LaunchedWorker, LaunchError> {

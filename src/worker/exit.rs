@@ -25,14 +25,14 @@ use crate::proc_identity::{self, ProcessIdentity};
 
 /// `(exit code, terminating signal)`: exactly one is `Some` for a process that exited, both are
 /// `None` for a status that is neither (a stopped or continued process, never seen from `wait`).
-pub fn describe(status: ExitStatus) -> (Option<i32>, Option<i32>) {
+pub(crate) fn describe(status: ExitStatus) -> (Option<i32>, Option<i32>) {
     (status.code(), status.signal())
 }
 
 /// `9` → `"SIGKILL"`; a number with no name (real-time signals) → `"SIG40"`. The one
 /// spelling of a terminating signal: a slot's `last_exit` (status, SupervisorInfo: the
 /// spelling it always had on the wire), health script results and logs all use it.
-pub fn signal_name(sig: i32) -> String {
+pub(crate) fn signal_name(sig: i32) -> String {
     match nix::sys::signal::Signal::try_from(sig) {
         Ok(signal) => signal.as_str().to_owned(),
         Err(_) => format!("SIG{sig}"),
@@ -41,25 +41,25 @@ pub fn signal_name(sig: i32) -> String {
 
 /// How a worker ended, as far as the agent can know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExitReport {
+pub(crate) struct ExitReport {
     pub code: Option<i32>,
     pub signal: Option<i32>,
 }
 
 impl ExitReport {
-    pub fn from_status(status: ExitStatus) -> ExitReport {
+    pub(crate) fn from_status(status: ExitStatus) -> ExitReport {
         let (code, signal) = describe(status);
         ExitReport { code, signal }
     }
 
     /// An adopted worker exited: it was not our child, so neither code nor signal is known.
-    pub const UNKNOWN: ExitReport = ExitReport { code: None, signal: None };
+    pub(crate) const UNKNOWN: ExitReport = ExitReport { code: None, signal: None };
 }
 
 /// Waits for the end of one worker, started or adopted. `wait` may be called again after it
 /// returned (it returns the same report) and is cancel-safe, so it can sit in a `select!`.
 #[derive(Debug)]
-pub struct ExitWatch {
+pub(crate) struct ExitWatch {
     inner: Watched,
 }
 
@@ -74,12 +74,12 @@ enum Watched {
 
 impl ExitWatch {
     /// A worker this agent spawned.
-    pub fn child(child: tokio::process::Child) -> ExitWatch {
+    pub(crate) fn child(child: tokio::process::Child) -> ExitWatch {
         ExitWatch { inner: Watched::Child(child) }
     }
 
     /// A worker found running at start (not our child).
-    pub fn adopted(identity: ProcessIdentity) -> ExitWatch {
+    pub(crate) fn adopted(identity: ProcessIdentity) -> ExitWatch {
         ExitWatch { inner: Watched::Adopted(identity) }
     }
 
@@ -89,7 +89,7 @@ impl ExitWatch {
         ExitWatch { inner: Watched::Fake(exit) }
     }
 
-    pub async fn wait(&mut self) -> io::Result<ExitReport> {
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitReport> {
         let report = match &mut self.inner {
             Watched::Child(child) => ExitReport::from_status(child.wait().await?),
             Watched::Adopted(identity) => {
@@ -110,7 +110,7 @@ const POLL_WITHOUT_PIDFD: Duration = Duration::from_secs(1);
 
 /// Completes when the process `identity` names has exited: at once if it is already gone, if
 /// its pid now belongs to another process, or if it was recorded on another boot.
-pub async fn wait_adopted(identity: &ProcessIdentity) -> io::Result<()> {
+pub(crate) async fn wait_adopted(identity: &ProcessIdentity) -> io::Result<()> {
     let pid = i32::try_from(identity.pid).ok().and_then(Pid::from_raw).ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("pid {} is not a valid process id", identity.pid))
     })?;

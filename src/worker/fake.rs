@@ -26,11 +26,11 @@ use crate::proc_identity::{Liveness, ProcessIdentity};
 
 /// The boot id of every fake process: never this host's, so a fake identity that leaks into
 /// real code is "not ours" there.
-pub const FAKE_BOOT_ID: &str = "fake-boot";
+pub(crate) const FAKE_BOOT_ID: &str = "fake-boot";
 
 /// One call made to the fake, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FakeCall {
+pub(crate) enum FakeCall {
     Spawn { topology_id: String, port: u16, worker_id: String },
     Signal { pid: u32, signal: Signal },
     Liveness { pid: u32 },
@@ -61,44 +61,44 @@ struct State {
 
 /// See the module doc.
 #[derive(Debug, Default)]
-pub struct FakeProcessControl {
+pub(crate) struct FakeProcessControl {
     state: Mutex<State>,
 }
 
 impl FakeProcessControl {
-    pub fn new() -> FakeProcessControl {
+    pub(crate) fn new() -> FakeProcessControl {
         FakeProcessControl::default()
     }
 
     /// Every call so far, in order.
-    pub fn calls(&self) -> Vec<FakeCall> {
+    pub(crate) fn calls(&self) -> Vec<FakeCall> {
         self.state.lock().unwrap().calls.clone()
     }
 
     /// The next `spawn` fails with `error` (queued: several calls fail several spawns).
-    pub fn fail_next_spawn(&self, error: LaunchError) {
+    pub(crate) fn fail_next_spawn(&self, error: LaunchError) {
         self.state.lock().unwrap().spawn_failures.push_back(error);
     }
 
     /// The next `signal_group` fails with `error`, and nothing is delivered.
-    pub fn fail_next_signal(&self, error: io::Error) {
+    pub(crate) fn fail_next_signal(&self, error: io::Error) {
         self.state.lock().unwrap().signal_failures.push_back(error);
     }
 
     /// Fake processes survive `sig` from now on (a worker that ignores SIGTERM).
-    pub fn ignore_signal(&self, sig: Signal) {
+    pub(crate) fn ignore_signal(&self, sig: Signal) {
         assert_ne!(sig, Signal::SIGKILL, "SIGKILL cannot be ignored");
         self.state.lock().unwrap().ignored.insert(sig as i32);
     }
 
     /// A process that runs without having been spawned by this agent (for adoption).
-    pub fn add_running(&self, identity: ProcessIdentity) {
+    pub(crate) fn add_running(&self, identity: ProcessIdentity) {
         let pid = identity.pid;
         self.state.lock().unwrap().processes.insert(pid, FakeProcess { identity, exit: None, running: true });
     }
 
     /// The process `pid` exits on its own with `report`. Panics if it is not running.
-    pub fn exit(&self, pid: u32, report: ExitReport) {
+    pub(crate) fn exit(&self, pid: u32, report: ExitReport) {
         let mut state = self.state.lock().unwrap();
         let process =
             state.processes.get_mut(&pid).filter(|p| p.running).expect("exit of a fake process that is not running");
@@ -106,17 +106,17 @@ impl FakeProcessControl {
     }
 
     /// The cgroup of `worker_id` reports an OOM kill from now on.
-    pub fn set_oom_killed(&self, worker_id: &str) {
+    pub(crate) fn set_oom_killed(&self, worker_id: &str) {
         self.state.lock().unwrap().oom_killed.insert(worker_id.to_owned());
     }
 
     /// The pids of every successful spawn so far, in order.
-    pub fn spawned(&self) -> Vec<u32> {
+    pub(crate) fn spawned(&self) -> Vec<u32> {
         (1..=self.state.lock().unwrap().next_pid).map(|n| 10_000 + n).collect()
     }
 
     /// The signals sent so far, in order, as `(pid, signal)`.
-    pub fn signals(&self) -> Vec<(u32, Signal)> {
+    pub(crate) fn signals(&self) -> Vec<(u32, Signal)> {
         let calls = self.calls();
         calls
             .into_iter()
@@ -127,7 +127,7 @@ impl FakeProcessControl {
             .collect()
     }
 
-    pub fn is_running(&self, pid: u32) -> bool {
+    pub(crate) fn is_running(&self, pid: u32) -> bool {
         self.state.lock().unwrap().processes.get(&pid).is_some_and(|p| p.running)
     }
 }

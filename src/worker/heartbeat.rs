@@ -27,22 +27,22 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Name of the heartbeat file inside a worker's directory.
-pub const HEARTBEAT_FILE: &str = "heartbeat";
+pub(crate) const HEARTBEAT_FILE: &str = "heartbeat";
 
 /// `<worker_dir>/heartbeat`: the value of `$GALE_HEARTBEAT_FILE`.
-pub fn heartbeat_file(worker_dir: &Path) -> PathBuf {
+pub(crate) fn heartbeat_file(worker_dir: &Path) -> PathBuf {
     worker_dir.join(HEARTBEAT_FILE)
 }
 
 /// When the worker last touched or wrote its heartbeat file; `None` if it never did (or the
 /// file cannot be read, which for the caller means the same: no proof of life).
-pub fn last_heartbeat(path: &Path) -> Option<SystemTime> {
+pub(crate) fn last_heartbeat(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Why a heartbeat watch could not be set up. The caller can still rely on polling the mtime.
 #[derive(Debug, thiserror::Error)]
-pub enum HeartbeatError {
+pub(crate) enum HeartbeatError {
     #[error("worker {worker_id}: cannot watch {} for heartbeats (polling the file instead)", .dir.display())]
     Watch { worker_id: String, dir: PathBuf, source: notify::Error },
 }
@@ -50,14 +50,14 @@ pub enum HeartbeatError {
 /// Sends `worker_id` on a channel when the worker's heartbeat file changes. Watching stops
 /// when this is dropped.
 #[derive(Debug)]
-pub struct HeartbeatWatcher {
+pub(crate) struct HeartbeatWatcher {
     // Held only to keep the inotify watch (and notify's thread) alive.
     _watcher: RecommendedWatcher,
 }
 
 impl HeartbeatWatcher {
     /// Watches `worker_dir` (which must exist: [`super::launch::spawn_in`] creates it).
-    pub fn start(
+    pub(crate) fn start(
         worker_id: &str,
         worker_dir: &Path,
         hints: mpsc::Sender<String>,

@@ -28,18 +28,18 @@ use crate::model::placeholders::{ExpandError, Placeholders, expand};
 use crate::proc_identity::ProcessIdentity;
 
 /// `<local_dir>/workers`: where every worker's directory is (and nothing else).
-pub fn workers_dir(local_dir: &Path) -> PathBuf {
+pub(crate) fn workers_dir(local_dir: &Path) -> PathBuf {
     local_dir.join("workers")
 }
 
 /// `<local_dir>/workers/<worker_id>`: a worker's cwd. The one place this path is built.
-pub fn worker_dir(local_dir: &Path, worker_id: &str) -> PathBuf {
+pub(crate) fn worker_dir(local_dir: &Path, worker_id: &str) -> PathBuf {
     workers_dir(local_dir).join(worker_id)
 }
 
 /// Everything needed to start one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchSpec {
+pub(crate) struct LaunchSpec {
     pub topology_id: String,
     pub worker_id: String,
     pub port: u16,
@@ -62,8 +62,7 @@ pub struct LaunchSpec {
 
 /// A worker that was just started.
 #[derive(Debug)]
-pub struct Spawned {
-    pub pid: u32,
+pub(crate) struct Spawned {
     /// Read right after the spawn, while the child cannot have been reaped yet (we hold it).
     pub identity: ProcessIdentity,
     /// Await `child.wait()` to learn of the exit at once (see [`super::exit::describe`]).
@@ -72,7 +71,7 @@ pub struct Spawned {
 
 /// The I/O step of [`spawn_in`] that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LaunchStep {
+pub(crate) enum LaunchStep {
     CreateWorkerDir,
     CreateLogDir,
     OpenLog,
@@ -94,7 +93,7 @@ impl std::fmt::Display for LaunchStep {
 
 /// Why a worker could not be started.
 #[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     /// The argv template did not expand (see [`crate::model::placeholders`]).
     #[error(transparent)]
     Expand(#[from] ExpandError),
@@ -126,7 +125,7 @@ pub(crate) fn remove_agent_only_env(command: &mut std::process::Command) {
 /// and there is no way to start one without a [`WorkerCgroup`]. Must run inside a tokio
 /// runtime (the child is a `tokio::process::Child`). Does not wait for anything but `exec`: a
 /// worker that exits at once is reported by its `child.wait()`, not here.
-pub fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Spawned, LaunchError> {
+pub(crate) fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Spawned, LaunchError> {
     let (topology, port) = (&spec.topology_id, spec.port);
     let io_err = |step, path: &Path, source| LaunchError::Io {
         topology: topology.clone(),
@@ -214,7 +213,7 @@ pub fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Spawned, 
         tokio::process::Command::from(command).spawn().map_err(|e| io_err(LaunchStep::Exec, Path::new(&argv[0]), e))?;
     let pid = child.id().expect("a child that was never awaited has a pid");
     match ProcessIdentity::of(pid) {
-        Ok(identity) => Ok(Spawned { pid, identity, child }),
+        Ok(identity) => Ok(Spawned { identity, child }),
         Err(source) => {
             // A worker we cannot prove is ours could never be stopped safely (STYLE habit 7):
             // kill it now, while its pid is still certainly this child's.

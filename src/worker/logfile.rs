@@ -13,15 +13,15 @@
 use std::path::{Path, PathBuf};
 
 /// The file name of a worker's log inside its slot directory.
-pub const WORKER_LOG_FILE: &str = "worker.log";
+pub(crate) const WORKER_LOG_FILE: &str = "worker.log";
 
 /// `<log_dir>/workers/<topology>/<port>`: the directory of one slot's logs.
-pub fn worker_log_dir(log_dir: &Path, topology: &str, port: u16) -> PathBuf {
+pub(crate) fn worker_log_dir(log_dir: &Path, topology: &str, port: u16) -> PathBuf {
     log_dir.join("workers").join(topology).join(port.to_string())
 }
 
 /// `<log_dir>/workers/<topology>/<port>/worker.log`.
-pub fn worker_log_path(log_dir: &Path, topology: &str, port: u16) -> PathBuf {
+pub(crate) fn worker_log_path(log_dir: &Path, topology: &str, port: u16) -> PathBuf {
     worker_log_dir(log_dir, topology, port).join(WORKER_LOG_FILE)
 }
 

@@ -64,7 +64,7 @@ const MIB: u64 = 1024 * 1024;
 
 /// What [`sweep`] enforces, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogPolicy {
+pub(crate) struct LogPolicy {
     /// A `worker.log` larger than this is rotated.
     pub max_bytes: u64,
     /// Rotated files kept per slot; 0: a rotation only truncates.
@@ -74,7 +74,7 @@ pub struct LogPolicy {
 }
 
 impl LogPolicy {
-    pub fn from_config(logs: &LogsConfig) -> LogPolicy {
+    pub(crate) fn from_config(logs: &LogsConfig) -> LogPolicy {
         LogPolicy {
             max_bytes: logs.worker_log_max_mb.saturating_mul(MIB),
             keep: usize::try_from(logs.worker_log_keep).unwrap_or(usize::MAX),
@@ -85,7 +85,7 @@ impl LogPolicy {
 
 /// What one [`sweep`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
+pub(crate) struct SweepReport {
     /// The `worker.log` files that were rotated (or only truncated, with `keep = 0`).
     pub rotated: Vec<PathBuf>,
     /// Rotated files deleted: past `keep`, or for the quota.
@@ -98,7 +98,7 @@ pub struct SweepReport {
 
 /// Rotates the worker logs under `workers_log_root` (`<log_dir>/workers`) and enforces the
 /// node quota; see the module docs. A missing root is an empty sweep.
-pub fn sweep(workers_log_root: &Path, policy: &LogPolicy) -> SweepReport {
+pub(crate) fn sweep(workers_log_root: &Path, policy: &LogPolicy) -> SweepReport {
     let mut report = SweepReport::default();
     let slots = slot_dirs(workers_log_root);
     for dir in &slots {

@@ -17,24 +17,24 @@
 //! signal and every adoption goes through pid + start time + boot id
 //! ([`crate::proc_identity::ProcessIdentity`]).
 
-pub mod control;
-pub mod exit;
+pub(crate) mod control;
+pub(crate) mod exit;
 #[cfg(test)]
-pub mod fake;
-pub mod heartbeat;
-pub mod launch;
-pub mod logfile;
-pub mod logrotate;
-pub mod signal;
-pub mod users;
+pub(crate) mod fake;
+pub(crate) mod heartbeat;
+pub(crate) mod launch;
+pub(crate) mod logfile;
+pub(crate) mod logrotate;
+pub(crate) mod signal;
+pub(crate) mod users;
 
 #[cfg(test)]
 mod tests;
 
-pub use control::{LaunchedWorker, ProcessControl, RealProcessControl};
-pub use exit::{ExitReport, ExitWatch, describe, signal_name, wait_adopted};
-pub use heartbeat::{HeartbeatError, HeartbeatWatcher, heartbeat_file, last_heartbeat};
-pub use launch::{LaunchError, LaunchSpec, LaunchStep, Spawned, spawn_in, worker_dir, workers_dir};
-pub use logfile::worker_log_path;
-pub use logrotate::{LogPolicy, SweepReport};
+pub(crate) use control::{LaunchedWorker, ProcessControl, RealProcessControl};
+pub(crate) use exit::{describe, signal_name};
+pub(crate) use heartbeat::{HeartbeatWatcher, heartbeat_file, last_heartbeat};
+pub(crate) use launch::{LaunchSpec, worker_dir, workers_dir};
+pub(crate) use logfile::worker_log_path;
+pub(crate) use logrotate::LogPolicy;
 pub use signal::{SignalOutcome, signal_group};

@@ -9,6 +9,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
+use super::exit::{ExitReport, ExitWatch, wait_adopted};
+use super::launch::{LaunchError, LaunchStep, Spawned, spawn_in};
 use super::*;
 use crate::proc_identity::{Liveness, ProcessIdentity};
 
@@ -91,11 +93,11 @@ async fn a_worker_gets_the_contract_argv_cwd_env_stdin_session_and_log() {
     std::fs::write(&spec.log_file, "previous run\n").unwrap();
 
     let spawned = spawn(&spec).unwrap();
-    assert_eq!(spawned.identity, ProcessIdentity::of(spawned.pid).unwrap());
+    assert_eq!(spawned.identity, ProcessIdentity::of(spawned.identity.pid).unwrap());
     // Our child stays in /proc (as a zombie at worst) until it is awaited.
-    let stat = stat_fields(spawned.pid).unwrap();
-    assert_eq!(stat[2], spawned.pid.to_string(), "process group leader");
-    assert_eq!(stat[3], spawned.pid.to_string(), "session leader");
+    let stat = stat_fields(spawned.identity.pid).unwrap();
+    assert_eq!(stat[2], spawned.identity.pid.to_string(), "process group leader");
+    assert_eq!(stat[3], spawned.identity.pid.to_string(), "session leader");
     let mut exit = ExitWatch::child(spawned.child);
     assert_eq!(wait_bounded(&mut exit).await, ExitReport { code: Some(3), signal: None });
 

@@ -9,7 +9,7 @@
 
 /// The identity a worker is switched to between fork and exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunAs {
+pub(crate) struct RunAs {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
@@ -19,19 +19,19 @@ pub struct RunAs {
 
 /// `[worker]`'s user rules, kept by the executor (live on reload).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UserPolicy {
+pub(crate) struct UserPolicy {
     pub enabled: bool,
     pub allowed: Vec<String>,
     pub min_uid: u32,
 }
 
 impl UserPolicy {
-    pub fn from_config(worker: &crate::config::WorkerConfig) -> UserPolicy {
+    pub(crate) fn from_config(worker: &crate::config::WorkerConfig) -> UserPolicy {
         UserPolicy { enabled: worker.run_as_user, allowed: worker.allowed_users.clone(), min_uid: worker.min_uid }
     }
 
     /// Who a worker of `topology` asking for `user` runs as: `Ok(None)` = the agent's user.
-    pub fn resolve(&self, topology: &str, user: Option<&str>) -> Result<Option<RunAs>, String> {
+    pub(crate) fn resolve(&self, topology: &str, user: Option<&str>) -> Result<Option<RunAs>, String> {
         match (self.enabled, user) {
             (false, None) => Ok(None),
             (false, Some(user)) => Err(format!(

@@ -11,22 +11,16 @@ use crate::slot::{Input, Signal, Slot};
 use crate::worker;
 
 impl Processes {
-    /// Feeds the exits and heartbeats the watch tasks reported.
+    /// Feeds the exits the watch tasks reported (heartbeat hints come on their own channel).
     pub(super) async fn take_events(&mut self, now: Instant, wall: u64) {
         while let Ok(event) = self.events.try_recv() {
-            match event {
-                ProcEvent::Exited { port, worker_id, code, signal } => {
-                    let oom = signal == Some(nix::libc::SIGKILL)
-                        && self.cgroups.get(&worker_id).is_some_and(|c| self.control.oom_killed(c));
-                    info!(port, worker = %worker_id, code, signal = signal.map(worker::signal_name), oom, "worker exited");
-                    self.feed(port, Input::Exited { worker_id, code, signal }, now, wall).await;
-                    if oom {
-                        self.relabel_oom(port);
-                    }
-                }
-                ProcEvent::Heartbeat { port, worker_id } => {
-                    self.feed(port, Input::Heartbeat { worker_id }, now, wall).await;
-                }
+            let ProcEvent::Exited { port, worker_id, code, signal } = event;
+            let oom = signal == Some(nix::libc::SIGKILL)
+                && self.cgroups.get(&worker_id).is_some_and(|c| self.control.oom_killed(c));
+            info!(port, worker = %worker_id, code, signal = signal.map(worker::signal_name), oom, "worker exited");
+            self.feed(port, Input::Exited { worker_id, code, signal }, now, wall).await;
+            if oom {
+                self.relabel_oom(port);
             }
         }
     }

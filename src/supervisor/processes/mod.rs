@@ -51,21 +51,20 @@ use crate::model::{ExitReason, LastExit, WorkerInfo, unix_ms};
 use crate::slot::{Action, Env, Input, Slot, SlotJob, step};
 use crate::worker::{self, ProcessControl};
 
-pub use policy::ProcessConfig;
-pub use recover::LocalDirCheck;
+pub(crate) use policy::ProcessConfig;
+pub(crate) use recover::LocalDirCheck;
 use wiring::Inputs;
-pub use wiring::{ProcessInputs, ProcessLocal, ProcessOutputs};
+pub(crate) use wiring::{ProcessInputs, ProcessLocal, ProcessOutputs};
 
 /// Something that happened to a worker, reported by the tasks that watch them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcEvent {
+pub(crate) enum ProcEvent {
     Exited { port: u16, worker_id: String, code: Option<i32>, signal: Option<i32> },
-    Heartbeat { port: u16, worker_id: String },
 }
 
 /// The `sync-processes` job kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ProcessJob {
+pub(crate) enum ProcessJob {
     /// Drain events, apply the assignment, step every slot, perform the actions.
     Reconcile,
     /// The `monitor_secs` timer: a reconcile plus the checks that need no event (heartbeat
@@ -97,7 +96,7 @@ struct Cleanup {
 }
 
 /// The executor: owns the slots and the worker records.
-pub struct Processes {
+pub(crate) struct Processes {
     config: ProcessConfig,
     control: Arc<dyn ProcessControl>,
     queue: QueueHandle<ProcessJob>,
@@ -148,7 +147,7 @@ impl std::fmt::Debug for Processes {
 impl Processes {
     /// The executor of `queue` (its watch tasks request jobs there), doing every process
     /// operation through `control`. Call [`Processes::recover`] once before the first job.
-    pub fn new(
+    pub(crate) fn new(
         config: ProcessConfig,
         local: ProcessLocal,
         inputs: ProcessInputs,
@@ -370,7 +369,7 @@ impl crate::event::JobHandler<ProcessJob> for Processes {
 }
 
 /// Requests a `sync-processes` job whenever the earliest slot deadline is reached.
-pub async fn deadline_timer(
+pub(crate) async fn deadline_timer(
     mut deadline: watch::Receiver<Option<Instant>>,
     queue: QueueHandle<ProcessJob>,
     mut stop: crate::shutdown::Shutdown,

@@ -18,7 +18,7 @@ use crate::worker;
 
 /// Settings of the process side, from the config ([`ProcessConfig::from_config`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProcessConfig {
+pub(crate) struct ProcessConfig {
     pub supervisor_id: String,
     pub local_dir: PathBuf,
     pub log_dir: PathBuf,
@@ -39,7 +39,11 @@ pub struct ProcessConfig {
 impl ProcessConfig {
     /// The settings `config` gives, for the agent `supervisor_id` with limits enforced by
     /// `isolation` (both fixed for the agent's life). The start and every reload use this.
-    pub fn from_config(config: &Config, supervisor_id: &str, isolation: crate::isolation::Mechanism) -> ProcessConfig {
+    pub(crate) fn from_config(
+        config: &Config,
+        supervisor_id: &str,
+        isolation: crate::isolation::Mechanism,
+    ) -> ProcessConfig {
         ProcessConfig {
             supervisor_id: supervisor_id.to_owned(),
             local_dir: config.supervisor.local_dir.clone(),

@@ -23,7 +23,7 @@ use crate::worker;
 
 /// The local dir the agent depends on must stay the one it locked.
 #[derive(Debug, Clone)]
-pub struct LocalDirCheck {
+pub(crate) struct LocalDirCheck {
     /// `<local_dir>/lock` and the inode we hold the record lock on: if the file at that path is
     /// another inode (the dir was removed or replaced under us), a second agent could start.
     pub lock_path: PathBuf,
@@ -52,7 +52,7 @@ impl Processes {
     /// After a start: adopt every recorded worker that is provably still running, forget the
     /// rest, and stop workers that were spawned but never recorded (the agent died between
     /// the two). Runs once, before the first job.
-    pub async fn recover(&mut self, assigned: &LocalAssignments) -> Result<(), String> {
+    pub(crate) async fn recover(&mut self, assigned: &LocalAssignments) -> Result<(), String> {
         let state = self.state.clone();
         let records = tokio::task::spawn_blocking(move || state.lock().unwrap().get::<Workers>())
             .await

@@ -23,7 +23,7 @@ use crate::proc_identity::ProcessIdentity;
 use crate::slot::SlotState;
 use crate::supervisor::assignments::AssignmentView;
 use crate::supervisor::records::{LocalAssignments, PortJob, WorkerRecord};
-use crate::worker::ExitReport;
+use crate::worker::exit::ExitReport;
 use crate::worker::fake::{FAKE_BOOT_ID, FakeCall, FakeProcessControl};
 
 const A: u16 = 6700;

@@ -16,7 +16,7 @@ use super::LocalDirCheck;
 
 /// What the executor keeps on this host.
 #[derive(Debug)]
-pub struct ProcessLocal {
+pub(crate) struct ProcessLocal {
     pub state: Arc<Mutex<LocalState>>,
     pub cache: SharedCache,
     pub dir_check: LocalDirCheck,
@@ -26,7 +26,7 @@ pub struct ProcessLocal {
 
 /// The channels the executor reads.
 #[derive(Debug)]
-pub struct ProcessInputs {
+pub(crate) struct ProcessInputs {
     /// The assignments of this host, as the last sync read them.
     pub desired: watch::Receiver<Option<Arc<AssignmentView>>>,
     pub zk_status: watch::Receiver<ZkStatus>,
@@ -41,7 +41,7 @@ pub struct ProcessInputs {
 
 /// The channels the executor publishes on.
 #[derive(Debug)]
-pub struct ProcessOutputs {
+pub(crate) struct ProcessOutputs {
     /// Its workers, for SupervisorInfo.
     pub report: Arc<watch::Sender<NodeReport>>,
     /// The earliest slot deadline ([`deadline_timer`] requests a job then).
