@@ -2,6 +2,8 @@
 //! percentiles, `/proc` readings and a description of the machine. A directory module, so
 //! cargo does not take it for a bench of its own.
 
+// Each bench compiles its own copy of this module and uses only part of it: what one bench
+// leaves unused is not dead.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
