@@ -35,6 +35,10 @@ const RMDIR_PAUSE: Duration = Duration::from_millis(20);
 /// One worker's cgroup (or, with rlimits, the limits to apply at exec). See the module docs.
 #[derive(Debug)]
 pub(crate) struct WorkerCgroup {
+    /// Tests only: the fake process control knows a cgroup by its worker id, even with
+    /// rlimits (no directory to take the name from).
+    #[cfg(test)]
+    worker_id: String,
     /// Every directory the worker joins: v2 one; v1 memory, cpu, and pids when mounted.
     /// The first is the primary one (memory accounting, OOM counters). Empty for rlimits.
     dirs: Vec<CgroupDir>,
@@ -64,9 +68,19 @@ impl WorkerCgroup {
         let dirs: Vec<CgroupDir> = mechanism.parents().into_iter().map(|p| p.child(worker_id)).collect();
         if dirs.is_empty() {
             let address_space = limits.memory_mb.map(|mb| mb.saturating_mul(MIB));
-            return Ok(WorkerCgroup { dirs, address_space });
+            return Ok(WorkerCgroup {
+                #[cfg(test)]
+                worker_id: worker_id.to_owned(),
+                dirs,
+                address_space,
+            });
         }
-        let cgroup = WorkerCgroup { dirs, address_space: None };
+        let cgroup = WorkerCgroup {
+            #[cfg(test)]
+            worker_id: worker_id.to_owned(),
+            dirs,
+            address_space: None,
+        };
         for dir in &cgroup.dirs {
             if let Err(e) = make_fresh_dir(&dir.path) {
                 let _ = cgroup.remove_dirs();
@@ -90,14 +104,18 @@ impl WorkerCgroup {
             return None;
         }
         let dirs = parents.into_iter().map(|p| p.child(worker_id)).filter(|d| d.path.is_dir()).collect();
-        Some(WorkerCgroup { dirs, address_space: None })
+        Some(WorkerCgroup {
+            #[cfg(test)]
+            worker_id: worker_id.to_owned(),
+            dirs,
+            address_space: None,
+        })
     }
 
-    /// The worker id this cgroup is named after (its primary directory's name). Tests only;
-    /// with rlimits (no directory) it is empty.
+    /// Tests only (the fake process control, the isolation tests).
     #[cfg(test)]
     pub(crate) fn worker_id(&self) -> &str {
-        self.dirs.first().and_then(|d| d.path.file_name()).and_then(|n| n.to_str()).unwrap_or_default()
+        &self.worker_id
     }
 
     /// Whether [`pids`](Self::pids) and [`kill_all`](Self::kill_all) mean anything (false with
@@ -340,7 +358,12 @@ pub(crate) fn sweep_orphans(mechanism: &Mechanism, keep: &BTreeSet<String>) -> R
         // adopt() needs the primary dir; a crash mid-create may have left only others.
         let parents = mechanism.parents();
         let dirs = parents.into_iter().map(|p| p.child(&id)).filter(|d| d.path.is_dir()).collect();
-        let cgroup = WorkerCgroup { dirs, address_space: None };
+        let cgroup = WorkerCgroup {
+            #[cfg(test)]
+            worker_id: id.clone(),
+            dirs,
+            address_space: None,
+        };
         match cgroup.remove() {
             Ok(()) => outcome.removed.push(id),
             Err(e) => outcome.failed.push((id, e)),
