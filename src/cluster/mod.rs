@@ -6,6 +6,7 @@
 //! - [`membership`]: the task that owns the session: registration of the ephemeral
 //!   `/supervisors/<id>` node, the heartbeat, reconnects and session expiry.
 //! - [`ownership`]: the pure decision of whose an existing registration node is.
+//! - [`watch`]: a persistent watch on a directory, set again after every reconnect and session.
 //!
 //! Architecture Invariant: one task ([`membership::Membership`]) owns the ZooKeeper session.
 //! Other code asks it for things or reads what it publishes (the session state, and a clone
@@ -13,4 +14,5 @@
 
 pub(crate) mod membership;
 pub(crate) mod ownership;
+pub(crate) mod watch;
 pub(crate) mod zk;

@@ -10,7 +10,7 @@
 //!   a persistent watch misses the events of a disconnection (ZOOKEEPER-4698). 1 + T reads.
 //! - **A watch event** (`NodeCreated` / `NodeDataChanged` / `NodeDeleted` of
 //!   `<root>/assignments/<topology>`, delivered by the persistent recursive watch of
-//!   [`watch_dir`] and queued in [`AssignmentChanges`]): one get of that node, nothing else.
+//!   [`crate::cluster::watch::watch_dir`] and queued in [`AssignmentChanges`]): one get of that node, nothing else.
 //! - **The `sync_secs` timer** (the safety net): one stat of `<root>/assignments`; only if its
 //!   `pzxid` moved (a topology was created or deleted since the last list) the children are
 //!   listed again and the new ones read. Data changes of existing topologies are left to the
@@ -37,7 +37,6 @@ use super::records::{LocalAssignments, PortJob};
 use crate::cluster::zk::{NodeStat, ZkClient, ZkError};
 use crate::local_state::{LocalAssignmentsKey, LocalState};
 use crate::model::assignment::Assignment;
-use crate::shutdown::Shutdown;
 
 /// The result of a successful pass, as the process side sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -416,58 +415,6 @@ impl AssignmentSync {
             view.jobs.insert(port, job);
         }
         view
-    }
-}
-
-/// Keeps a persistent recursive watch on `dir` (`<root>/assignments`, `<root>/blobstore`,
-/// `<root>/actions/<id>`) for every session and calls `on_change` with the path of each node
-/// that changed, and with `None` when events may have been missed: once per new watch (the
-/// time before it was set), and on each change of the connection (a persistent watch misses
-/// the events of a disconnection, ZOOKEEPER-4698). Ends when `stop` turns true.
-pub(crate) async fn watch_dir(
-    dir: String,
-    mut client: watch::Receiver<Option<ZkClient>>,
-    mut stop: Shutdown,
-    on_change: impl Fn(Option<&str>) + Send + 'static,
-) {
-    loop {
-        // Wait for a session; hold the client only while setting the watch up.
-        let setup = async {
-            let current = client.wait_for(Option::is_some).await.ok()?.clone()?;
-            current.ensure_path(&dir).await.ok()?;
-            current.watch_tree(&dir).await.ok()
-        };
-        let mut watch = tokio::select! {
-            w = setup => w,
-            _ = stop.wait() => return,
-        };
-        let Some(tree) = watch.as_mut() else {
-            // Setting the watch failed (connection loss); the periodic sync covers the gap.
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                _ = stop.wait() => return,
-            }
-        };
-        on_change(None);
-        let rearm = loop {
-            tokio::select! {
-                event = tree.changed() => match event {
-                    // Reconnected: the server lost the persistent watch (the client does not set
-                    // it again, see `TreeWatch::reconnected`): set it again, then a full pass.
-                    Some(path) if path.is_empty() && tree.reconnected() => break true,
-                    // Disconnected: events may be missed until the reconnect.
-                    Some(path) if path.is_empty() => on_change(None),
-                    Some(path) => on_change(Some(&path)),
-                    None => break false, // session over; wait for the next one
-                },
-                _ = stop.wait() => return,
-            }
-        };
-        if rearm {
-            continue;
-        }
-        // Do not spin on the ended session's client: wait until it is replaced or cleared.
-        let _ = client.changed().await;
     }
 }
 

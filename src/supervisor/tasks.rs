@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::assignments::{self, AssignmentChanges, AssignmentView};
+use super::assignments::{AssignmentChanges, AssignmentView};
 use super::{ProcessJob, SupervisorJob, actions, processes, reload};
 use crate::admin::control::Request;
 use crate::blob::BlobView;
@@ -116,7 +116,7 @@ fn spawn_watches(feeds: &Feeds<'_>) -> [JoinHandle<()>; 3] {
         }
     };
     let watch = |dir: String, on_change| {
-        tokio::spawn(assignments::watch_dir(dir, feeds.zk.client.clone(), feeds.shutdown.clone(), on_change))
+        tokio::spawn(crate::cluster::watch::watch_dir(dir, feeds.zk.client.clone(), feeds.shutdown.clone(), on_change))
     };
     let blobstore = watch(format!("{root}/blobstore"), Box::new(request(SupervisorJob::Blobs)) as OnChange);
     let actions = watch(actions::action_dir(root, feeds.id), Box::new(request(SupervisorJob::Actions)));
