@@ -20,14 +20,12 @@
 //! by `GALE_WORKER_ID`. "Two workers on one port" means two live worker ids with one
 //! `GALE_PORT`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gale::local_state::{LocalState, Workers};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
