@@ -1,10 +1,8 @@
 //! The daemon end to end: the real `gale` binary against a real ZooKeeper.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 

@@ -2,13 +2,11 @@
 //! root; a shared-directory store in a temp dir and an HTTP store served by a tiny python3
 //! server that accepts PUT.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use zookeeper_client as zkc;
 

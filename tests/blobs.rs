@@ -6,14 +6,12 @@
 //! way `gale blob put` and a scheduler would. What the agent does is read back from its
 //! SupervisorInfo, the worker logs, the server's request log and the cache on disk.
 
-mod common;
-
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use zookeeper_client as zkc;

@@ -15,11 +15,8 @@
 //! Each test runs 256 cases (`PROPTEST_CASES` overrides it for a longer hunt); the whole file
 //! takes a few seconds.
 
-#[path = "decoders_prop/config_text.rs"]
 mod config_text;
-#[path = "decoders_prop/hostile.rs"]
 mod hostile;
-#[path = "decoders_prop/payloads.rs"]
 mod payloads;
 
 use std::collections::BTreeSet;

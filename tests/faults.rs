@@ -12,22 +12,20 @@
 //! Every random choice comes from a seeded generator (fixed per scenario, or `GALE_FAULT_SEED`)
 //! and every scenario prints what it did; run them with the output shown:
 //!
-//!     cargo test --release --test faults -- --nocapture
-//!     GALE_FAULT_SEED=7 GALE_FAULT_ROUNDS=300 cargo test --release --test faults sigkill -- --nocapture
+//!     cargo test --release --test tests faults:: -- --nocapture
+//!     GALE_FAULT_SEED=7 GALE_FAULT_ROUNDS=300 cargo test --release --test tests faults::sigkill -- --nocapture
 //!
 //! Workers are found the way an operator would find them: every live process whose
 //! environment has this agent's `GALE_SUPERVISOR_ID` (a worker's children inherit it), grouped
 //! by `GALE_WORKER_ID`. "Two workers on one port" means two live worker ids with one
 //! `GALE_PORT`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gale::local_state::{LocalState, Workers};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

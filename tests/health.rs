@@ -1,12 +1,10 @@
 //! Health checks end to end: real scripts in the agent's `health.script_dir`, the real binary,
 //! real ZooKeeper, real workers.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use zookeeper_client as zkc;
 

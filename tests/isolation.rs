@@ -1,12 +1,10 @@
 //! Isolation (SPEC §7): workers run as the assignment's user when allowed, refused otherwise.
 //! Runs as root (the agent must be able to switch users); real binary, real ZooKeeper.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(60);

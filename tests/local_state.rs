@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 const ROUNDS: usize = 60;
 
 /// `target/<profile>/examples/state_writer`, built by `cargo test`; built here if a filtered
-/// `cargo test --test local_state` skipped examples.
+/// `cargo test --test tests local_state::` skipped examples.
 fn writer_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();

@@ -2,8 +2,6 @@
 //! `<log_dir>/workers/<topology>/<port>/worker.log`). Follow tests run the binary as a child
 //! with its stdout piped and poll its output with generous deadlines.
 
-mod common;
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use common::{AgentSpec, expect, wait_for};
+use crate::common::{AgentSpec, expect, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

@@ -5,12 +5,10 @@
 //! between scrapes).
 //! Its own ZooKeeper server, so the outage hurts nobody else.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

@@ -2,12 +2,10 @@
 //! commands and ZooKeeper actions, against the real binary and a real ZooKeeper, with real
 //! worker processes.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use zookeeper_client as zkc;
 

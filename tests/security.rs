@@ -2,12 +2,10 @@
 //! world-read ACLs on what the agent creates, and a clear refusal of a readable credentials
 //! file. Real ZooKeeper, real binary.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use zookeeper_client as zkc;
 

@@ -3,13 +3,11 @@
 //! RELOADING=1 then READY=1 around a reload, STOPPING=1 on SIGTERM. Real binary, real
 //! ZooKeeper (its own server, started late on purpose).
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 /// Every datagram received, with when (ms since the socket was bound).

@@ -2,13 +2,11 @@
 //! under its own root; fake supervisors are ephemeral SupervisorInfo nodes of a test session.
 //! Also the example worker script, run the way an agent runs it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use zookeeper_client as zkc;
 

@@ -7,12 +7,10 @@
 //! and a [`Reaper`] SIGKILLs every worker it started when the test ends (the agent never stops
 //! workers by stopping itself, by design).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use gale::proc_identity::ProcessIdentity;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

@@ -1,8 +1,8 @@
 //! Test harness: a REAL ZooKeeper (Debian's `zookeeper` package) started by the tests, and
 //! the real `gale` binary run as a child process.
 //!
-//! One standalone server per test binary ([`shared_zk`]), each test under its own root;
-//! tests that stop servers start their own. A watchdog shell around each java process kills
+//! One standalone server for the whole integration test binary, `tests/tests.rs`
+//! ([`shared_zk`]), each test under its own root; tests that stop servers start their own. A watchdog shell around each java process kills
 //! it when the test binary exits, however it exits, so no server outlives the run.
 
 #![allow(dead_code)]
@@ -217,7 +217,7 @@ impl Ensemble {
     }
 }
 
-/// The server shared by all tests of one test binary.
+/// The server shared by all tests of the test binary (every module of `tests/tests.rs`).
 pub fn shared_zk() -> &'static ZkServer {
     static ZK: OnceLock<(tempfile::TempDir, ZkServer)> = OnceLock::new();
     let (_, server) = ZK.get_or_init(|| {
