@@ -382,6 +382,9 @@ async fn sigkill_of_the_agent_at_random_points_loses_nothing_and_never_doubles_a
 
     for round in 1..=rounds {
         // One operation the agent must carry out, then a SIGKILL somewhere inside it.
+        // The worker this round crashes: dead (or dying) by the time of the snapshot below, so
+        // never one to be adopted, even if /proc still shows it for a few ms.
+        let mut crashed = None;
         let op = match rng.u32(0..100) {
             0..=29 => {
                 let free = wanted.free_ports();
@@ -421,6 +424,7 @@ async fn sigkill_of_the_agent_at_random_points_loses_nothing_and_never_doubles_a
                 } else {
                     let victim = &procs[rng.usize(..procs.len())];
                     let _ = kill(Pid::from_raw(victim.pid as i32), Signal::SIGKILL);
+                    crashed = Some(victim.pid);
                     n.say(format!("round {round}: crash the worker on {} (pid {})", victim.port, victim.pid));
                     "restart"
                 }
@@ -472,8 +476,11 @@ async fn sigkill_of_the_agent_at_random_points_loses_nothing_and_never_doubles_a
             unknown.len(),
             if downloading { "; a blob download was in flight" } else { "" }
         ));
-        let keep: Vec<WorkerProc> =
-            known.iter().filter(|p| is_wanted(&wanted, &local, p)).map(|p| (*p).clone()).collect();
+        let keep: Vec<WorkerProc> = known
+            .iter()
+            .filter(|p| is_wanted(&wanted, &local, p) && crashed != Some(p.pid))
+            .map(|p| (*p).clone())
+            .collect();
         let unrecorded: Vec<WorkerProc> = unknown.into_iter().cloned().collect();
 
         agent = Agent::start(&t.config);

@@ -120,6 +120,16 @@ async fn every_metric_is_seen_to_move() {
     })
     .await;
     reaper.track(running_pid(&info.0, 6700).unwrap());
+    // Coalescing: bursts of `/blobstore` changes ask for blob syncs faster than they run (a
+    // request for a job already pending is dropped and counted). The nodes are nobody's blobs.
+    eventually("a coalesced request", LONG, || async {
+        for n in 0..20 {
+            put_json(&zk, &format!("{root}/blobstore/burst-{n}"), &json!({"n": n})).await;
+        }
+        let m = scrape(admin);
+        (m.get("gale_queue_coalesced_total{queue=\"sync-supervisor\"}").copied().unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
     // The blob is no longer wanted by anything: with a 0 target it leaves the cache.
     let before_outage = scrape(admin);
     // A ZooKeeper outage: the session state moves and syncs fail.

@@ -237,7 +237,7 @@ async fn zookeeper_actions_apply_once_and_are_deleted() {
     // Once: a second relaunch does not follow.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let info = case.wait_info(&zk, &agent, "settled", |i| running_pid(i, 6700).is_some()).await;
-    assert_eq!(running_pid(&info, 6700), Some(new_pid));
+    assert_eq!(running_pid(&info, 6700), Some(new_pid), "one relaunch only: {info}\nagent log:\n{}", agent.log_text());
     assert_eq!(slot(&info, 6700).unwrap()["restarts"], json!(1));
     let log = agent.log_text();
     assert!(log.contains("unknown action `reboot`") && log.contains("needs a `port`"), "{log}");

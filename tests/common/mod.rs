@@ -5,6 +5,8 @@
 //! ([`shared_zk`]), each test under its own root; tests that stop servers start their own. A watchdog shell around each java process kills
 //! it when the test binary exits, however it exits, so no server outlives the run.
 
+// The benches include this file too (`#[path]`), each using a part of it: what one of them
+// does not use is not dead.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
