@@ -68,17 +68,22 @@ pub(super) struct Watches {
     pub slots: watch::Receiver<Vec<SlotStatus>>,
 }
 
-/// The main loop's state.
-pub(super) struct Daemon {
+/// What the start hands over to the main loop.
+pub(super) struct Parts {
     /// The config in force (reloads applied).
-    running: Config,
-    lifecycle: Lifecycle,
-    report: Arc<watch::Sender<NodeReport>>,
-    membership: JoinHandle<Result<(), MembershipError>>,
-    sync_queue: QueueHandle<SupervisorJob>,
-    assignment_changes: AssignmentChanges,
-    watches: Watches,
-    reload: reload::Targets,
+    pub running: Config,
+    pub lifecycle: Lifecycle,
+    pub report: Arc<watch::Sender<NodeReport>>,
+    pub membership: JoinHandle<Result<(), MembershipError>>,
+    pub sync_queue: QueueHandle<SupervisorJob>,
+    pub assignment_changes: AssignmentChanges,
+    pub watches: Watches,
+    pub reload: reload::Targets,
+}
+
+/// The main loop's state: the parts, and what only the loop keeps.
+pub(super) struct Daemon {
+    parts: Parts,
     config_file: reload::ConfigFileWatch,
     sighup: tokio::signal::unix::Signal,
     watchdog: Option<Interval>,
@@ -90,49 +95,25 @@ pub(super) struct Daemon {
 }
 
 impl Daemon {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        config: Config,
-        lifecycle: Lifecycle,
-        report: Arc<watch::Sender<NodeReport>>,
-        membership: JoinHandle<Result<(), MembershipError>>,
-        sync_queue: QueueHandle<SupervisorJob>,
-        assignment_changes: AssignmentChanges,
-        watches: Watches,
-        reload: reload::Targets,
-    ) -> Result<Daemon, RunError> {
+    pub(super) fn new(parts: Parts) -> Result<Daemon, RunError> {
         let watchdog = Systemd.watchdog_interval().map(tokio::time::interval);
         let sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| RunError::Internal(format!("cannot install the SIGHUP handler: {e}")))?;
-        let config_file = reload::ConfigFileWatch::new(&config.path);
-        Ok(Daemon {
-            running: config,
-            lifecycle,
-            report,
-            membership,
-            sync_queue,
-            assignment_changes,
-            watches,
-            reload,
-            config_file,
-            sighup,
-            watchdog,
-            exiting_for_health: None,
-            last_status: String::new(),
-        })
+        let config_file = reload::ConfigFileWatch::new(&parts.running.path);
+        Ok(Daemon { parts, config_file, sighup, watchdog, exiting_for_health: None, last_status: String::new() })
     }
 
     pub(super) fn lifecycle(&self) -> Lifecycle {
-        self.lifecycle
+        self.parts.lifecycle
     }
 
     pub(super) fn report(&self) -> &watch::Sender<NodeReport> {
-        &self.report
+        &self.parts.report
     }
 
     /// The membership task, for the stop (which waits for the session to close).
     pub(super) fn membership(&mut self) -> &mut JoinHandle<Result<(), MembershipError>> {
-        &mut self.membership
+        &mut self.parts.membership
     }
 
     /// Runs until `shutdown` completes (`Ok`) or something ends the agent (`Err`).
@@ -147,10 +128,10 @@ impl Daemon {
     }
 
     async fn next_event(&mut self, shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> Event {
-        let w = &mut self.watches;
+        let w = &mut self.parts.watches;
         tokio::select! {
             () = shutdown => Event::Shutdown,
-            res = &mut self.membership => Event::MembershipEnded(res),
+            res = &mut self.parts.membership => Event::MembershipEnded(res),
             Some(event) = w.session_events.recv() => Event::Session(event),
             Ok(()) = w.synced.changed() => Event::Synced,
             Ok(()) = w.drained.changed() => Event::DrainChanged,
@@ -175,20 +156,20 @@ impl Daemon {
             Event::SlotsChanged => return self.on_slots_changed(),
             Event::ZkStatusChanged => self.on_zk_status(),
             Event::HealthExitOverdue => {
-                let bound = exit_bound(&self.running).as_secs();
+                let bound = exit_bound(&self.parts.running).as_secs();
                 warn!("workers still running {bound}s after the health failure; exiting anyway");
                 return ControlFlow::Break(Err(RunError::HealthExit));
             }
             Event::WatchdogTick => Systemd.watchdog(),
             Event::Sighup => {
-                info!(config = %self.running.path.display(), "SIGHUP: reloading the config");
+                info!(config = %self.parts.running.path.display(), "SIGHUP: reloading the config");
                 self.on_reload();
             }
             Event::ConfigFileChanged => {
                 // An editor's save is several events: let them settle, then read once.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while self.config_file.changes.try_recv().is_ok() {}
-                info!(config = %self.running.path.display(), "the config file changed: reloading");
+                info!(config = %self.parts.running.path.display(), "the config file changed: reloading");
                 self.on_reload();
             }
         }
@@ -199,19 +180,19 @@ impl Daemon {
     fn on_session(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::Registered { .. } | SessionEvent::Reconnected => {
-                self.assignment_changes.resync();
-                self.sync_queue.request(SupervisorJob::Sync);
+                self.parts.assignment_changes.resync();
+                self.parts.sync_queue.request(SupervisorJob::Sync);
             }
         }
     }
 
     /// The first full sync after registering makes the agent `running` (or `draining`).
     fn on_synced(&mut self) {
-        let starting = matches!(self.lifecycle, Lifecycle::Starting | Lifecycle::Recovering);
-        if !starting || !self.watches.zk_status.borrow().registered {
+        let starting = matches!(self.parts.lifecycle, Lifecycle::Starting | Lifecycle::Recovering);
+        if !starting || !self.parts.watches.zk_status.borrow().registered {
             return;
         }
-        let (to, why) = if *self.watches.drained.borrow() {
+        let (to, why) = if *self.parts.watches.drained.borrow() {
             (Lifecycle::Draining, "registered and first sync done; drained (gale undrain to resume)")
         } else {
             (Lifecycle::Running, "registered and first sync done")
@@ -221,8 +202,8 @@ impl Daemon {
     }
 
     fn on_drain_changed(&mut self) {
-        let drained = *self.watches.drained.borrow_and_update();
-        let to = match (self.lifecycle, drained) {
+        let drained = *self.parts.watches.drained.borrow_and_update();
+        let to = match (self.parts.lifecycle, drained) {
             (Lifecycle::Running, true) => Some((Lifecycle::Draining, "gale drain: stopping workers")),
             (Lifecycle::Draining, false) => Some((Lifecycle::Running, "gale undrain")),
             _ => None,
@@ -233,51 +214,51 @@ impl Daemon {
     }
 
     fn on_health(&mut self) {
-        let report = self.watches.health.borrow_and_update().clone();
+        let report = self.parts.watches.health.borrow_and_update().clone();
         let m = crate::metrics::metrics();
         for script in &report.scripts {
             m.health_runs.get_or_create(&vec![("outcome", script.outcome.as_str().to_owned())]).inc();
         }
         let health = if report.healthy { Health::Healthy } else { Health::Unhealthy };
-        self.report.send_if_modified(|r| {
+        self.parts.report.send_if_modified(|r| {
             let changed = r.health != health;
             r.health = health;
             changed
         });
         if !report.healthy
-            && self.running.health.on_failure == crate::config::OnHealthFailure::Exit
+            && self.parts.running.health.on_failure == crate::config::OnHealthFailure::Exit
             && self.exiting_for_health.is_none()
         {
             error!("health checks failed with on_failure = \"exit\": stopping every worker, then exiting 3");
-            self.exiting_for_health = Some(Instant::now() + exit_bound(&self.running));
+            self.exiting_for_health = Some(Instant::now() + exit_bound(&self.parts.running));
         }
     }
 
     /// `STATUS=` for systemd; with a health exit pending, the exit once no worker runs.
     fn on_slots_changed(&mut self) -> ControlFlow<Result<(), RunError>> {
-        self.watches.slots.borrow_and_update();
+        self.parts.watches.slots.borrow_and_update();
         self.send_status();
-        if self.exiting_for_health.is_some() && self.watches.slots.borrow().iter().all(|s| s.pid.is_none()) {
+        if self.exiting_for_health.is_some() && self.parts.watches.slots.borrow().iter().all(|s| s.pid.is_none()) {
             return ControlFlow::Break(Err(RunError::HealthExit));
         }
         ControlFlow::Continue(())
     }
 
     fn on_zk_status(&mut self) {
-        self.watches.zk_status.borrow_and_update();
+        self.parts.watches.zk_status.borrow_and_update();
         self.send_status();
     }
 
     fn on_reload(&mut self) {
         Systemd.reloading();
-        self.running = apply_reload(&self.running, &self.reload);
+        self.parts.running = apply_reload(&self.parts.running, &self.parts.reload);
         Systemd.ready(&self.status_line());
     }
 
     fn set_lifecycle(&mut self, to: Lifecycle, why: &str) {
-        self.lifecycle = transition(self.lifecycle, to, why);
-        let lifecycle = self.lifecycle;
-        self.report.send_modify(|r| r.lifecycle = lifecycle);
+        self.parts.lifecycle = transition(self.parts.lifecycle, to, why);
+        let lifecycle = self.parts.lifecycle;
+        self.parts.report.send_modify(|r| r.lifecycle = lifecycle);
     }
 
     /// Sends `STATUS=` when it changed.
@@ -290,8 +271,13 @@ impl Daemon {
     }
 
     fn status_line(&self) -> String {
-        let w = &self.watches;
-        status_line(self.lifecycle, &w.slots.borrow(), &w.zk_status.borrow(), self.running.supervisor.slots.len())
+        let w = &self.parts.watches;
+        status_line(
+            self.parts.lifecycle,
+            &w.slots.borrow(),
+            &w.zk_status.borrow(),
+            self.parts.running.supervisor.slots.len(),
+        )
     }
 }
 

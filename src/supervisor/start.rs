@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::assignments::{AssignmentChanges, AssignmentSync, AssignmentView};
 use super::blobs;
-use super::main_loop::{self, Daemon, Watches};
+use super::main_loop::{self, Daemon, Parts, Watches};
 use super::processes::{self, LocalDirCheck, ProcessConfig, Processes};
 use super::records::LocalAssignments;
 use super::stop::Teardown;
@@ -169,8 +169,16 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         health: health_rx,
         slots: executor.slots,
     };
-    let daemon =
-        Daemon::new(config, lifecycle, report, membership, sync.queue.clone(), sync.changes, watches, reload_targets)?;
+    let daemon = Daemon::new(Parts {
+        running: config,
+        lifecycle,
+        report,
+        membership,
+        sync_queue: sync.queue.clone(),
+        assignment_changes: sync.changes,
+        watches,
+        reload: reload_targets,
+    })?;
     let teardown = Teardown {
         local_dir: local.dir,
         tasks: running_tasks,
