@@ -1,11 +1,18 @@
 //! The agent's local directory (SPEC §5): the `lock`, `tmp/`, `workers/`, `state/` and the
 //! `clean-shutdown` marker.
 //!
-//! Design: [`LocalDir::open`] is the first thing the daemon does. It takes an exclusive,
+//! Design: [`LocalDir::lock`] is the first thing the daemon does. It takes an exclusive,
 //! non-blocking POSIX record lock (`fcntl(F_SETLK)`) on `<local_dir>/lock` and keeps it for the
 //! life of the process (the kernel drops it when the process dies, however it dies, so there
 //! is no stale lock to clean). A second agent on the same directory gets
-//! [`LocalDirError::Locked`] and exits 4.
+//! [`LocalDirError::Locked`] and exits 4. Only then, and only once the agent has checked that
+//! the directory is its own (the stored supervisor id), does [`LocalDir::prepare`] change
+//! anything in it: an agent refused for its identity leaves the directory exactly as it was.
+//! `gale state reset-id` takes the same lock, so it never runs beside an agent.
+//!
+//! An operator's script probes the lock with `fcntl(F_GETLK)` (it reports the holder's pid
+//! without taking the lock; docs/operations.md has a `python3` one-liner), `lslocks`, or
+//! `gale status`. A `flock(1)` probe says nothing: the two kinds of lock do not see each other.
 //!
 //! Why a record lock and not `flock`: a `flock` belongs to the open file description, which
 //! every forked child shares until its `exec` closes it. An agent SIGKILLed while a worker was
@@ -14,7 +21,7 @@
 //! `tests/faults.rs`). A record lock belongs to the process: a child never inherits it, and
 //! it goes the instant the agent dies. Its catch is that closing ANY descriptor of the file in
 //! the holding process drops it, so the file is opened only here, at most once per process
-//! (an in-process registry refuses a second [`LocalDir::open`] of the same directory before
+//! (an in-process registry refuses a second [`LocalDir::lock`] of the same directory before
 //! it opens anything).
 //!
 //! Invariant: the `clean-shutdown` marker is removed (durably) at start, before anything else
@@ -86,8 +93,21 @@ pub(crate) fn lock_holder(file: &File) -> std::io::Result<Option<u32>> {
 }
 
 impl LocalDir {
-    /// Locks `root`, creates its layout, empties `tmp/`, and consumes the clean-shutdown marker.
+    /// Locks `root`, creates its layout, empties `tmp/`, and consumes the clean-shutdown marker:
+    /// [`LocalDir::lock`] then [`LocalDir::prepare`]. Tests only: the agent checks its
+    /// identity between the two.
+    #[cfg(test)]
     pub(crate) fn open(root: &Path) -> Result<(LocalDir, PreviousStop), LocalDirError> {
+        let dir = LocalDir::lock(root)?;
+        let previous = dir.prepare()?;
+        Ok((dir, previous))
+    }
+
+    /// Takes the lock on `root` (creating `root` and `lock` if missing) and changes nothing
+    /// else: what must be checked before the directory is touched (the agent's identity) and
+    /// what an offline command does (`gale state reset-id`) happens between this and
+    /// [`LocalDir::prepare`].
+    pub(crate) fn lock(root: &Path) -> Result<LocalDir, LocalDirError> {
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| LocalDirError::Io { what, path, source }
@@ -124,11 +144,22 @@ impl LocalDir {
             }
             Err(errno) => return Err(io("cannot lock", &lock_path)(errno.into())),
         }
-        // The pid is only for people reading the file; the record lock is the truth.
-        lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
-        write!(lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
+        Ok(LocalDir { root: root.to_owned(), lock, _held: held })
+    }
 
-        let dir = LocalDir { root: root.to_owned(), lock, _held: held };
+    /// The agent's start on a locked directory: writes its pid into `lock`, creates the
+    /// layout, empties `tmp/` and consumes the clean-shutdown marker.
+    pub(crate) fn prepare(&self) -> Result<PreviousStop, LocalDirError> {
+        let root = &self.root;
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| LocalDirError::Io { what, path, source }
+        };
+        // The pid is only for people reading the file; the record lock is the truth.
+        let lock_path = self.lock_path();
+        self.lock.set_len(0).map_err(io("cannot write lock file", &lock_path))?;
+        write!(&self.lock, "{}", std::process::id()).map_err(io("cannot write lock file", &lock_path))?;
+
         // `state/` is the agent's alone. `workers/` may be traversed but not listed by others:
         // a worker run as another user (run_as_user) reaches its own dir, and nothing else.
         for (sub, mode) in [("state", 0o700), ("workers", 0o711)] {
@@ -136,19 +167,19 @@ impl LocalDir {
             fs::DirBuilder::new().recursive(true).mode(mode).create(&path).map_err(io("cannot create", &path))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io("cannot chmod", &path))?;
         }
-        dir.reset_tmp()?;
+        self.reset_tmp()?;
 
-        let marker = dir.clean_shutdown_marker();
+        let marker = self.clean_shutdown_marker();
         let previous = if marker.exists() {
             fs::remove_file(&marker).map_err(io("cannot remove", &marker))?;
             sync_dir(root).map_err(io("cannot sync", root))?;
             PreviousStop::Clean
-        } else if dir.has_state()? {
+        } else if self.has_state()? {
             PreviousStop::Unclean
         } else {
             PreviousStop::FirstStart
         };
-        Ok((dir, previous))
+        Ok(previous)
     }
 
     pub(crate) fn root(&self) -> &Path {

@@ -24,6 +24,7 @@ mod cli;
 mod decoders_prop;
 mod faults;
 mod health;
+mod identity;
 mod isolation;
 mod local_state;
 mod logs_cli;

@@ -108,6 +108,18 @@ pub(crate) enum BlobCommand {
 pub(crate) enum StateCommand {
     /// Print every kept version of the local state with its keys; works with the daemon down
     Dump,
+    /// Give this host's agent a new supervisor id (run with the agent stopped; docs/operations.md)
+    ResetId {
+        /// The new id [default: supervisor.id from the config if set, else a new UUID]
+        #[arg(long, value_name = "NEW")]
+        id: Option<String>,
+        /// Stop the workers still running (SIGTERM, worker.shutdown_grace_secs, SIGKILL, their cgroups) and forget them
+        #[arg(long, conflicts_with = "hand_over")]
+        stop_workers: bool,
+        /// Leave the workers running for the next agent to adopt under the new id (their cgroup parent is renamed)
+        #[arg(long)]
+        hand_over: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +176,14 @@ pub fn main(args: Args) -> ExitCode {
         Command::CheckConfig => check_config(&config_path(&args)),
         Command::Logs { target, follow, lines } => logs::logs(&config_path(&args), target, *follow, *lines),
         Command::State(StateCommand::Dump) => state::dump(&config_path(&args)),
+        Command::State(StateCommand::ResetId { id, stop_workers, hand_over }) => {
+            let leftovers = match (stop_workers, hand_over) {
+                (true, _) => state::Leftovers::Stop,
+                (false, true) => state::Leftovers::HandOver,
+                (false, false) => state::Leftovers::Unspecified,
+            };
+            state::reset_id(&config_path(&args), id.as_deref(), leftovers)
+        }
         Command::Cluster(ClusterCommand::Supervisors { json }) => cluster::supervisors(&config_path(&args), *json),
         Command::Topology(TopologyCommand::Submit { file, auto_place }) => {
             topology::submit(&config_path(&args), file, *auto_place)

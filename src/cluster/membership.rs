@@ -98,7 +98,7 @@ pub(crate) enum MembershipError {
     #[error(
         "supervisor id {id} is already registered at {path} by another live zookeeper session ({owner}{host}){detail}; \
          another agent uses this id, likely a cloned disk or a copied local dir: give this host its own id \
-         (move its local_dir state away, or set supervisor.id) and start again"
+         (stop it, run `gale state reset-id --id <new id>`, set supervisor.id to it if set) and start again"
     )]
     IdentityConflict { id: String, path: String, owner: String, host: String, detail: String },
     #[error("{path} exists as a persistent node; delete it (it should be an agent's ephemeral node) and start again")]

@@ -6,6 +6,8 @@
 //! before the spawn, joined by the child between `fork` and `exec` (so not one instruction of
 //! the worker runs outside it), listed, killed and removed; found again by worker id after an
 //! agent restart ([`WorkerCgroup::adopt`]); leftovers are removed by [`sweep_orphans`].
+//! `handover.rs` finds a worker's cgroups from its `/proc/<pid>/cgroup` and renames the
+//! workers' parent, for `gale state reset-id` (which runs without an agent).
 //!
 //! Layout: every worker cgroup is `<workers' parent>/<worker id>`. The workers' parent is named
 //! by the caller (`detect("gale")`) and holds nothing else, so its children are exactly the
@@ -43,6 +45,7 @@
 //! Every call here is blocking and bounded (kill and remove retry for about two seconds at
 //! most): call them from `spawn_blocking` in async code.
 
+mod handover;
 mod procfs;
 mod worker;
 
@@ -55,6 +58,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::info;
 
+pub(crate) use handover::{rename_parents, undo_renames, worker_parents};
 pub(crate) use procfs::Hierarchy;
 pub(crate) use worker::{WorkerCgroup, sweep_orphans};
 
@@ -189,6 +193,8 @@ pub(crate) enum IsolationError {
     ZeroLimit { worker_id: String, limit: &'static str },
     #[error("{} already exists and has processes {pids:?}: adopt it or sweep it", .path.display())]
     AlreadyPopulated { path: PathBuf, pids: Vec<u32> },
+    #[error("cannot rename the cgroup {} to {}", .from.display(), .to.display())]
+    Rename { from: PathBuf, to: PathBuf, source: io::Error },
     #[error("{} still has processes {pids:?} after repeated SIGKILL", .path.display())]
     StillPopulated { path: PathBuf, pids: Vec<u32> },
 }

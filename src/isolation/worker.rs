@@ -112,6 +112,18 @@ impl WorkerCgroup {
         })
     }
 
+    /// A cgroup of these directories (primary first); `handover.rs` finds them.
+    pub(super) fn with_dirs(worker_id: &str, dirs: Vec<CgroupDir>) -> WorkerCgroup {
+        #[cfg(not(test))]
+        let _ = worker_id;
+        WorkerCgroup {
+            #[cfg(test)]
+            worker_id: worker_id.to_owned(),
+            dirs,
+            address_space: None,
+        }
+    }
+
     /// Tests only (the fake process control, the isolation tests).
     #[cfg(test)]
     pub(crate) fn worker_id(&self) -> &str {

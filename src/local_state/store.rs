@@ -58,6 +58,11 @@ impl Batch {
         self.entries.insert(K::NAME.to_owned(), bytes);
         Ok(())
     }
+
+    /// Removes a key (absent afterwards, as in a store that never had it).
+    pub(crate) fn remove<K: Key>(&mut self) {
+        self.entries.remove(K::NAME);
+    }
 }
 
 impl LocalState {

@@ -1,8 +1,9 @@
 //! The daemon from start to clean stop: [`run`] is three calls.
 //!
 //! 1. [`start::start`] builds the agent in order, and is the part worth reading slowly: lock
-//!    the local dir (a second agent exits 4), consume the clean-shutdown marker, open
-//!    LocalState (refuse to start if it exists but no version checks out), resolve the
+//!    the local dir (a second agent exits 4), refuse a configured id other than the stored
+//!    one (exit 4, before anything in the dir changes), consume the clean-shutdown marker,
+//!    open LocalState (refuse to start if it exists but no version checks out), resolve the
 //!    supervisor id, go `recovering` if the marker was missing, start the membership task
 //!    (ZooKeeper session, registration, heartbeat), adopt the recorded workers, then start
 //!    the two event queues, the tasks that feed them and the admin endpoints.
@@ -52,6 +53,15 @@ pub(crate) enum RunError {
     Membership(#[from] MembershipError),
     #[error(transparent)]
     Credentials(#[from] crate::cluster::zk::CredentialsError),
+    /// The config names another supervisor id than the local dir holds (identity is pinned).
+    #[error(
+        "supervisor.id = \"{configured}\" in the config, but local dir {} belongs to supervisor id \"{stored}\": \
+         refusing to start under another id (its workers and their cgroups belong to \"{stored}\"); \
+         to rename this agent, stop it and run `gale state reset-id` (docs/operations.md, \"Renaming an agent\"), \
+         or set supervisor.id = \"{stored}\"",
+        .local_dir.display()
+    )]
+    IdentityChanged { configured: String, stored: String, local_dir: std::path::PathBuf },
     #[error("{0}")]
     Internal(String),
     #[error("health checks failed with health.on_failure = \"exit\": workers stopped")]
@@ -65,6 +75,7 @@ impl RunError {
         match self {
             RunError::LocalDir(LocalDirError::Locked { .. }) => ExitCode::IdentityConflict,
             RunError::Membership(MembershipError::IdentityConflict { .. }) => ExitCode::IdentityConflict,
+            RunError::IdentityChanged { .. } => ExitCode::IdentityConflict,
             RunError::Credentials(_) => ExitCode::Config,
             RunError::HealthExit => ExitCode::HealthCheck,
             _ => ExitCode::Failure,

@@ -1,7 +1,8 @@
 //! Start-up, in the order that keeps the invariants (see ARCHITECTURE.md):
 //!
-//! 1. [`open_local`]: lock the local dir (a second agent exits 4), consume the clean-shutdown
-//!    marker, open LocalState, resolve the supervisor id and the hostname;
+//! 1. [`open_local`]: lock the local dir (a second agent exits 4), refuse a configured id
+//!    that is not the stored one (exit 4, nothing in the dir changed), consume the
+//!    clean-shutdown marker, open LocalState, resolve the supervisor id and the hostname;
 //! 2. `recovering` if the marker was missing;
 //! 3. [`start_membership`]: the task that owns the ZooKeeper session;
 //! 4. [`start_executor`]: the `sync-processes` queue's handler, which adopts the recorded
@@ -192,9 +193,21 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
     Ok((daemon, teardown))
 }
 
-/// Steps 1 of the start: the local dir, its state, who this agent is.
+/// Steps 1 of the start: the local dir, its state, who this agent is. The identity is checked
+/// between taking the lock and touching anything in the directory, so an agent refused for
+/// its id leaves the clean-shutdown marker, `tmp/` and the state as they were.
 async fn open_local(config: &Config) -> Result<Local, RunError> {
-    let (dir, previous) = LocalDir::open(&config.supervisor.local_dir)?;
+    let local_dir = config.supervisor.local_dir.clone();
+    let dir = LocalDir::lock(&local_dir)?;
+    let (state_dir, wanted) = (dir.state_dir(), config.supervisor.id.clone());
+    let stored = tokio::task::spawn_blocking(move || match LocalState::read_only(&state_dir)? {
+        Some(state) => state.get::<local_state::SupervisorId>(),
+        None => Ok(None),
+    })
+    .await
+    .map_err(|e| RunError::Internal(e.to_string()))??;
+    check_id(wanted.as_deref(), stored.as_deref(), &local_dir)?;
+    let previous = dir.prepare()?;
     let state_dir = dir.state_dir();
     let state = tokio::task::spawn_blocking(move || LocalState::open(&state_dir))
         .await
@@ -208,26 +221,39 @@ async fn open_local(config: &Config) -> Result<Local, RunError> {
             .to_string_lossy()
             .into_owned(),
     };
-    info!(id = %id, hostname = %hostname, local_dir = %config.supervisor.local_dir.display(), "supervisor identity");
+    info!(id = %id, hostname = %hostname, local_dir = %local_dir.display(), "supervisor identity");
     Ok(Local { dir, previous, state, id, hostname })
 }
 
-/// The supervisor id: `supervisor.id` from the config, else the one in LocalState, else a
-/// new UUID, persisted before anything uses it.
+/// The identity is pinned: a configured `supervisor.id` other than the one the local dir
+/// holds is refused (exit 4). Switching would strand the workers: their cgroups are under
+/// `gale-<stored id>`, where an agent with another id never looks, and the scheduler still
+/// places them on the stored id. `gale state reset-id` is the deliberate way.
+fn check_id(configured: Option<&str>, stored: Option<&str>, local_dir: &std::path::Path) -> Result<(), RunError> {
+    match (configured, stored) {
+        (Some(configured), Some(stored)) if configured != stored => Err(RunError::IdentityChanged {
+            configured: configured.to_owned(),
+            stored: stored.to_owned(),
+            local_dir: local_dir.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The supervisor id: the one in LocalState, else `supervisor.id` from the config, else a new
+/// UUID, persisted before anything uses it. A configured id that differs from the stored one
+/// is refused ([`check_id`]; checked before the local dir was prepared, and again here).
 async fn resolve_id(config: &Config, state: &Arc<Mutex<LocalState>>) -> Result<String, RunError> {
     let wanted = config.supervisor.id.clone();
+    let local_dir = config.supervisor.local_dir.clone();
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let mut state = state.lock().unwrap();
         let stored = state.get::<local_state::SupervisorId>()?;
+        check_id(wanted.as_deref(), stored.as_deref(), &local_dir)?;
         let id = match (wanted, stored) {
-            (Some(wanted), Some(stored)) if wanted == stored => return Ok(stored),
-            (Some(wanted), Some(stored)) => {
-                warn!(configured = %wanted, stored = %stored, "supervisor.id differs from the stored id; using the configured one");
-                wanted
-            }
+            (_, Some(stored)) => return Ok(stored),
             (Some(wanted), None) => wanted,
-            (None, Some(stored)) => return Ok(stored),
             (None, None) => {
                 let id = uuid::Uuid::new_v4().to_string();
                 info!(id = %id, "first start: generated a supervisor id");
@@ -450,4 +476,52 @@ fn queue_probe<J: crate::event::Job>(queue: &QueueHandle<J>) -> crate::admin::Qu
             failing: queue.failing().into_iter().map(|(job, e)| (job.to_owned(), e)).collect(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::ExitCode;
+
+    fn config(local: &std::path::Path, id: Option<&str>) -> Config {
+        let id = id.map(|id| format!("id = \"{id}\"\n")).unwrap_or_default();
+        let text = format!(
+            "[zookeeper]\nservers = [\"127.0.0.1:2181\"]\n[supervisor]\nlocal_dir = \"{0}\"\nlog_dir = \"{0}/log\"\n{id}",
+            local.display()
+        );
+        crate::config::parse(&text, std::path::Path::new("/etc/gale/gale.toml")).unwrap()
+    }
+
+    /// Identity is pinned: another configured id is exit 4, names both ids and the dir, and
+    /// leaves the directory as it was (marker, `tmp/`, state); the stored id is kept when the
+    /// config names none.
+    #[tokio::test]
+    async fn a_configured_id_other_than_the_stored_one_is_refused_and_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("local");
+        let first = open_local(&config(&root, Some("sup-a"))).await.unwrap();
+        assert_eq!(first.id, "sup-a");
+        first.dir.mark_clean_shutdown().unwrap();
+        drop(first);
+        std::fs::write(root.join("tmp/left-over"), b"x").unwrap();
+        let versions = std::fs::read_dir(root.join("state")).unwrap().count();
+
+        let err = open_local(&config(&root, Some("sup-b"))).await.err().expect("refused");
+        assert_eq!(err.exit_code(), ExitCode::IdentityConflict);
+        let line = err.to_string();
+        for part in ["\"sup-a\"", "\"sup-b\"", &root.display().to_string(), "gale state reset-id"] {
+            assert!(line.contains(part), "{part} missing from: {line}");
+        }
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(root.join("clean-shutdown").exists(), "the marker is not consumed");
+        assert!(root.join("tmp/left-over").exists(), "tmp/ is not emptied");
+        assert_eq!(std::fs::read_dir(root.join("state")).unwrap().count(), versions, "no state version written");
+
+        let again = open_local(&config(&root, None)).await.unwrap();
+        assert_eq!(again.id, "sup-a", "without supervisor.id the stored id is used");
+        assert_eq!(again.previous, PreviousStop::Clean, "the refused start did not count as a start");
+        drop(again);
+        let same = open_local(&config(&root, Some("sup-a"))).await.unwrap();
+        assert_eq!(same.id, "sup-a");
+    }
 }
