@@ -104,3 +104,31 @@ fn state_dump_works_without_a_daemon_and_reports_a_missing_store() {
     assert!(stderr(&out).contains("local/state"), "{}", stderr(&out));
     assert!(!tmp.path().join("local").exists(), "dump never creates anything");
 }
+
+/// `gale state dump` on the local dirs each release wrote (tests/fixtures/): format 1 shown
+/// migrated (worker records without `launched_by`), format 2 as it is; values as JSON.
+#[test]
+fn state_dump_prints_format_1_and_format_2_states_as_json() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (release, format) in [("v0.1.0", ": ok, format 1 (shown as format 2)"), ("v0.2.0", ": ok, format 2\n")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("gale.toml");
+        let local = fixtures.join(release).join("running/local");
+        let text =
+            format!("[zookeeper]\nservers = [\"127.0.0.1:2181\"]\n[supervisor]\nlocal_dir = \"{}\"\n", local.display());
+        std::fs::write(&cfg, text).unwrap();
+        let out = gale(&["state", "dump"], &cfg);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{release}: {}", stderr(&out));
+        assert!(stdout.contains(format), "{release}: {stdout}");
+        assert!(stdout.contains("  supervisor-id = \"fixture-running\"\n"), "{release}: {stdout}");
+        let workers = stdout.lines().find_map(|l| l.strip_prefix("  workers = ")).expect("a workers line");
+        let workers: serde_json::Value = serde_json::from_str(workers).unwrap();
+        let records = workers.as_object().unwrap();
+        assert_eq!(records.len(), 2, "{release}: {workers}");
+        for record in records.values() {
+            let launched_by = &record["launched_by"];
+            assert_eq!(launched_by.is_null(), release == "v0.1.0", "{release}: {record}");
+        }
+    }
+}

@@ -76,3 +76,55 @@ fn values_survive_sigkill_at_random_moments() {
     println!("{ROUNDS} rounds, {total_printed} values reported, final value {durable}");
     assert!(total_printed > 0, "the writer never completed a put: the test proved nothing");
 }
+
+/// A downgrade: a state written by a newer gale (format 3, laid down by hand beside an older
+/// readable version) makes `gale run` exit 78 with one line naming the format found, the
+/// formats understood and the dir, before anything is touched (no reset, no read of the older
+/// version).
+#[test]
+fn a_state_of_a_newer_format_makes_gale_run_exit_78_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state_dir = tmp.path().join("local/state");
+    {
+        let mut state = LocalState::open(&state_dir).unwrap();
+        state.put::<LastSessionId>(&7).unwrap();
+    }
+    let payload = [0u8; 8]; // an empty map, as format 2 would encode it; format 3 may differ
+    let mut bytes = b"GALESTAT".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    let newest = u64::MAX / 2;
+    std::fs::write(state_dir.join(newest.to_string()), &bytes).unwrap();
+    std::fs::write(state_dir.join(format!("{newest}.version")), b"").unwrap();
+    let before = listing(&state_dir);
+
+    let config = tmp.path().join("gale.toml");
+    let text = format!(
+        "[zookeeper]\nservers = [\"127.0.0.1:1\"]\n[supervisor]\nlocal_dir = \"{dir}/local\"\nlog_dir = \"{dir}/logs\"\n\
+         [health]\nscript_dir = \"{dir}/health\"\n[admin]\nlisten = \"\"\n",
+        dir = tmp.path().display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gale")).arg("run").arg("--config").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let expected = format!(
+        "gale: local state {} was written by a newer gale (format 3; this gale reads formats 1-2): refusing to start; \
+         upgrade gale or restore a backup",
+        state_dir.display()
+    );
+    assert_eq!(stderr.lines().last(), Some(expected.as_str()), "{stderr}");
+    assert_eq!(listing(&state_dir), before, "nothing reset, nothing cleaned, nothing written");
+}
+
+fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut names: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    names.sort();
+    names
+}

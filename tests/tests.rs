@@ -23,6 +23,7 @@ mod blobs;
 mod cli;
 mod decoders_prop;
 mod faults;
+mod fixtures;
 mod health;
 mod identity;
 mod isolation;

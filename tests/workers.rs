@@ -673,6 +673,7 @@ async fn a_recorded_pid_reused_by_an_unrelated_process_is_never_signalled() {
                     ..template.process
                 },
                 launched_at_ms: template.launched_at_ms,
+                launched_by: template.launched_by.clone(),
                 job: template.job.clone(),
             },
         );
@@ -1142,6 +1143,13 @@ async fn unreadable_worker_records_refuse_the_start_and_leave_the_workers_alone(
     impl Key for NotWorkerRecords {
         const NAME: &'static str = "workers";
         type Value = String;
+        type Stored = String;
+        fn to_stored(value: &String) -> String {
+            value.clone()
+        }
+        fn from_stored(stored: String) -> String {
+            stored
+        }
     }
     let case = Case::shared("undecodable-records", "");
     let reaper = Reaper::new(case.local().join("workers"));

@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use super::error::StateError;
-use super::format::{self, Defect, Entries};
+use super::format::{self, Decoded, Defect, Entries};
 use super::keys::known_keys;
 use super::scan::{self, data_path};
+use super::stored::{self, FORMAT_VERSION};
 
 /// Whether a version present in the directory can be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,8 +38,8 @@ impl std::fmt::Display for VersionStatus {
 pub(crate) struct VersionInfo {
     pub version: u64,
     pub status: VersionStatus,
-    /// The decoded map, when `status` is `Ok`.
-    pub entries: Option<Entries>,
+    /// The format and the decoded map (values in that format), when `status` is `Ok`.
+    pub decoded: Option<Decoded>,
 }
 
 /// Every version present in `dir` (with a data file, marker or temp file), newest first.
@@ -49,21 +50,21 @@ pub(crate) fn versions(dir: &Path) -> Result<Vec<VersionInfo>, StateError> {
         .rev()
         .map(|(&version, files)| {
             if !files.marker {
-                return VersionInfo { version, status: VersionStatus::NoMarker, entries: None };
+                return VersionInfo { version, status: VersionStatus::NoMarker, decoded: None };
             }
             match format::read_version(&data_path(dir, version)) {
-                Ok(entries) => VersionInfo { version, status: VersionStatus::Ok, entries: Some(entries) },
-                Err(defect) => VersionInfo { version, status: VersionStatus::Unreadable(defect), entries: None },
+                Ok(decoded) => VersionInfo { version, status: VersionStatus::Ok, decoded: Some(decoded) },
+                Err(defect) => VersionInfo { version, status: VersionStatus::Unreadable(defect), decoded: None },
             }
         })
         .collect())
 }
 
-/// Renders every version in `dir`, newest first, with its status and (when readable) every key:
-/// known keys as compact JSON, unknown ones by size.
+/// Renders every version in `dir`, newest first, with its status, format and (when readable)
+/// every key: known keys as compact JSON, unknown ones by size. A version of an older format is
+/// shown migrated to the current one (what this build would run on), and says so.
 pub(crate) fn dump(dir: &Path) -> Result<String, StateError> {
     let versions = versions(dir)?;
-    let known = known_keys();
     let mut out = String::new();
     if versions.is_empty() {
         let _ = writeln!(out, "local state in {}: no versions (a fresh store)", dir.display());
@@ -71,19 +72,47 @@ pub(crate) fn dump(dir: &Path) -> Result<String, StateError> {
     }
     let _ = writeln!(out, "local state in {}: {} versions, newest first", dir.display(), versions.len());
     for info in &versions {
-        let _ = writeln!(out, "version {} ({}): {}", info.version, format_unix_ms(info.version), info.status);
-        for (key, bytes) in info.entries.iter().flatten() {
-            let value = match known.get(key.as_str()) {
-                Some(to_json) => match to_json(bytes) {
-                    Ok(json) => json.to_string(),
-                    Err(e) => format!("<{} bytes, does not decode: {e}>", bytes.len()),
-                },
-                None => format!("<{} bytes, unknown key>", bytes.len()),
-            };
-            let _ = writeln!(out, "  {key} = {value}");
-        }
+        let at = format_unix_ms(info.version);
+        let Some(Decoded { format, entries }) = &info.decoded else {
+            let _ = writeln!(out, "version {} ({at}): {}", info.version, info.status);
+            continue;
+        };
+        let entries = if *format == FORMAT_VERSION {
+            let _ = writeln!(out, "version {} ({at}): {}, format {format}", info.version, info.status);
+            entries.clone()
+        } else {
+            match stored::migrate(*format, entries.clone()) {
+                Ok(migrated) => {
+                    let _ = writeln!(
+                        out,
+                        "version {} ({at}): {}, format {format} (shown as format {FORMAT_VERSION})",
+                        info.version, info.status
+                    );
+                    migrated
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "version {} ({at}): format {format}, does not migrate: {e}", info.version);
+                    entries.clone()
+                }
+            }
+        };
+        write_entries(&mut out, &entries);
     }
     Ok(out)
+}
+
+fn write_entries(out: &mut String, entries: &Entries) {
+    let known = known_keys();
+    for (key, bytes) in entries {
+        let value = match known.get(key.as_str()) {
+            Some(to_json) => match to_json(bytes) {
+                Ok(json) => json.to_string(),
+                Err(e) => format!("<{} bytes, does not decode: {e}>", bytes.len()),
+            },
+            None => format!("<{} bytes, unknown key>", bytes.len()),
+        };
+        let _ = writeln!(out, "  {key} = {value}");
+    }
 }
 
 /// Formats milliseconds since the unix epoch as UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`.

@@ -8,6 +8,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::format::Defect;
+use super::stored::{FORMAT_VERSION, MigrateError, OLDEST_FORMAT};
 
 /// A step of the write protocol, named in [`StateError::Write`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,17 @@ pub enum StateError {
         .dir.display()
     )]
     NoReadableVersion { dir: PathBuf, count: usize, newest: u64, reason: Defect },
+    /// A downgrade: the agent exits 78 (like a config it cannot use) and touches nothing.
+    #[error(
+        "local state {} was written by a newer gale (format {found}; this gale reads formats {OLDEST_FORMAT}-{FORMAT_VERSION}): refusing to start; upgrade gale or restore a backup",
+        .dir.display()
+    )]
+    NewerFormat { dir: PathBuf, found: u32 },
+    #[error(
+        "local state {} version {version} cannot be brought to format {FORMAT_VERSION}: {source}; it was written by an incompatible gale: move the state directory away",
+        .dir.display()
+    )]
+    Migrate { dir: PathBuf, version: u64, source: MigrateError },
     #[error(
         "local state key {key:?}{} does not decode as {ty}: it was written by an incompatible gale; remove the key or move the state directory away",
         .version.map(|v| format!(" (version {v})")).unwrap_or_default()

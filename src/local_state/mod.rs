@@ -23,15 +23,21 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic b"GALESTAT"
-//!      8     4  format version, u32 LE (currently 1)
+//!      8     4  format version, u32 LE (this build writes 2, reads 1 and 2)
 //!     12     8  payload length, u64 LE
-//!     20     4  CRC32 of the payload, u32 LE
+//!     20     4  CRC32, u32 LE: of the payload in format 1; of bytes 0..20 and the payload
+//!               from format 2 on (a damaged format field cannot pass for another format)
 //!     24     n  payload: bincode (v1) of BTreeMap<String, Vec<u8>>,
-//!               each value being the bincode encoding of that key's typed value
+//!               each value being the bincode encoding of that key's stored type
 //! ```
 //!
 //! Values are encoded per key so that one key whose type changed (or that this build does not
-//! know) never prevents reading the others.
+//! know) never prevents reading the others. Each key's stored type belongs to the format
+//! ([`stored`]: `v1` is what gale 0.1.0 wrote, `v2` what this build writes), never to the wire
+//! or in-memory types, which are converted to and from it field by field. A file of an older
+//! format is read with that format's types and migrated in memory; the next write stores the
+//! current format. A file of a newer format makes the whole directory refused
+//! ([`StateError::NewerFormat`], exit 78): neither reset nor read around.
 //!
 //! # Write protocol
 //!
@@ -51,7 +57,9 @@
 //!   `Ok(v)`, version `v` (or a newer one) is what the next [`LocalState::open`] reads, whatever
 //!   happens to the process afterwards.
 //! - Reading takes the newest version that has a marker AND whose data file has the exact length,
-//!   magic, a known format version, a matching CRC and decodes. A version failing any check is
+//!   magic, a format version from 1 to the current one, a matching CRC and decodes (then
+//!   migrates). If any marked version names a newer format, nothing is read: a downgrade is
+//!   refused. A version failing any check is
 //!   logged (`warn`) and skipped; it is never treated as an empty store.
 //! - Markers present but none readable is an error: the agent refuses to start rather than come
 //!   up as a new supervisor with a new identity. Only a directory with no marker at all is fresh.
@@ -70,11 +78,13 @@ mod keys;
 mod prop_tests;
 mod scan;
 mod store;
+pub(crate) mod stored;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use dump::dump;
 pub use error::StateError;
-pub(crate) use keys::{Drained, EarlierSessionIds, SupervisorId};
-pub use keys::{Key, LastSessionId, LocalAssignmentsKey, SessionOwner, Workers};
+pub use keys::{
+    Drained, EarlierSessionIds, Key, LastSessionId, LocalAssignmentsKey, SessionOwner, SupervisorId, Workers,
+};
 pub use store::LocalState;

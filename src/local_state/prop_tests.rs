@@ -11,7 +11,8 @@
 //! - `read_only`, `open`, `versions` and `dump` return (within the deadline) and never panic;
 //! - a torn data file never decodes (checked on the bytes, not through the store);
 //! - both readers pick the newest version that has a marker and decodes, and read exactly its
-//!   keys; with one good version anywhere, they never fail and never come up empty;
+//!   keys; with one good version anywhere, they never fail and never come up empty, unless a
+//!   marked version's header names a newer format: then both refuse (a downgrade);
 //! - with markers but nothing readable, both fail, and `open` leaves the directory as found;
 //! - after a successful `open`, only torn leftovers are gone, and the next write becomes the
 //!   newest version, read back by the next `open` together with the keys it kept.
@@ -24,8 +25,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::dump::versions;
-use super::format::{self, Entries, FORMAT_VERSION, HEADER_LEN};
+use super::format::{self, Entries, HEADER_LEN};
 use super::scan::{data_path, marker_path, temp_path};
+use super::stored::FORMAT_VERSION;
 use super::*;
 use crate::proptest_support::{bounded, cases};
 
@@ -165,7 +167,8 @@ fn seal(payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(format::MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let crc = format::checksum(FORMAT_VERSION, &out, payload);
+    out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
     out
 }
@@ -266,7 +269,7 @@ type Typed =
 
 fn typed_from(entries: &Entries) -> Typed {
     fn get<K: Key>(e: &Entries) -> Option<Result<K::Value, ()>> {
-        e.get(K::NAME).map(|b| bincode::deserialize(b).map_err(drop))
+        e.get(K::NAME).map(|b| stored::decode::<K::Stored>(b).map(K::from_stored).map_err(drop))
     }
     (
         get::<SupervisorId>(entries),
@@ -294,15 +297,26 @@ fn open(dir: &Path) -> Result<LocalState, StateError> {
 }
 
 /// What a read of `laid` must find: the newest version with a marker whose data decodes, `None`
-/// for a fresh store, `Err` when markers exist but none is readable.
+/// for a fresh store, `Err` when markers exist but none is readable, or when any marked version's
+/// header names a format newer than this build's (a downgrade is refused, never read around).
 fn expected(laid: &[(u64, VersionSpec, Option<Vec<u8>>)]) -> Result<Option<(u64, Entries)>, ()> {
     let marked: Vec<_> = laid.iter().rev().filter(|(_, spec, _)| spec.marker).collect();
+    if marked.iter().any(|(_, _, bytes)| bytes.as_deref().is_some_and(names_a_newer_format)) {
+        return Err(());
+    }
     for (version, _, bytes) in &marked {
-        if let Some(entries) = bytes.as_deref().and_then(|b| format::decode(b).ok()) {
-            return Ok(Some((*version, entries)));
+        if let Some(decoded) = bytes.as_deref().and_then(|b| format::decode(b).ok()) {
+            return Ok(Some((*version, decoded.entries)));
         }
     }
     if marked.is_empty() { Ok(None) } else { Err(()) }
+}
+
+/// Our magic followed by a format past [`FORMAT_VERSION`], whatever the rest holds.
+fn names_a_newer_format(bytes: &[u8]) -> bool {
+    bytes.len() >= 12
+        && &bytes[..8] == format::MAGIC
+        && u32::from_le_bytes(bytes[8..12].try_into().unwrap()) > FORMAT_VERSION
 }
 
 fn check_dir(laid: &[(u64, VersionSpec, Option<Vec<u8>>)], dir: &Path) -> Result<(), TestCaseError> {
@@ -313,7 +327,8 @@ fn check_dir(laid: &[(u64, VersionSpec, Option<Vec<u8>>)], dir: &Path) -> Result
         }
     }
     let want = expected(laid);
-    let any_good = laid.iter().any(|(_, spec, _)| spec.marker && matches!(spec.data, Data::Valid(_)));
+    let refused = laid.iter().any(|(_, spec, b)| spec.marker && b.as_deref().is_some_and(names_a_newer_format));
+    let any_good = laid.iter().any(|(_, spec, _)| spec.marker && matches!(spec.data, Data::Valid(_))) && !refused;
     let check = |what: &str, got: Option<(Option<u64>, Typed)>| -> Result<(), TestCaseError> {
         match (&want, got) {
             (Ok(Some((version, entries))), Some(got)) => {
@@ -375,7 +390,8 @@ proptest! {
         check_dir(&laid, tmp.path())?;
     }
 
-    /// A torn newest version over a good one: the good one is read, never an empty store.
+    /// A torn newest version over a good one: the good one is read, never an empty store (a
+    /// marked one whose header names a newer format is refused: never read around).
     #[test]
     fn a_torn_newest_version_falls_back_to_the_good_one(
         good in entries(),
@@ -388,6 +404,12 @@ proptest! {
             VersionSpec { gap: 1, data: torn, marker, temp: None },
         ];
         let laid = lay_down(tmp.path(), &specs, &[]);
+        if marker && laid[1].2.as_deref().is_some_and(names_a_newer_format) {
+            // The burst hit the format field: a marked version of a newer format is refused.
+            let refused = matches!(read_only(tmp.path()), Err(StateError::NewerFormat { .. }));
+            prop_assert!(refused, "a marked version of a newer format must be refused");
+            return Ok(());
+        }
         let state = read_only(tmp.path()).unwrap().unwrap();
         prop_assert_eq!(state.version(), Some(laid[0].0));
         prop_assert_eq!(typed(&state), typed_from(&good));

@@ -14,9 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 use super::error::{StateError, WriteStep};
-use super::format::{self, Entries};
+use super::format::{self, Decoded, Entries};
 use super::keys::Key;
 use super::scan::{self, data_path, marker_path, temp_path};
+use super::stored::{self, FORMAT_VERSION};
 
 /// How many versions are kept; older ones are deleted once a new version is durable.
 pub(crate) const KEEP_VERSIONS: usize = 4;
@@ -54,7 +55,8 @@ impl Batch {
     }
 
     pub(crate) fn put<K: Key>(&mut self, value: &K::Value) -> Result<(), StateError> {
-        let bytes = bincode::serialize(value).map_err(|source| StateError::Encode { key: K::NAME, source })?;
+        let bytes =
+            stored::encode(&K::to_stored(value)).map_err(|source| StateError::Encode { key: K::NAME, source })?;
         self.entries.insert(K::NAME.to_owned(), bytes);
         Ok(())
     }
@@ -90,17 +92,18 @@ impl LocalState {
         }))
     }
 
-    /// The directory listing and the newest version that checks out.
+    /// The directory listing and the newest version that checks out, in the current format.
     fn read_newest(dir: &Path) -> Result<(scan::Listing, Option<u64>, Entries), StateError> {
         let listing = scan::scan(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?;
+        refuse_newer_format(dir, &listing)?;
 
         let mut newest_good = None;
         let mut defects = Vec::new();
         for (&version, _) in listing.iter().rev().filter(|(_, files)| files.marker) {
             let path = data_path(dir, version);
             match format::read_version(&path) {
-                Ok(entries) => {
-                    newest_good = Some((version, entries));
+                Ok(decoded) => {
+                    newest_good = Some((version, decoded));
                     break;
                 }
                 Err(reason) => {
@@ -110,7 +113,7 @@ impl LocalState {
             }
         }
         let (version, entries) = match newest_good {
-            Some((version, entries)) => (Some(version), entries),
+            Some((version, Decoded { format, entries })) => (Some(version), migrate(dir, version, format, entries)?),
             None if defects.is_empty() => (None, Entries::new()),
             None => {
                 let count = defects.len();
@@ -267,13 +270,41 @@ impl LocalState {
     }
 }
 
+/// Refuses a directory in which any version (not only the newest) was written in a format
+/// newer than this build's: reading an older version beside it would run on stale state, and
+/// resetting would lose the identity. Only versions with a marker count; a torn write is not
+/// a state anyone ran on.
+fn refuse_newer_format(dir: &Path, listing: &scan::Listing) -> Result<(), StateError> {
+    let newer = listing
+        .iter()
+        .filter(|(_, files)| files.marker)
+        .filter_map(|(&version, _)| format::peek_format(&data_path(dir, version)))
+        .filter(|found| *found > FORMAT_VERSION)
+        .max();
+    match newer {
+        Some(found) => Err(StateError::NewerFormat { dir: dir.to_owned(), found }),
+        None => Ok(()),
+    }
+}
+
+/// Brings a version read in an older format to the current one, in memory; the next write
+/// stores the current format.
+fn migrate(dir: &Path, version: u64, format: u32, entries: Entries) -> Result<Entries, StateError> {
+    if format == FORMAT_VERSION {
+        return Ok(entries);
+    }
+    info!(dir = %dir.display(), version, format, current = FORMAT_VERSION,
+        "read local state written in an older format; the next write stores the current one");
+    stored::migrate(format, entries).map_err(|source| StateError::Migrate { dir: dir.to_owned(), version, source })
+}
+
 fn decode_value<K: Key>(entries: &Entries, version: Option<u64>) -> Result<Option<K::Value>, StateError> {
     let Some(bytes) = entries.get(K::NAME) else {
         return Ok(None);
     };
-    bincode::deserialize(bytes).map(Some).map_err(|source| StateError::Decode {
+    stored::decode::<K::Stored>(bytes).map(|stored| Some(K::from_stored(stored))).map_err(|source| StateError::Decode {
         key: K::NAME,
-        ty: std::any::type_name::<K::Value>(),
+        ty: std::any::type_name::<K::Stored>(),
         version,
         source,
     })

@@ -18,6 +18,13 @@ struct Mystery;
 impl Key for Mystery {
     const NAME: &'static str = "mystery";
     type Value = u32;
+    type Stored = u32;
+    fn to_stored(value: &u32) -> u32 {
+        *value
+    }
+    fn from_stored(stored: u32) -> u32 {
+        stored
+    }
 }
 
 fn frozen_clock() -> u64 {
@@ -212,11 +219,13 @@ fn marker_without_data_falls_back_to_previous() {
     newest_damaged_falls_back(|data, _| fs::remove_file(data).unwrap());
 }
 
+/// A format below the oldest this build reads is a defect (skipped); a newer one refuses the
+/// whole directory instead (`a_newer_format_anywhere_in_the_directory_is_refused…`).
 #[test]
 fn unknown_format_version_is_skipped() {
     newest_damaged_falls_back(|data, _| {
         let mut bytes = fs::read(data).unwrap();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&0u32.to_le_bytes());
         fs::write(data, &bytes).unwrap();
     });
 }
@@ -311,6 +320,13 @@ fn decode_error_names_the_key() {
     impl Key for SameNameAsString {
         const NAME: &'static str = "mystery";
         type Value = String;
+        type Stored = String;
+        fn to_stored(value: &String) -> String {
+            value.clone()
+        }
+        fn from_stored(stored: String) -> String {
+            stored
+        }
     }
     let err = state.get::<SameNameAsString>().unwrap_err();
     assert!(err.to_string().contains("\"mystery\""), "{err}");
@@ -341,12 +357,12 @@ fn dump_lists_versions_statuses_and_values_without_touching_the_directory() {
         "local state in {dir}: 4 versions, newest first\n\
          version 1003 (1970-01-01T00:00:01.003Z): no marker (torn write)\n\
          version {c} (1970-01-01T00:00:01.002Z): zero-length data file\n\
-         version {b} (1970-01-01T00:00:01.001Z): ok\n\
+         version {b} (1970-01-01T00:00:01.001Z): ok, format 2\n\
          \x20 earlier-session-ids = [76,75]\n\
          \x20 last-session-id = 77\n\
          \x20 mystery = <4 bytes, unknown key>\n\
          \x20 supervisor-id = \"sup-1\"\n\
-         version {a} (1970-01-01T00:00:01.000Z): ok\n\
+         version {a} (1970-01-01T00:00:01.000Z): ok, format 2\n\
          \x20 supervisor-id = \"sup-1\"\n",
         dir = dir.display()
     );
@@ -393,4 +409,121 @@ fn known_keys_decode_to_json() {
     let bytes = bincode::serialize(&vec![3i64, 2]).unwrap();
     assert_eq!(keys["earlier-session-ids"](&bytes).unwrap(), serde_json::json!([3, 2]));
     assert!(keys["supervisor-id"](&[1]).is_err());
+}
+
+/// Writes a data file of `format` by hand (the container of that format around `entries`).
+fn write_format(dir: &Path, version: u64, format: u32, entries: &super::format::Entries) {
+    let payload = bincode::serialize(entries).unwrap();
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(super::format::MAGIC);
+    bytes.extend_from_slice(&format.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let crc = super::format::checksum(format, &bytes, &payload);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    fs::write(dir.join(version.to_string()), bytes).unwrap();
+    fs::write(dir.join(format!("{version}.version")), b"").unwrap();
+}
+
+#[test]
+fn a_newer_format_anywhere_in_the_directory_is_refused_and_nothing_is_touched() {
+    let good = super::format::Entries::from([(Drained::NAME.to_owned(), bincode::serialize(&true).unwrap())]);
+    // Newest version newer, then an older version newer beside a readable newest one.
+    for (newer_version, other_version) in [(20, 10), (10, 20)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_format(dir, other_version, stored::FORMAT_VERSION, &good);
+        write_format(dir, newer_version, stored::FORMAT_VERSION + 1, &good);
+        fs::write(dir.join("30.tmp"), b"torn").unwrap();
+        let before = listing(dir);
+        for err in [LocalState::open(dir).unwrap_err(), LocalState::read_only(dir).unwrap_err()] {
+            assert!(
+                matches!(err, StateError::NewerFormat { found, .. } if found == stored::FORMAT_VERSION + 1),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(!text.contains('\n'), "one line: {text}");
+            assert!(
+                text.contains(&format!("{}", dir.display()))
+                    && text.contains("newer gale (format 3; this gale reads formats 1-2)"),
+                "{text}"
+            );
+        }
+        assert_eq!(listing(dir), before, "a refused directory is left as found");
+        assert!(dump(dir).unwrap().contains("written by a newer gale (format 3"), "dump still shows it");
+    }
+}
+
+#[test]
+fn an_unknown_older_format_is_a_skipped_defect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let entries = |v: bool| super::format::Entries::from([(Drained::NAME.to_owned(), bincode::serialize(&v).unwrap())]);
+    write_format(dir, 10, stored::FORMAT_VERSION, &entries(true));
+    write_format(dir, 20, 0, &entries(false));
+    let state = LocalState::open(dir).unwrap();
+    assert_eq!((state.version(), state.get::<Drained>().unwrap()), (Some(10), Some(true)));
+    assert_eq!(versions(dir).unwrap()[0].status, VersionStatus::Unreadable(Defect::UnknownFormat(0)));
+}
+
+#[test]
+fn a_format_1_state_is_read_migrated_and_written_back_as_the_current_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let record = stored::v1::WorkerRecord {
+        worker_id: "w-1".into(),
+        port: 6700,
+        topology_id: "t-1".into(),
+        process: stored::v1::ProcessIdentity { pid: 1, start_ticks: 2, boot_id: "b".into() },
+        launched_at_ms: 3,
+        job: stored::v1::PortJob {
+            topology_id: "t-1".into(),
+            zxid: 4,
+            launch: stored::v1::Launch {
+                command: vec!["/bin/true".into()],
+                env: BTreeMap::new(),
+                liveness: stored::v1::LivenessMode::Process,
+                start_timeout_secs: None,
+                heartbeat_timeout_secs: None,
+                memory_mb: None,
+                cpu_percent: None,
+                user: None,
+            },
+            blobs: vec![],
+        },
+    };
+    let records = stored::v1::WorkerRecords::from([("w-1".to_owned(), record)]);
+    let entries = super::format::Entries::from([
+        (Workers::NAME.to_owned(), bincode::serialize(&records).unwrap()),
+        (SupervisorId::NAME.to_owned(), bincode::serialize("sup-old").unwrap()),
+    ]);
+    write_format(dir, 10, 1, &entries);
+
+    let mut state = LocalState::open(dir).unwrap();
+    let workers = state.get::<Workers>().unwrap().unwrap();
+    assert_eq!((workers["w-1"].launched_by.as_deref(), workers["w-1"].job.zxid), (None, 4));
+    assert_eq!(state.get::<SupervisorId>().unwrap().as_deref(), Some("sup-old"));
+    assert!(dump(dir).unwrap().contains("ok, format 1 (shown as format 2)"), "{}", dump(dir).unwrap());
+
+    let written = state.put::<Drained>(&true).unwrap();
+    let bytes = fs::read(dir.join(written.to_string())).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), stored::FORMAT_VERSION);
+    let reread = LocalState::open(dir).unwrap();
+    assert_eq!(reread.get::<Workers>().unwrap(), Some(workers), "the migrated records, now stored as format 2");
+    assert_eq!(reread.get::<SupervisorId>().unwrap().as_deref(), Some("sup-old"));
+}
+
+#[test]
+fn a_damaged_format_field_does_not_pass_for_format_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut state = LocalState::open(dir).unwrap();
+    let a = state.put::<LastSessionId>(&1).unwrap();
+    let b = state.put::<LastSessionId>(&2).unwrap();
+    let path = dir.join(b.to_string());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8] = 1;
+    fs::write(&path, bytes).unwrap();
+    let reopened = LocalState::open(dir).unwrap();
+    assert_eq!(reopened.version(), Some(a), "the CRC covers the format field from format 2 on");
 }

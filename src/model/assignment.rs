@@ -27,8 +27,9 @@ pub enum LivenessMode {
     Heartbeat,
 }
 
-/// How to start one worker of the topology. (No `skip_serializing_if` here or below: these
-/// types are also stored with bincode in the local state, which needs every field written.)
+/// How to start one worker of the topology. (A wire type only: the local state stores its own
+/// copy, `local_state::stored`, so a field added here changes nothing on disk; it is simply not
+/// persisted until a new state format stores it.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     /// argv, never run through a shell; placeholders `{port}`, `{worker_id}`, `{topology_id}`,

@@ -77,6 +77,8 @@ impl RunError {
             RunError::Membership(MembershipError::IdentityConflict { .. }) => ExitCode::IdentityConflict,
             RunError::IdentityChanged { .. } => ExitCode::IdentityConflict,
             RunError::Credentials(_) => ExitCode::Config,
+            // A downgrade: like a config this build cannot use, restarting will not help.
+            RunError::State(StateError::NewerFormat { .. }) => ExitCode::Config,
             RunError::HealthExit => ExitCode::HealthCheck,
             _ => ExitCode::Failure,
         }
@@ -88,4 +90,21 @@ pub(crate) async fn run(config: Config, shutdown: impl Future<Output = ()>) -> R
     let (mut daemon, teardown) = start::start(config).await?;
     let outcome = daemon.run_until(shutdown).await;
     stop::stop(daemon, teardown, outcome).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::ExitCode;
+
+    #[test]
+    fn a_state_of_a_newer_format_exits_78_like_an_unusable_config() {
+        let err = RunError::State(StateError::NewerFormat { dir: "/var/lib/gale/state".into(), found: 3 });
+        assert_eq!(err.exit_code() as i32, ExitCode::Config as i32);
+        assert_eq!(
+            err.to_string(),
+            "local state /var/lib/gale/state was written by a newer gale (format 3; this gale reads formats 1-2): \
+             refusing to start; upgrade gale or restore a backup"
+        );
+    }
 }

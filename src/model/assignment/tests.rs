@@ -62,8 +62,7 @@ fn the_spec_example_decodes_with_defaults_and_unknown_fields() {
     let a = Assignment::decode("/gale/assignments/t1", json).unwrap();
     assert_eq!(a.launch.liveness, LivenessMode::Process);
     assert!(a.blobs.is_empty() && a.workers.is_empty() && a.launch.env.is_empty());
-    // Absent optional fields are written back as null (bincode needs every field) and read as
-    // absent again.
+    // Absent optional fields are written back as null and read as absent again.
     let v: serde_json::Value = serde_json::from_slice(&a.to_json()).unwrap();
     assert_eq!(v["launch"]["memory_mb"], serde_json::Value::Null, "{v}");
     assert_eq!(Assignment::decode("/gale/assignments/t1", &a.to_json()).unwrap(), a);

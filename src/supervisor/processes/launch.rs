@@ -145,6 +145,7 @@ impl Processes {
             topology_id: job.topology_id.clone(),
             process: launched.identity.clone(),
             launched_at_ms: unix_ms(),
+            launched_by: Some(env!("CARGO_PKG_VERSION").to_owned()),
             job: PortJob {
                 topology_id: job.topology_id.clone(),
                 zxid: 0,

@@ -203,6 +203,7 @@ impl Harness {
             topology_id: topology.into(),
             process: identity,
             launched_at_ms: 1,
+            launched_by: Some("test".into()),
             job: port_job(topology),
         };
         let records = BTreeMap::from([(worker_id.to_owned(), record)]);
