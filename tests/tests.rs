@@ -35,6 +35,7 @@ mod packaging;
 mod security;
 mod systemd;
 mod topology;
+mod upgrade;
 mod workers;
 
 /// A test file that no `mod` line names would silently never compile nor run.

@@ -674,3 +674,62 @@ impl TestAgent {
         wait_info(zk, &self.info_path(), agent, what, Duration::from_secs(60), |i, _| pred(i)).await.0
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// The previous release (tests/upgrade.rs)
+
+/// The `gale` binary of the previous release, built from git: `$GALE_PREVIOUS_RELEASE` when
+/// set (`scripts/test.sh` builds it before the tests, so the build eats into no deadline), else
+/// `scripts/build-previous-release.sh` run once per test process (cached under `target/`).
+/// The binary sits in its release's tree as `<tree>/target/debug/gale`: see [`previous_tree`].
+pub fn previous_release() -> &'static Path {
+    // The outcome, failure included, is kept: a failed build is not tried again by every test.
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let binary = BINARY.get_or_init(|| {
+        let binary = match std::env::var_os("GALE_PREVIOUS_RELEASE") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-previous-release.sh");
+                let out = Command::new(&script).output().map_err(|e| format!("{}: {e}", script.display()))?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "the upgrade tests need the previous release's binary, and {} failed ({}):\n{}",
+                        script.display(),
+                        out.status,
+                        text(&out.stderr)
+                    ));
+                }
+                PathBuf::from(text(&out.stdout).trim())
+            }
+        };
+        if !binary.is_file() {
+            return Err(format!("the previous release's binary {} does not exist", binary.display()));
+        }
+        Ok(binary)
+    });
+    binary.as_deref().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The source tree the previous release's binary was built in (its own scripts and docs).
+pub fn previous_tree() -> &'static Path {
+    let binary = previous_release();
+    let tree =
+        binary.ancestors().nth(3).unwrap_or_else(|| panic!("{} is not <tree>/target/debug/gale", binary.display()));
+    assert!(
+        tree.join("scripts/build-deb.sh").is_file(),
+        "{} is not <tree>/target/debug/gale of a gale tree (no scripts/build-deb.sh in {})",
+        binary.display(),
+        tree.display()
+    );
+    tree
+}
+
+/// `x.y.z` from `<binary> --version` (`gale x.y.z`).
+pub fn binary_version(binary: &Path) -> String {
+    let out = Command::new(binary).arg("--version").output().unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+    let line = text(&out.stdout);
+    line.trim()
+        .strip_prefix("gale ")
+        .unwrap_or_else(|| panic!("{} --version said {line:?}", binary.display()))
+        .to_owned()
+}
