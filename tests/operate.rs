@@ -412,3 +412,54 @@ async fn status_without_an_admin_endpoint_tells_running_from_down() {
     let stdout = text(&gale(&config, &["status"]).stdout);
     assert!(stdout.contains("agent: DOWN"), "{stdout}");
 }
+
+/// A `local_dir` whose `control.sock` path is longer than a Unix socket address (108 bytes):
+/// the socket is still `<local_dir>/control.sock`, and `gale worker`/`drain`/`undrain` reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_works_under_a_local_dir_longer_than_a_socket_address() {
+    let case = Case::new("longdir", "");
+    let local = case.path().join("agent").join("l".repeat(60)).join("m".repeat(60));
+    let socket = local.join("control.sock");
+    assert!(socket.as_os_str().len() > 108, "{}", socket.display());
+    let old = format!("local_dir = \"{}\"", case.local().display());
+    case.edit(|text| {
+        assert!(text.contains(&old), "{text}");
+        text.replace(&old, &format!("local_dir = \"{}\"", local.display()))
+    });
+    let reaper = Reaper::new(local.join("workers"));
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    case.assign(&zk, "sleeper", 6700, "sleep").await;
+    let mut agent = Agent::start(&case.config);
+    let info = case.wait_info(&zk, &agent, "6700 running", |i| running_pid(i, 6700).is_some()).await;
+    let pid = running_pid(&info, 6700).unwrap();
+    reaper.track(pid);
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket(), "the documented path is the socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "control socket is private");
+
+    let (code, out, err) = case.gale(&["worker", "restart", "6700"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let info = case.wait_info(&zk, &agent, "6700 relaunched", |i| running_pid(i, 6700).is_some_and(|p| p != pid)).await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+
+    let (code, out, err) = case.gale(&["drain", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("drained"), "{out}");
+    case.wait_info(&zk, &agent, "draining", |i| i["state"] == "draining").await;
+    let (code, out, err) = case.gale(&["undrain"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("undrained"), "{out}");
+    let info = case
+        .wait_info(&zk, &agent, "running again with its worker", |i| {
+            i["state"] == "running" && running_pid(i, 6700).is_some()
+        })
+        .await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)), 0);
+    let log = agent.log_text();
+    assert!(!log.contains("cannot create the control socket"), "{log}");
+    assert!(!socket.exists(), "socket removed at stop");
+}

@@ -7,7 +7,13 @@
 //! [`crate::model::action`]. Each is handed to its owner
 //! (the `sync-processes` executor) through a channel and answered from there, so no state is
 //! touched from the socket's task.
+//!
+//! A Unix socket address holds at most 107 bytes of path, and `local_dir` may be longer. The
+//! socket still lives at `<local_dir>/control.sock` (SPEC §5): a path that does not fit is
+//! reached through the directory's file descriptor, `/proc/self/fd/<fd>/<name>`
+//! ([`short_path`]), on both sides.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,7 +76,7 @@ pub(crate) fn bind(
     // never reachable at its real path with the umask's permissions.
     let temp = path.with_extension(format!("sock.{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);
-    let listener = UnixListener::bind(&temp)?;
+    let listener = UnixListener::bind(short_path(&temp)?.path())?;
     std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))
         .and_then(|()| std::fs::rename(&temp, path))
         .inspect_err(|_| {
@@ -94,6 +100,42 @@ pub(crate) fn bind(
         }
         let _ = std::fs::remove_file(&path);
     })
+}
+
+/// The longest path a Unix socket address holds: `sun_path` is 108 bytes, its NUL included.
+const SUN_PATH_MAX: usize = 107;
+
+/// A path that `bind` and `connect` accept for a socket file, and what keeps it valid.
+pub(crate) struct ShortPath {
+    path: PathBuf,
+    /// The socket's directory, when `path` goes through `/proc/self/fd`: open until the
+    /// `bind` or `connect` is done (the socket then holds the file itself, not this path).
+    _dir: Option<OwnedFd>,
+}
+
+impl ShortPath {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `path` itself when it fits a socket address; else the same file through its directory's
+/// descriptor, `/proc/self/fd/<fd>/<name>` (Linux resolves it as the directory itself, for
+/// `bind` as for `connect`), whatever the length of the directory's path. The descriptor is
+/// `O_PATH`: only search permission on the directory is needed, as for the path itself.
+pub(crate) fn short_path(path: &Path) -> std::io::Result<ShortPath> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return Ok(ShortPath { path: path.to_owned(), _dir: None });
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} names no file", path.display())));
+    };
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dir = nix::fcntl::open(dir, flags, nix::sys::stat::Mode::empty())?;
+    let short = Path::new("/proc/self/fd").join(dir.as_raw_fd().to_string()).join(name);
+    Ok(ShortPath { path: short, _dir: Some(dir) })
 }
 
 /// Bound on how long one request may wait for the executor (a `drain --wait` waits for the
@@ -134,7 +176,7 @@ async fn serve(stream: UnixStream, ops: mpsc::UnboundedSender<Request>) {
 
 /// The client side (`gale worker …`, `gale drain`): one request, one reply.
 pub(crate) async fn request(path: &Path, op: &Operation) -> std::io::Result<Reply> {
-    let mut stream = UnixStream::connect(path).await?;
+    let mut stream = UnixStream::connect(short_path(path)?.path()).await?;
     let mut line = serde_json::to_vec(op).expect("an operation serializes");
     line.push(b'\n');
     stream.write_all(&line).await?;
@@ -142,4 +184,74 @@ pub(crate) async fn request(path: &Path, op: &Operation) -> std::io::Result<Repl
     stream.read_to_string(&mut answer).await?;
     serde_json::from_str(answer.trim())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply `{answer}`: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// A directory whose path is longer than any socket address.
+    fn long_dir(tmp: &tempfile::TempDir) -> PathBuf {
+        let dir = tmp.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(dir.join("control.sock").as_os_str().len() > 108);
+        dir
+    }
+
+    #[test]
+    fn a_path_that_fits_is_used_as_it_is() {
+        let path = Path::new("/var/lib/gale/control.sock");
+        assert_eq!(short_path(path).unwrap().path(), path);
+        let edge = PathBuf::from(format!("/{}", "a".repeat(SUN_PATH_MAX - 1)));
+        assert_eq!(short_path(&edge).unwrap().path(), edge);
+    }
+
+    #[test]
+    fn a_long_path_goes_through_the_directory_descriptor_for_bind_and_connect() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = long_dir(&tmp).join("control.sock");
+        // What `bind` says without the helper: the failure this helper exists for.
+        assert!(std::os::unix::net::UnixListener::bind(&path).is_err());
+
+        let short = short_path(&path).unwrap();
+        let text = short.path().as_os_str().as_bytes();
+        assert!(text.starts_with(b"/proc/self/fd/") && text.ends_with(b"/control.sock"), "{:?}", short.path());
+        assert!(text.len() <= SUN_PATH_MAX);
+        let listener = std::os::unix::net::UnixListener::bind(short.path()).unwrap();
+        drop(short);
+        // The socket is the documented file, and a client reaches it by its own descriptor.
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&path).unwrap().file_type().is_socket());
+        let _client = std::os::unix::net::UnixStream::connect(short_path(&path).unwrap().path()).unwrap();
+        listener.accept().unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_not_a_panic() {
+        let path = Path::new("/nonexistent").join("x".repeat(120)).join("control.sock");
+        assert_eq!(short_path(&path).err().unwrap().kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn bind_and_request_work_under_a_long_local_dir_and_keep_the_socket_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = long_dir(&tmp).join("control.sock");
+        std::fs::write(&path, b"stale").unwrap();
+        let (ops, mut executor) = mpsc::unbounded_channel::<Request>();
+        let (stopper, shutdown) = crate::shutdown::Stopper::new();
+        let serving = tokio::spawn(bind(&path, ops, shutdown).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        tokio::spawn(async move {
+            while let Some((op, answer)) = executor.recv().await {
+                let _ = answer.send(Reply::ok(format!("did {}", op.name())));
+            }
+        });
+        let reply = request(&path, &Operation::Undrain).await.unwrap();
+        assert_eq!(reply, Reply::ok("did undrain"));
+        stopper.stop();
+        serving.await.unwrap();
+        assert!(!path.exists(), "removed at stop");
+    }
 }
