@@ -283,3 +283,26 @@ async fn health_check_runs_next_to_a_running_agent_and_agrees_with_it() {
     case.wait_info(&zk, &agent, "healthy again", |i| i["health"] == "healthy").await;
     expect(&case.config, &["health", "check"], 0);
 }
+
+#[test]
+fn health_check_interrupted_kills_its_running_scripts() {
+    use nix::sys::signal::{Signal, kill};
+    let case = Offline::new("timeout_ms = 60000");
+    let pid_file = case.tmp.path().join("pid");
+    case.script("hang.sh", &format!("echo $$ > {}\nexec sleep 100", pid_file.display()));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gale"))
+        .arg("--config")
+        .arg(&case.config)
+        .args(["health", "check"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script: u32 =
+        wait_for("hang.sh to start", LONG, || std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok());
+    kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("interrupted by SIGINT: every running health check was killed"), "{out:?}");
+    wait_for("the script to die", Duration::from_secs(5), || (!alive(script)).then_some(()));
+}
