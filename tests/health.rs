@@ -163,7 +163,7 @@ impl Offline {
 
     /// `gale health check [extra]`, asserting its exit code; returns stdout and how long it took.
     fn check(&self, extra: &[&str], code: i32) -> (String, Duration) {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let (stdout, _) = expect(&self.config, &[&["health", "check"], extra].concat(), code);
         (stdout, started.elapsed())
     }
