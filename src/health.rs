@@ -53,6 +53,10 @@ use process::{Exit, Finished, RunError};
 /// At most this many characters of a script's output line are kept in its result.
 pub(crate) const OUTPUT_CHARS: usize = 200;
 
+/// At most this many lines of stdout, and as many of stderr, are kept in a result's
+/// [`ScriptResult::stdout_head`] and [`ScriptResult::stderr_head`].
+pub(crate) const HEAD_LINES: usize = 5;
+
 /// What [`run_checks`] needs from the `[health]` config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HealthSettings {
@@ -119,6 +123,14 @@ pub(crate) struct ScriptResult {
     pub duration_ms: u64,
     /// Unix ms when the script was started.
     pub at_ms: u64,
+    /// The first [`HEAD_LINES`] non-blank lines of stdout, each cut like `output`: what
+    /// `gale health check` shows of a script that did not pass. Not in `/status` (which
+    /// keeps its one `output` line per script), hence not serialized.
+    #[serde(skip)]
+    pub stdout_head: Vec<String>,
+    /// The same of stderr.
+    #[serde(skip)]
+    pub stderr_head: Vec<String>,
 }
 
 /// The verdict of one run of every check. `Default` (`runs == 0`) means "not checked yet".
@@ -151,6 +163,8 @@ pub(crate) async fn run_checks(settings: &HealthSettings) -> HealthReport {
                 output,
                 duration_ms: 0,
                 at_ms: unix_ms(),
+                stdout_head: Vec::new(),
+                stderr_head: Vec::new(),
             };
             return HealthReport { healthy: false, scripts: vec![result], at_ms: unix_ms(), runs: 0 };
         }
@@ -220,6 +234,8 @@ fn judge(script: String, run: Result<Finished, RunError>, at_ms: u64, fail_on_ti
                 output: truncate(&e.to_string()),
                 duration_ms: 0,
                 at_ms,
+                stdout_head: Vec::new(),
+                stderr_head: Vec::new(),
             };
         }
     };
@@ -249,6 +265,8 @@ fn judge(script: String, run: Result<Finished, RunError>, at_ms: u64, fail_on_ti
         output: stdout_line.or_else(|| first_line(&finished.stderr)).unwrap_or_default(),
         duration_ms: finished.duration.as_millis().try_into().unwrap_or(u64::MAX),
         at_ms,
+        stdout_head: head(&finished.stdout),
+        stderr_head: head(&finished.stderr),
     }
 }
 
@@ -257,6 +275,12 @@ fn judge(script: String, run: Result<Finished, RunError>, at_ms: u64, fail_on_ti
 fn first_line(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);
     text.lines().map(str::trim_end).find(|line| !line.is_empty()).map(truncate)
+}
+
+/// The first [`HEAD_LINES`] lines with something on them, each as [`first_line`] cuts it.
+fn head(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines().map(str::trim_end).filter(|line| !line.is_empty()).take(HEAD_LINES).map(truncate).collect()
 }
 
 fn truncate(text: &str) -> String {

@@ -6,6 +6,7 @@
 mod blob;
 mod cluster;
 mod daemon;
+mod health;
 mod logs;
 mod ops;
 mod state;
@@ -58,6 +59,9 @@ pub(crate) enum Command {
     /// Blobs in ZooKeeper's blobstore: put, list, rm
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// This host's node health checks, run here and now (works with the agent down)
+    #[command(subcommand)]
+    Health(HealthCommand),
     /// This host's agent: state, ZooKeeper session, slots, health, blob cache
     Status {
         /// Print the JSON document (the admin endpoint's /status) instead of a table
@@ -75,6 +79,16 @@ pub(crate) enum Command {
     },
     /// Undo `gale drain`: assigned workers start again
     Undrain,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum HealthCommand {
+    /// Run every script in health.script_dir once, print each result and time; exit 0 if healthy, 1 if not
+    Check {
+        /// Print one JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +210,7 @@ pub fn main(args: Args) -> ExitCode {
         }
         Command::Blob(BlobCommand::List) => blob::list(&config_path(&args)),
         Command::Blob(BlobCommand::Rm { key }) => blob::rm(&config_path(&args), key),
+        Command::Health(HealthCommand::Check { json }) => health::check(&config_path(&args), *json),
         Command::Status { json } => ops::status(&config_path(&args), *json),
         Command::Worker(WorkerCommand::Restart { port }) => {
             ops::operate(&config_path(&args), crate::model::action::Operation::RestartWorker { port: *port })

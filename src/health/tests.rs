@@ -292,6 +292,23 @@ async fn the_output_is_the_first_non_blank_line_cut_to_200_chars() {
     assert_eq!(result(&report, "long.sh").output, "é".repeat(OUTPUT_CHARS));
 }
 
+#[tokio::test]
+async fn the_heads_keep_the_first_non_blank_lines_of_each_stream_and_are_not_serialized() {
+    let dir = tempfile::tempdir().unwrap();
+    script(
+        dir.path(),
+        "chatty.sh",
+        "for i in 1 2 3 4 5 6 7; do echo \"out $i\"; echo; echo \"err $i\" >&2; done; exit 1",
+        0o755,
+    );
+    let report = run_checks(&settings(dir.path(), LONG)).await;
+    let r = result(&report, "chatty.sh");
+    assert_eq!(r.stdout_head, (1..=HEAD_LINES).map(|i| format!("out {i}")).collect::<Vec<_>>());
+    assert_eq!(r.stderr_head, (1..=HEAD_LINES).map(|i| format!("err {i}")).collect::<Vec<_>>());
+    let json = serde_json::to_value(r).unwrap();
+    assert!(json.get("stdout_head").is_none() && json.get("stderr_head").is_none(), "/status changed: {json}");
+}
+
 #[test]
 fn the_agents_systemd_variables_are_not_inherited() {
     let command = process::command(Path::new("/bin/true"), Path::new("/"));
