@@ -13,16 +13,9 @@ cargo build --release --locked --quiet
 GALE="$PWD/target/release/gale"
 
 work=$(mktemp -d /tmp/gale-demo.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/zk/data"
-cat > "$work/zk/zoo.cfg" <<CFG
-tickTime=1000
-dataDir=$work/zk/data
-clientPort=$port
-clientPortAddress=127.0.0.1
-4lw.commands.whitelist=*
-admin.enableServer=false
-CFG
+. scripts/local-zk.sh
+local_zk_config "$work"
+port=$ZK_PORT
 
 cleanup() {
   trap - EXIT INT TERM
@@ -39,22 +32,13 @@ cleanup() {
     echo "== stopping the agent (SIGTERM: clean stop, ephemeral node removed at once)"
     kill -TERM "$agent"; wait "$agent" || true
   fi
-  [ -n "${zk:-}" ] && kill "$zk" 2>/dev/null && wait "$zk" 2>/dev/null || true
+  [ -n "${ZK_PID:-}" ] && kill "$ZK_PID" 2>/dev/null && wait "$ZK_PID" 2>/dev/null || true
   echo "== agent log: $work/agent.log"
 }
 trap cleanup EXIT INT TERM
 
 echo "== starting ZooKeeper on 127.0.0.1:$port (data in $work/zk)"
-setsid java -Xmx256m -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.ZooKeeperServerMain \
-  "$work/zk/zoo.cfg" > "$work/zk/zk.log" 2>&1 &
-zk=$!
-# `ruok` answers before the server serves; `srvr` shows a Mode: line only once it does.
-for _ in $(seq 1 240); do
-  if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && echo srvr >&3 && cat <&3" 2>/dev/null | grep -q '^Mode:'; then
-    break
-  fi
-  sleep 0.25
-done
+local_zk_start "$work" 256m
 
 cat > "$work/gale.toml" <<CFG
 [zookeeper]

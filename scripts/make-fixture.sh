@@ -22,36 +22,21 @@ OUT=$2
 [ -e "$OUT" ] && { echo "$OUT exists; remove it first" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/gale-fixture.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/zk/data"
-cat > "$work/zk/zoo.cfg" <<CFG
-tickTime=1000
-dataDir=$work/zk/data
-clientPort=$port
-clientPortAddress=127.0.0.1
-4lw.commands.whitelist=*
-admin.enableServer=false
-CFG
+. "$(dirname "$0")/local-zk.sh"
+local_zk_config "$work"
+port=$ZK_PORT
 
-zk=
+ZK_PID=
 agent=
 cleanup() {
   [ -n "$agent" ] && kill -KILL "$agent" 2>/dev/null
   kill_workers
-  [ -n "$zk" ] && kill "$zk" 2>/dev/null && wait "$zk" 2>/dev/null
+  [ -n "$ZK_PID" ] && kill "$ZK_PID" 2>/dev/null && wait "$ZK_PID" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-setsid java -Xmx128m -cp /usr/share/java/zookeeper.jar org.apache.zookeeper.server.ZooKeeperServerMain \
-  "$work/zk/zoo.cfg" > "$work/zk/zk.log" 2>&1 &
-zk=$!
-for _ in $(seq 1 240); do
-  if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && echo srvr >&3 && cat <&3" 2>/dev/null | grep -q '^Mode:'; then
-    break
-  fi
-  sleep 0.25
-done
+local_zk_start "$work" 128m
 
 # `gale state dump`, newest version only, one key's JSON value ("" when absent).
 state_value() {
