@@ -56,6 +56,19 @@ impl Case {
     }
 }
 
+/// `gale undrain`, then the worker on 6700 runs again (tracked for cleanup).
+async fn undrain(case: &Case, zk: &zkc::Client, agent: &Agent, reaper: &Reaper) {
+    let (code, out, err) = case.gale(&["undrain"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("undrained"), "{out}");
+    let info = case
+        .wait_info(zk, agent, "running again with its worker", |i| {
+            i["state"] == "running" && running_pid(i, 6700).is_some()
+        })
+        .await;
+    reaper.track(running_pid(&info, 6700).unwrap());
+}
+
 /// `GET url`: (status code, body); 0 when nothing answers.
 fn http_get(url: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -202,15 +215,7 @@ async fn control_commands_do_what_they_say_once() {
     assert_eq!(status_json(&case)["drained"], json!(true));
     let (_, table, _) = case.gale(&["status"]);
     assert!(table.contains("(drained)"), "{table}");
-    let (code, out, _) = case.gale(&["undrain"]);
-    assert_eq!(code, 0);
-    assert!(out.contains("undrained"), "{out}");
-    let info = case
-        .wait_info(&zk, &agent, "running again with its worker", |i| {
-            i["state"] == "running" && running_pid(i, 6700).is_some()
-        })
-        .await;
-    reaper.track(running_pid(&info, 6700).unwrap());
+    undrain(&case, &zk, &agent, &reaper).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,15 +452,7 @@ async fn the_control_socket_works_under_a_local_dir_longer_than_a_socket_address
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("drained"), "{out}");
     case.wait_info(&zk, &agent, "draining", |i| i["state"] == "draining").await;
-    let (code, out, err) = case.gale(&["undrain"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("undrained"), "{out}");
-    let info = case
-        .wait_info(&zk, &agent, "running again with its worker", |i| {
-            i["state"] == "running" && running_pid(i, 6700).is_some()
-        })
-        .await;
-    reaper.track(running_pid(&info, 6700).unwrap());
+    undrain(&case, &zk, &agent, &reaper).await;
 
     agent.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(agent.wait_exit(Duration::from_secs(20)), 0);
