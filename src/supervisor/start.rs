@@ -309,6 +309,7 @@ async fn detect_isolation(id: &str) -> Result<Mechanism, RunError> {
         .await
         .map_err(|e| RunError::Internal(e.to_string()))?;
     info!(mechanism = isolation.as_str(), "worker isolation");
+    crate::isolation::log_birth(&isolation);
     Ok(isolation)
 }
 
