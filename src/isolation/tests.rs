@@ -313,9 +313,12 @@ async fn a_worker_that_cannot_enter_its_cgroup_does_not_start() {
         let spec = worker_spec(&cg, root.path(), &["/bin/true"]);
         let route = crate::worker::launch::Route::Clone3(Some(std::os::fd::AsFd::as_fd(&dir)));
         let err = crate::worker::launch::spawn_by(&spec, route).unwrap_err();
-        println!("spawn born in a removed cgroup: {err}: {:?}", std::error::Error::source(&err));
+        println!("spawn born in a removed cgroup: {err}: {}", std::error::Error::source(&err).unwrap());
         assert!(
-            matches!(err, crate::worker::launch::LaunchError::Io { step: crate::worker::launch::LaunchStep::Exec, .. }),
+            matches!(
+                err,
+                crate::worker::launch::LaunchError::Io { step: crate::worker::launch::LaunchStep::CloneIntoCgroup, .. }
+            ),
             "{err:?}"
         );
     }

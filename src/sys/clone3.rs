@@ -149,12 +149,22 @@ fn clone_args(cgroup: Option<BorrowedFd<'_>>, pidfd: &mut c_int) -> CloneArgs {
     args
 }
 
+/// Why [`spawn`] failed: no process was created, or the child failed before its `exec`.
+#[derive(Debug)]
+pub(crate) enum SpawnError {
+    /// `clone3` itself (or the pipe before it) failed: e.g. the cgroup is gone or refuses.
+    Clone(io::Error),
+    /// The child's errno: a step before `exec`, or `exec` itself (reaped already).
+    Child(io::Error),
+}
+
 /// Starts the process `plan` describes, born in the cgroup v2 directory `cgroup` is open on
 /// (`None`: where the agent is; tests use that to check the child's steps on any host).
 /// Returns once the child has exec'd; if a step before that failed, the child is reaped and
 /// its errno returned.
-pub(crate) fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Result<BornChild> {
-    let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+pub(crate) fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> Result<BornChild, SpawnError> {
+    let (report_read, report_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Clone(e.into()))?;
     let mut pidfd: c_int = -1;
     let mut args = clone_args(cgroup, &mut pidfd);
     // SAFETY: clone3 with fork semantics (no CLONE_VM, no new stack): the child gets a copy of
@@ -166,7 +176,7 @@ pub(crate) fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Resu
         run_child(plan, report_write.as_raw_fd());
     }
     if ret < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(SpawnError::Clone(io::Error::last_os_error()));
     }
     // SAFETY: with CLONE_PIDFD the kernel stored a new descriptor in `pidfd`; nothing else
     // owns it.
@@ -179,19 +189,24 @@ pub(crate) fn spawn(plan: &ExecPlan, cgroup: Option<BorrowedFd<'_>>) -> io::Resu
         (Ok(_), 0) => Ok(BornChild { pid, pidfd }),
         (Ok(_), 4) => {
             reap(&pidfd);
-            Err(io::Error::from_raw_os_error(i32::from_ne_bytes(report.try_into().expect("four bytes"))))
+            let errno = i32::from_ne_bytes(report.try_into().expect("four bytes"));
+            Err(SpawnError::Child(io::Error::from_raw_os_error(errno)))
         }
         (read, n) => {
             let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
             reap(&pidfd);
-            Err(read.err().unwrap_or_else(|| io::Error::other(format!("the child's exec report has {n} bytes, not 4"))))
+            let e =
+                read.err().unwrap_or_else(|| io::Error::other(format!("the child's exec report has {n} bytes, not 4")));
+            Err(SpawnError::Child(e))
         }
     }
 }
 
 /// Waits for the child of `pidfd` to exit and reaps it.
 pub(crate) fn reap(pidfd: &OwnedFd) {
-    while let Err(rustix::io::Errno::INTR) = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {}
+    while let Err(rustix::io::Errno::INTR) =
+        rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
+    {}
 }
 
 /// Whether this kernel starts a process in a chosen cgroup: `Ok` when `clone3` with
@@ -256,7 +271,8 @@ unsafe fn prepare_and_exec(plan: &ExecPlan) -> c_int {
         // The agent ignores SIGPIPE (Rust's runtime does); std gives its children the default.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let empty: u64 = 0;
-        if libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &raw const empty, std::ptr::null::<u64>(), 8) != 0 {
+        if libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &raw const empty, std::ptr::null::<u64>(), 8) != 0
+        {
             return errno();
         }
         // What `super::new_session_on_exec` does on the std path.

@@ -15,26 +15,34 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
 use super::exit::ExitWatch;
+use super::launch::LaunchStep;
 use super::users::RunAs;
-use crate::sys::clone3::{self, Credentials, ExecPlan};
+use crate::sys::clone3::{self, Credentials, ExecPlan, SpawnError};
 
 /// Starts `command` by clone3 into `cgroup` (see [`clone3::spawn`]), stdin `/dev/null`,
-/// stdout and stderr `output`, as `run_as` when given. Returns the pid and its exit watch.
+/// stdout and stderr `output`, as `run_as` when given. Returns the pid and its exit watch;
+/// else the step that failed ([`LaunchStep::CloneIntoCgroup`] when no process was made).
 pub(super) fn spawn(
     command: &Command,
     output: [OwnedFd; 2],
     run_as: Option<&RunAs>,
     cgroup: Option<BorrowedFd<'_>>,
-) -> io::Result<(u32, ExitWatch)> {
+) -> Result<(u32, ExitWatch), (LaunchStep, io::Error)> {
+    let exec = |e| (LaunchStep::Exec, e);
     let env = child_env(command);
     let argv: Vec<&OsStr> = std::iter::once(command.get_program()).chain(command.get_args()).collect();
     let envp: Vec<Vec<u8>> = env.iter().map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat()).collect();
     // std opens it with O_CLOEXEC; the child's dup2 onto 0 makes the worker's copy.
-    let stdin = OwnedFd::from(std::fs::File::open("/dev/null")?);
+    let stdin = OwnedFd::from(std::fs::File::open("/dev/null").map_err(exec)?);
     let [stdout, stderr] = output;
     let user = run_as.map(|u| Credentials { uid: u.uid, gid: u.gid, groups: u.groups.clone() });
-    let plan = ExecPlan::new(command.get_program(), &argv, &envp, command.get_current_dir(), [stdin, stdout, stderr], user)?;
-    let child = clone3::spawn(&plan, cgroup)?;
+    let plan =
+        ExecPlan::new(command.get_program(), &argv, &envp, command.get_current_dir(), [stdin, stdout, stderr], user)
+            .map_err(exec)?;
+    let child = clone3::spawn(&plan, cgroup).map_err(|e| match e {
+        SpawnError::Clone(e) => (LaunchStep::CloneIntoCgroup, e),
+        SpawnError::Child(e) => (LaunchStep::Exec, e),
+    })?;
     // A second descriptor of the same process, to stop it should the watch not be set up.
     let spare = child.pidfd.try_clone();
     match ExitWatch::born(child.pidfd) {
@@ -44,7 +52,7 @@ pub(super) fn spawn(
                 let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
                 clone3::reap(&pidfd);
             }
-            Err(e)
+            Err(exec(e))
         }
     }
 }

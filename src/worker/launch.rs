@@ -80,6 +80,8 @@ pub(crate) enum LaunchStep {
     CreateWorkerDir,
     CreateLogDir,
     OpenLog,
+    /// clone3 made no process: the cgroup v2 the worker is to be born in refused it.
+    CloneIntoCgroup,
     Exec,
     ReadIdentity,
 }
@@ -90,6 +92,7 @@ impl std::fmt::Display for LaunchStep {
             LaunchStep::CreateWorkerDir => "create the worker directory",
             LaunchStep::CreateLogDir => "create the log directory",
             LaunchStep::OpenLog => "open the log file",
+            LaunchStep::CloneIntoCgroup => "start a process in its cgroup (clone3 CLONE_INTO_CGROUP) for",
             LaunchStep::Exec => "execute",
             LaunchStep::ReadIdentity => "read the start time of the new process from",
         })
@@ -178,7 +181,8 @@ pub(crate) fn spawn_by(spec: &LaunchSpec, route: Route<'_>) -> Result<LaunchedWo
         }
         Route::Clone3(cgroup) => {
             let stdio = [OwnedFd::from(log), OwnedFd::from(log_for_stderr)];
-            super::born::spawn(&command, stdio, spec.run_as.as_ref(), cgroup).map_err(exec_err)?
+            super::born::spawn(&command, stdio, spec.run_as.as_ref(), cgroup)
+                .map_err(|(step, source)| io_error(spec, step, Path::new(&argv[0]), source))?
         }
     };
     match ProcessIdentity::of(pid) {

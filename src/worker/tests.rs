@@ -255,12 +255,14 @@ async fn both_routes_switch_to_the_workers_user() {
     for via in BOTH {
         let root = tempfile::tempdir().unwrap();
         std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let mut spec = spec(root.path(), &["/bin/sh", "-c", "grep -E '^(Uid|Gid|Groups):' /proc/$$/status; echo $USER"]);
+        let mut spec =
+            spec(root.path(), &["/bin/sh", "-c", "grep -E '^(Uid|Gid|Groups):' /proc/$$/status; echo $USER"]);
         spec.run_as = Some(users::RunAs { name: "nobody".into(), uid: 65534, gid: 65534, groups: vec![65534, 4] });
         let mut exit = spawn(via, &spec).unwrap().exit;
         assert_eq!(wait_bounded(&mut exit).await.code, Some(0), "{via:?}");
         let log = std::fs::read_to_string(&spec.log_file).unwrap();
-        let expected = "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nGroups:\t4 65534 \nnobody\n";
+        let expected =
+            "Uid:\t65534\t65534\t65534\t65534\nGid:\t65534\t65534\t65534\t65534\nGroups:\t4 65534 \nnobody\n";
         assert_eq!(log, expected, "{via:?}");
     }
 }
