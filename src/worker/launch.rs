@@ -8,6 +8,11 @@
 //! step work". Every failure names the topology, the port, the step and the path, because the
 //! operator reads it in `gale status` long after the fact.
 //!
+//! Two routes start the process ([`Route`]), chosen by [`WorkerCgroup::birth`]: std's
+//! `Command` (fork; the cgroup joined before exec) and clone3 (born in its cgroup v2:
+//! `super::born`). [`worker_command`] is the one description of what the worker gets; the
+//! clone3 route reads argv, cwd and environment back from it.
+//!
 //! Invariants:
 //! - The log is a plain file opened with `O_APPEND`, never a pipe to the agent: a worker must
 //!   keep running, and logging, while the agent is stopped or restarting (SPEC §4).
