@@ -24,6 +24,7 @@ pub mod cli;
 mod cluster;
 pub mod config;
 mod event;
+mod group_child;
 mod health;
 mod ident;
 mod isolation;
