@@ -23,6 +23,7 @@ pub mod blob;
 pub mod cli;
 mod cluster;
 pub mod config;
+mod diagnostics;
 mod event;
 mod group_child;
 mod health;
