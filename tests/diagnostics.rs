@@ -85,9 +85,9 @@ async fn diagnostics_run_by_cli_and_action_are_bounded_kept_and_listed() {
     let status = files_of(&dir, "status", ".txt");
     assert_eq!(status.len(), 1, "{status:?}");
     assert!(out.contains(&status[0].display().to_string()), "{out}");
-    let text = std::fs::read_to_string(&status[0]).unwrap();
-    assert!(text.contains(&format!("Pid:\t{pid}\n")) && text.contains("Name:\tsleep"), "{text}");
-    assert!(text.contains(&format!("command: /bin/cat /proc/{pid}/status\n")), "{text}");
+    let content = std::fs::read_to_string(&status[0]).unwrap();
+    assert!(content.contains(&format!("Pid:\t{pid}\n")) && content.contains("Name:\tsleep"), "{content}");
+    assert!(content.contains(&format!("command: /bin/cat /proc/{pid}/status\n")), "{content}");
     let meta = std::fs::metadata(&status[0]).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (nix::unistd::geteuid().as_raw(), 0o640));
 
@@ -98,10 +98,18 @@ async fn diagnostics_run_by_cli_and_action_are_bounded_kept_and_listed() {
     assert_eq!(std::fs::read(&kept[0]).unwrap(), b"/bin/sleep\x001000\x00");
     assert!(std::fs::read_to_string(&files_of(&dir, "dump", ".txt")[0]).unwrap().contains("dumped 6700 sleeper\n"));
 
-    // Past its timeout: killed with what it forked; the CLI fails and says so.
+    // Past its timeout: killed with what it forked; the CLI fails and says so. While it runs,
+    // a second run on the same port is refused.
     let started = std::time::SystemTime::now();
-    let (code, _, err) = diag(&case, "hang");
+    let config = case.config.clone();
+    let hanging = std::thread::spawn(move || gale(&config, &["worker", "diag", "6700", "hang"]));
+    wait_for("the hang run started", LONG, || (!files_of(&dir, "hang", ".txt").is_empty()).then_some(()));
+    let (code, _, err) = diag(&case, "status");
     assert_eq!(code, 1, "{err}");
+    assert!(err.contains("port 6700: a diagnostics run is in progress there"), "{err}");
+    let out = hanging.join().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("killed with its process group at its timeout"), "{err}");
     assert!(started.elapsed().unwrap() < Duration::from_secs(10), "{:?}", started.elapsed());
     let hang = std::fs::read_to_string(&files_of(&dir, "hang", ".txt")[0]).unwrap();
@@ -146,6 +154,7 @@ async fn diagnostics_run_by_cli_and_action_are_bounded_kept_and_listed() {
         "gale_diagnostics_runs_total{name=\"status\",result=\"ok\"} 2",
         "gale_diagnostics_runs_total{name=\"hang\",result=\"timed_out\"} 1",
         "gale_diagnostics_runs_total{name=\"-\",result=\"refused\"} 2",
+        "gale_diagnostics_runs_total{name=\"status\",result=\"refused\"} 2", // the run in progress, and port 6701
         "gale_actions_total{action=\"diag\",result=\"error\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");

@@ -155,7 +155,7 @@ pub struct AdminConfig {
 
 /// `[diagnostics]`: commands an operator runs against a worker on demand (`gale worker diag`,
 /// the `diag` action); see [`crate::diagnostics`].
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagnosticsConfig {
     /// Each run is killed (with its process group) after this long.
     pub timeout: Duration,
