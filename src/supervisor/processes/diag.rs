@@ -86,7 +86,7 @@ impl Processes {
     }
 
     /// What a run of `name` on `port` is, or why there is none.
-    fn diag_request(&self, port: u16, name: &str) -> Result<Request, String> {
+    pub(super) fn diag_request(&self, port: u16, name: &str) -> Result<Request, String> {
         let settings = &self.config.diagnostics;
         let Some(argv) = settings.commands.get(name) else {
             let known: Vec<&str> = settings.commands.keys().map(String::as_str).collect();
