@@ -22,6 +22,7 @@ mod blob_cli;
 mod blobs;
 mod cli;
 mod decoders_prop;
+mod diagnostics;
 mod faults;
 mod fixtures;
 mod health;

@@ -1,6 +1,7 @@
 //! This host's agent, for people and scripts: `gale status [--json]` (read from the admin
 //! endpoint), and the mutations through the control socket: `gale worker restart|reset-backoff
-//! PORT`, `gale drain [--wait]`, `gale undrain`.
+//! PORT`, `gale worker signal PORT SIG`, `gale worker diag PORT NAME`, `gale drain [--wait]`,
+//! `gale undrain`.
 
 use std::path::Path;
 use std::time::Duration;

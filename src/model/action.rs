@@ -25,6 +25,14 @@ pub(crate) enum Operation {
     },
     /// Undo `Drain`: workers are launched again.
     Undrain,
+    /// Run diagnostics command `name` (`[diagnostics.commands]`) against the worker on
+    /// `port`; `wait`: answer once the run has ended, not once it has started.
+    Diag {
+        port: u16,
+        name: String,
+        #[serde(default)]
+        wait: bool,
+    },
 }
 
 impl Operation {
@@ -35,6 +43,7 @@ impl Operation {
             Operation::SignalWorker { .. } => "signal_worker",
             Operation::Drain { .. } => "drain",
             Operation::Undrain => "undrain",
+            Operation::Diag { .. } => "diag",
         }
     }
 }
@@ -45,6 +54,8 @@ struct Action {
     action: String,
     port: Option<u16>,
     signal: Option<String>,
+    /// `diag`: the command's name.
+    name: Option<String>,
 }
 
 /// The action payload as an operation, or what is wrong with it.
@@ -60,6 +71,14 @@ pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, String> {
         },
         "drain" => Operation::Drain { wait: false },
         "undrain" => Operation::Undrain,
+        "diag" => Operation::Diag {
+            port: port()?,
+            name: action
+                .name
+                .clone()
+                .ok_or_else(|| format!("{path}: diag needs a `name` (of [diagnostics.commands])"))?,
+            wait: false,
+        },
         other => return Err(format!("{path}: unknown action `{other}`")),
     })
 }
@@ -80,9 +99,14 @@ mod tests {
             Ok(Operation::SignalWorker { port: 6700, signal: "QUIT".into() })
         );
         assert_eq!(operation(p, br#"{"schema":1,"action":"drain"}"#), Ok(Operation::Drain { wait: false }));
+        assert_eq!(
+            operation(p, br#"{"schema":1,"action":"diag","port":6700,"name":"jstack"}"#),
+            Ok(Operation::Diag { port: 6700, name: "jstack".into(), wait: false })
+        );
         let bad = [
             (&br#"{"schema":1,"action":"reboot"}"#[..], "unknown action `reboot`"),
             (br#"{"schema":1,"action":"restart_worker"}"#, "needs a `port`"),
+            (br#"{"schema":1,"action":"diag","port":6700}"#, "diag needs a `name`"),
             (br#"{"schema":2,"action":"drain"}"#, "unknown schema 2"),
             (br#"not json"#, "not a valid payload"),
             (br#"{"schema":1,"action":"restart_worker","port":70000}"#, "not a valid payload"),
@@ -105,7 +129,7 @@ mod tests {
         use crate::proptest_support::{bounded, cases};
 
         const PATH: &str = "/gale/actions/s1/a0000000007";
-        const ACTIONS: &[&str] = &["restart_worker", "reset_backoff", "signal_worker", "drain", "undrain"];
+        const ACTIONS: &[&str] = &["restart_worker", "reset_backoff", "signal_worker", "drain", "undrain", "diag"];
 
         fn weird() -> impl Strategy<Value = Value> {
             prop_oneof![
@@ -143,6 +167,10 @@ mod tests {
                 1 => select(&["reboot", "RESTART_WORKER", " drain", "drain ", "signal-worker", ""][..])
                     .prop_map(Value::from),
             ];
+            let name = prop_oneof![
+                select(&["jstack", "heap", "", "../x"][..]).prop_map(Value::from),
+                any::<String>().prop_map(Value::from)
+            ];
             let signal = prop_oneof![
                 select(&["QUIT", "USR1", "SIGTERM", "kill", "", "NOPE"][..]).prop_map(Value::from),
                 any::<String>().prop_map(Value::from)
@@ -152,11 +180,14 @@ mod tests {
                 field(action),
                 field(any::<u16>().prop_map(Value::from)),
                 field(signal),
+                field(name),
                 prop::collection::vec(("[a-z_]{1,10}", weird()), 0..2),
             )
-                .prop_map(|(schema, action, port, signal, extra)| {
+                .prop_map(|(schema, action, port, signal, name, extra)| {
                     let mut map: Map<String, Value> = extra.into_iter().collect();
-                    for (key, value) in [("schema", schema), ("action", action), ("port", port), ("signal", signal)] {
+                    let fields =
+                        [("schema", schema), ("action", action), ("port", port), ("signal", signal), ("name", name)];
+                    for (key, value) in fields {
                         match value {
                             Some(v) => map.insert(key.to_owned(), v),
                             None => map.remove(key),
@@ -190,6 +221,11 @@ mod tests {
                             Operation::SignalWorker { port: p, signal } => {
                                 prop_assert_eq!(Some(u64::from(p)), port);
                                 prop_assert_eq!(Some(signal.as_str()), v["signal"].as_str());
+                            }
+                            Operation::Diag { port: p, name, wait } => {
+                                prop_assert_eq!(Some(u64::from(p)), port);
+                                prop_assert_eq!(Some(name.as_str()), v["name"].as_str());
+                                prop_assert!(!wait);
                             }
                             Operation::Drain { wait } => prop_assert!(!wait),
                             Operation::Undrain => {}

@@ -15,8 +15,9 @@
 //!
 //! By concern: this file holds the executor, its construction and one job's steps;
 //! [`launch`] starts a worker, `recover` adopts at start and cleans up after workers,
-//! [`policy`] holds the settings, the node restart budget and the session-loss policy, and
-//! [`operations`] the operator's operations and the drain/health holds.
+//! [`policy`] holds the settings, the node restart budget and the session-loss policy,
+//! [`operations`] the operator's operations and the drain/health holds, and [`diag`] the
+//! diagnostics runs started on workers.
 //!
 //! Invariants:
 //! - a worker is recorded in LocalState (`workers`) right after it is spawned, before the slot
@@ -25,6 +26,7 @@
 //! - before the first assignment sync, slots get no assignment input: workers found running
 //!   after a restart are adopted and kept, never stopped for lack of information.
 
+mod diag;
 mod exits;
 mod launch;
 mod operations;
@@ -182,7 +184,12 @@ impl Processes {
             lost: BTreeMap::new(),
             adopted: BTreeSet::new(),
             links: BlobLinks::new(local.cache, blob_view),
-            ops: operations::Ops { drained: local.drained, drain_waiters: Vec::new(), held_for_health: false },
+            ops: operations::Ops {
+                drained: local.drained,
+                drain_waiters: Vec::new(),
+                held_for_health: false,
+                diagnosing: diag::Diagnosing::default(),
+            },
             exit_seen: BTreeMap::new(),
             cgroups: BTreeMap::new(),
             cleanup: Cleanup::default(),

@@ -1,4 +1,5 @@
-//! The executor's side of operator operations (control socket, ZooKeeper actions) and of the
+//! The executor's side of operator operations (control socket, ZooKeeper actions; the
+//! diagnostics runs are `diag.rs`) and of the
 //! holds that keep workers stopped: `gale drain` and failing health checks. Also the slot
 //! statuses it publishes for `gale status`.
 //!
@@ -25,6 +26,8 @@ pub(super) struct Ops {
     pub(super) drain_waiters: Vec<tokio::sync::oneshot::Sender<crate::admin::control::Reply>>,
     /// The health verdict last acted on (for logging the change once).
     pub(super) held_for_health: bool,
+    /// Ports with a diagnostics run in progress.
+    pub(super) diagnosing: super::diag::Diagnosing,
 }
 
 impl Processes {
@@ -65,6 +68,11 @@ impl Processes {
                     Err(e) => e,
                 },
                 Operation::SignalWorker { port, signal } => self.signal_worker(port, &signal),
+                Operation::Diag { port, name, wait } => {
+                    // Answered by the run's task (or at once when refused).
+                    self.start_diag(port, &name, wait, reply);
+                    continue;
+                }
                 Operation::Drain { wait } => {
                     self.set_drained(true).await;
                     let running = self.running_workers();
