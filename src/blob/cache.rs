@@ -32,6 +32,10 @@ use std::time::{Duration, SystemTime};
 use super::BlobError;
 use super::meta::BlobMeta;
 use super::owner::{self, Owner};
+use disk::{entry_path, open_dir_nofollow, remove_any, scan_entry, stage_entry, sync_dir};
+
+#[path = "cache_disk.rs"]
+mod disk;
 use crate::model::blob_meta::is_sha256_hex;
 
 /// Prefix of everything the cache stages or deletes in `tmp`; `open` sweeps it.
@@ -487,111 +491,6 @@ impl BlobCache {
     fn bump(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
-    }
-}
-
-/// An entry found on disk by [`BlobCache::open`]: last use, id, content path, bytes.
-type Found = (SystemTime, EntryId, PathBuf, u64);
-
-/// One name in `owner`'s directory: a complete entry joins `found`; anything else is a crash
-/// leftover (or was never the cache's) and is removed.
-fn scan_entry(dirent: &std::fs::DirEntry, owner: Owner, found: &mut Vec<Found>) -> io::Result<()> {
-    let path = dirent.path();
-    let id = dirent.file_name().to_str().and_then(|name| EntryId::parse(name, owner));
-    let meta = std::fs::symlink_metadata(&path)?;
-    // A plain entry is a dir holding a regular `file`; an extracted one a dir.
-    let complete = |id: &EntryId| {
-        meta.is_dir() && (id.extracted || std::fs::symlink_metadata(path.join(PLAIN_FILE)).is_ok_and(|m| m.is_file()))
-    };
-    match id {
-        Some(id) if complete(&id) => {
-            let last_used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            let content = entry_path(&path, id.extracted);
-            found.push((last_used, id, content, tree_bytes(&path)?));
-        }
-        _ => {
-            tracing::warn!(path = %path.display(), "removing incomplete or unknown blob cache entry");
-            remove_any(&path);
-        }
-    }
-    Ok(())
-}
-
-/// Where a caller finds the content of the entry whose directory is `dir`.
-fn entry_path(dir: &Path, extracted: bool) -> PathBuf {
-    if extracted { dir.to_owned() } else { dir.join(PLAIN_FILE) }
-}
-
-/// Stages `fetched` into `staging` (moved in, or extracted) and fsyncs it. Returns its size.
-fn stage_entry(fetched: &Path, kind: Option<super::Archive>, staging: &Path) -> Result<u64, CacheError> {
-    match kind {
-        Some(kind) => super::extract(fetched, kind, staging)?,
-        None => {
-            std::fs::create_dir(staging).map_err(io_err("cannot create staging dir", staging))?;
-            let file = staging.join(PLAIN_FILE);
-            // Same filesystem (both in tmp), so a rename; fetch already fsynced the content.
-            std::fs::rename(fetched, &file).map_err(io_err("cannot move download to", &file))?;
-        }
-    }
-    // The entry dir's mtime is its persisted last use (an archive may have set an old one).
-    if let Err(e) = std::fs::File::open(staging).and_then(|f| f.set_modified(SystemTime::now())) {
-        tracing::debug!(path = %staging.display(), error = %e, "cannot record blob use time");
-    }
-    sync_tree(staging).map_err(io_err("cannot fsync", staging))?;
-    tree_bytes(staging).map_err(io_err("cannot measure", staging))
-}
-
-/// Sum of file (and symlink) lengths under `path`, not following links.
-fn tree_bytes(path: &Path) -> io::Result<u64> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return Ok(meta.len());
-    }
-    let mut total = 0;
-    for dirent in std::fs::read_dir(path)? {
-        total += tree_bytes(&dirent?.path())?;
-    }
-    Ok(total)
-}
-
-/// Fsyncs every regular file and directory under `path` (extract does not), so the entry is
-/// durable before its name is.
-fn sync_tree(path: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for dirent in std::fs::read_dir(path)? {
-            sync_tree(&dirent?.path())?;
-        }
-        sync_dir(path)
-    } else if meta.is_file() {
-        std::fs::File::open(path)?.sync_all()
-    } else {
-        // A symlink's target string is in its directory entry, which the dir fsync covers.
-        Ok(())
-    }
-}
-
-/// Opens a directory, refusing a symlink in its place: a user's directory is writable by its
-/// user once it changes the mode, and the agent must not be led to touch what a link names.
-fn open_dir_nofollow(dir: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_DIRECTORY;
-    std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Best-effort removal of a file or tree; a failure leaves something the next open sweeps.
-fn remove_any(path: &Path) {
-    let result = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => return,
-    };
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove blob cache leftover");
     }
 }
 
