@@ -7,7 +7,9 @@
 //! Two paths: the new binary taking over the same config and local dir after a SIGTERM or a
 //! SIGKILL of the old agent, and `dpkg -i` of this build's package over the previous one's in
 //! a scratch root, followed by a restart of the agent (no systemd VM yet: the package's
-//! `try-restart` is done by hand).
+//! `try-restart` is done by hand). A third: the previous release's blob cache (one shared
+//! entry per content) under workers that run as two users, taken over by this build's
+//! per-user cache.
 //!
 //! The config is the harness's ([`AgentSpec`]); every test first checks that BOTH binaries
 //! accept it, so a key the old release does not know fails here, not as a mystery later.
