@@ -296,7 +296,7 @@ impl BlobCache {
         let dir = staging.clone();
         // Extraction and the fsync of every file are blocking filesystem work.
         let bytes = tokio::task::spawn_blocking(move || {
-            let result = stage_entry(&fetched, kind, &staging);
+            let result = stage_entry(&fetched, kind, &staging, matches!(owner, Owner::User(_)));
             // Whatever happened, neither the download nor a failed staging dir may stay behind.
             let _ = std::fs::remove_file(&fetched);
             if result.is_err() {

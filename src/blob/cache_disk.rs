@@ -41,10 +41,13 @@ pub(super) fn entry_path(dir: &Path, extracted: bool) -> PathBuf {
 }
 
 /// Stages `fetched` into `staging` (moved in, or extracted) and fsyncs it. Returns its size.
+/// With `for_user`, everything in it is made readable by whoever may enter the user's directory
+/// (see [`open_to_user`]).
 pub(super) fn stage_entry(
     fetched: &Path,
     kind: Option<crate::blob::Archive>,
     staging: &Path,
+    for_user: bool,
 ) -> Result<u64, CacheError> {
     match kind {
         Some(kind) => crate::blob::extract(fetched, kind, staging)?,
@@ -59,8 +62,38 @@ pub(super) fn stage_entry(
     if let Err(e) = std::fs::File::open(staging).and_then(|f| f.set_modified(SystemTime::now())) {
         tracing::debug!(path = %staging.display(), error = %e, "cannot record blob use time");
     }
+    if for_user {
+        open_to_user(staging).map_err(io_err("cannot open to its user", staging))?;
+    }
     sync_tree(staging).map_err(io_err("cannot fsync", staging))?;
     tree_bytes(staging).map_err(io_err("cannot measure", staging))
+}
+
+/// Adds read permission (and search, and execute where the owner has it) for everyone to every
+/// file and directory of a user's entry. Only that user (and root) can enter the directory the
+/// entry lives in, and the files stay the agent's: the user reads and runs them, and cannot
+/// change them. Without it, an archive's 0600 file (or the agent's umask) would leave a user
+/// unable to read its own blob. Never adds a special bit, never follows a link.
+pub(super) fn open_to_user(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    let mode = meta.permissions().mode() & 0o777;
+    let wanted = if meta.is_dir() {
+        mode | 0o555
+    } else if meta.is_file() {
+        mode | 0o444 | if mode & 0o100 != 0 { 0o111 } else { 0 }
+    } else {
+        return Ok(());
+    };
+    if wanted != meta.permissions().mode() & 0o7777 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))?;
+    }
+    if meta.is_dir() {
+        for dirent in std::fs::read_dir(path)? {
+            open_to_user(&dirent?.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Sum of file (and symlink) lengths under `path`, not following links.

@@ -283,3 +283,38 @@ async fn entries_are_kept_per_owner_each_user_in_a_directory_of_its_own() {
     assert_eq!(cache.cleanup(u64::MAX, |o| o.usable(false)), vec![user_id]);
     assert!(!mine.exists() && user_dir.is_dir());
 }
+
+#[tokio::test]
+async fn a_users_entry_is_readable_whatever_modes_the_archive_had() {
+    use std::os::unix::fs::PermissionsExt;
+    let me = nix::unistd::getuid().as_raw();
+    let fx = Fixture::new();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, mode) in [("secret.conf", 0o600), ("bin/run", 0o700), ("locked/inner", 0o000)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(mode);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &b"x"[..]).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o700);
+    header.set_size(0);
+    header.set_cksum();
+    builder.append_data(&mut header, "locked", &[][..]).unwrap();
+    let archive = builder.into_inner().unwrap().finish().unwrap();
+    let code = fx.blob("modes.tar.gz", &archive, Some("tar.gz"));
+    let mut cache = fx.open();
+    let mode = |p: PathBuf| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    // The agent's own entry keeps the archive's modes (its workers run as the agent's user).
+    let shared = cache.ensure(&code, true, TIMEOUT, 0).await.unwrap();
+    assert_eq!((mode(shared.join("secret.conf")), mode(shared.join("bin/run"))), (0o600, 0o700));
+    // A user's: readable, runnable where the archive said so, never writable by others.
+    let mine = install_for(&mut cache, &fx, &code, true, Owner::User(me)).await;
+    assert_eq!(mode(mine.join("secret.conf")), 0o644);
+    assert_eq!(mode(mine.join("bin/run")), 0o755);
+    assert_eq!((mode(mine.join("locked")), mode(mine.join("locked/inner"))), (0o755, 0o444));
+    assert_eq!(mode(mine.clone()) & 0o555, 0o555);
+}

@@ -8,8 +8,9 @@
 //! <root>/u<uid>/          Owner::User(uid): owned by uid, mode 0500, so only that user (and
 //! <root>/u<uid>/<entry>     the agent, as root) can enter it; the entries in it stay the agent's
 //! ```
-//! An entry's files belong to the agent: its user can read them through its directory and
-//! cannot change them. Every lookup names an owner, so a worker is only ever linked to entries
+//! An entry's files belong to the agent: its user can read them through its directory (they
+//! are made readable by all when staged, whatever the archive said: only that user gets that
+//! far) and cannot change them. Every lookup names an owner, so a worker is only ever linked to entries
 //! under the directory of the user it runs as.
 //!
 //! `Owner::Agent` entries are also what an older release left in the cache (it had no
