@@ -204,7 +204,9 @@ impl BlobCache {
             let path = dirent.path();
             match dirent.file_name().to_str().and_then(Owner::parse_dir) {
                 Some(user) if std::fs::symlink_metadata(&path)?.is_dir() => {
-                    user.prepare_dir(root)?;
+                    user.prepare_dir(root).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot give {} its owner and mode: {e}", path.display()))
+                    })?;
                     for dirent in std::fs::read_dir(&path)? {
                         scan_entry(&dirent?, user, &mut found)?;
                     }
