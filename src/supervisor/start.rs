@@ -409,6 +409,7 @@ fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: Sy
         cache_target_bytes: config.blob.cache_target_mb.saturating_mul(1024 * 1024),
         download_timeout: config.blob.download_timeout,
         download_retries: config.blob.download_retries,
+        users: crate::worker::users::UserPolicy::from_config(&config.worker),
     };
     let mut blob_sync = blobs::BlobSync::new(blob_config, inputs.cache, inputs.desired, inputs.blob_view, wake);
     blob_sync.follow_config(inputs.config);

@@ -515,6 +515,22 @@ impl Drop for Reaper {
     }
 }
 
+/// The uid of local user `name`, created (no home, no login shell, uid ≥ 1000) if missing: the
+/// users that `run_as_user` tests run workers as. Needs root; tests that call it check first.
+pub fn test_user(name: &str) -> u32 {
+    if let Some(user) = nix::unistd::User::from_name(name).unwrap() {
+        return user.uid.as_raw();
+    }
+    let out = Command::new("useradd")
+        .args(["--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name])
+        .output()
+        .expect("useradd (passwd package) runs");
+    // Exit 9: created meanwhile by a concurrent test process; anything else is a failure.
+    assert!(out.status.success() || out.status.code() == Some(9), "useradd {name}: {}", text(&out.stderr));
+    let user = nix::unistd::User::from_name(name).unwrap().unwrap_or_else(|| panic!("user {name} after useradd"));
+    user.uid.as_raw()
+}
+
 pub fn pids_with_cwd_under(dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries

@@ -14,9 +14,11 @@ use tracing::{info, warn};
 use super::Processes;
 use crate::admin::SlotStatus;
 use crate::admin::control::Reply;
+use crate::blob::BlobUse;
 use crate::local_state::Drained;
 use crate::model::action::Operation;
 use crate::slot::{Input, SlotState};
+use crate::supervisor::links;
 
 /// Operator state: the drain and health holds.
 #[derive(Debug)]
@@ -172,27 +174,31 @@ impl Processes {
                     _ => None,
                 };
                 let waiting_for = match &slot.state {
-                    SlotState::WaitingForBlobs { job } | SlotState::WaitingForBlobUpdate { job } => job
-                        .blobs
-                        .iter()
-                        .filter_map(|b| {
-                            let status = view.blobs.get(&(b.key.clone(), b.extract));
-                            match status {
-                                Some(s) if s.ready.is_some() => None,
-                                Some(s) if s.downloading => Some(format!(
-                                    "blob `{}`{}: downloading",
-                                    b.key,
-                                    s.version.map(|v| format!(" version {v}")).unwrap_or_default()
-                                )),
-                                Some(s) => Some(format!(
-                                    "blob `{}`: {}",
-                                    b.key,
-                                    s.error.clone().unwrap_or_else(|| "not local".into())
-                                )),
-                                None => Some(format!("blob `{}`: not looked up yet", b.key)),
-                            }
-                        })
-                        .collect(),
+                    SlotState::WaitingForBlobs { job } | SlotState::WaitingForBlobUpdate { job } => {
+                        let users = &self.config.users;
+                        // The user's entries; a refused user's slot shows the refusal instead.
+                        let owner = links::blob_owner(users, &job.topology_id, job.launch.user.as_deref()).ok();
+                        job.blobs
+                            .iter()
+                            .filter_map(|b| {
+                                let status = owner.and_then(|owner| view.blobs.get(&BlobUse::of(b, owner)));
+                                match status {
+                                    Some(s) if s.ready.is_some() => None,
+                                    Some(s) if s.downloading => Some(format!(
+                                        "blob `{}`{}: downloading",
+                                        b.key,
+                                        s.version.map(|v| format!(" version {v}")).unwrap_or_default()
+                                    )),
+                                    Some(s) => Some(format!(
+                                        "blob `{}`: {}",
+                                        b.key,
+                                        s.error.clone().unwrap_or_else(|| "not local".into())
+                                    )),
+                                    None => Some(format!("blob `{}`: not looked up yet", b.key)),
+                                }
+                            })
+                            .collect()
+                    }
                     _ => Vec::new(),
                 };
                 SlotStatus {
