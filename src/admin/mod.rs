@@ -20,6 +20,7 @@ use crate::health::{HealthReport, ScriptResult};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{self, metrics};
 use crate::model::{LastExit, NodeReport, SlotStateName, ZkStatus, unix_ms};
+use crate::supervisor::bad_payloads::{BadPayload, PayloadKind};
 
 /// One slot as `gale status` shows it (every configured port, `empty` included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +108,10 @@ pub(crate) struct Status {
     pub health: HealthDoc,
     pub cache: CacheDoc,
     pub queues: Vec<QueueDoc>,
+    /// Payloads under `/assignments`, `/blobstore` (of blobs this host uses) and `/actions/<id>`
+    /// that cannot be used, until they are fixed or deleted (SPEC §3).
+    #[serde(default)]
+    pub bad_payloads: Vec<BadPayload>,
 }
 
 /// A queue's numbers, read at request time.
@@ -128,6 +133,8 @@ pub(crate) struct Sources {
     pub health: watch::Receiver<HealthReport>,
     pub cache: watch::Receiver<Arc<BlobView>>,
     pub drained: watch::Receiver<bool>,
+    /// The payloads the readers cannot use, by path.
+    pub bad_payloads: watch::Receiver<BTreeMap<String, BadPayload>>,
     pub queues: Vec<QueueProbe>,
 }
 
@@ -198,6 +205,7 @@ impl Sources {
                 downloading,
             },
             queues: self.queues.iter().map(|probe| probe()).collect(),
+            bad_payloads: self.bad_payloads.borrow().values().cloned().collect(),
         }
     }
 
@@ -239,6 +247,10 @@ impl Sources {
         m.healthy.set(i64::from(status.health.state == "healthy"));
         for script in &status.health.scripts {
             m.health_script.get_or_create(&vec![("script", script.script.clone())]).set(i64::from(script.healthy));
+        }
+        for kind in PayloadKind::ALL {
+            let n = status.bad_payloads.iter().filter(|b| b.kind == kind).count();
+            m.bad_payloads.get_or_create(&vec![("kind", kind.as_str().to_owned())]).set(n as i64);
         }
         m.cache_bytes.set(status.cache.bytes as i64);
         m.cache_entries.set(status.cache.entries as i64);
@@ -308,6 +320,7 @@ mod tests {
             health: watch::channel(HealthReport::default()).1,
             cache: watch::channel(Arc::new(BlobView::default())).1,
             drained: watch::channel(false).1,
+            bad_payloads: watch::channel(BTreeMap::new()).1,
             queues: vec![probe(&queue)],
         };
         assert!(sources.ready());

@@ -191,6 +191,18 @@ pub(crate) fn render(status: &Status, now_ms: u64) -> String {
     for slot in &status.slots {
         let _ = writeln!(out, "{}", row(slot, now_ms));
     }
+    if !status.bad_payloads.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<11} {:<24} {:>8}  NODE: REASON (unused until fixed or deleted)",
+            "BAD PAYLOAD", "NAME", "FOR"
+        );
+        for bad in &status.bad_payloads {
+            let age = duration(now_ms.saturating_sub(bad.since_ms));
+            let _ = writeln!(out, "{:<11} {:<24} {age:>8}  {}: {}", bad.kind.as_str(), bad.name, bad.path, bad.reason);
+        }
+    }
     out
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::assignments::{AssignmentChanges, AssignmentSync, AssignmentView};
+use super::bad_payloads::BadPayloads;
 use super::blobs;
 use super::main_loop::{self, Daemon, Parts, Watches};
 use super::processes::{self, LocalDirCheck, ProcessConfig, Processes};
@@ -96,6 +97,8 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
     let (desired_tx, desired_rx) = watch::channel(None);
     let (blob_view_tx, blob_view_rx) = watch::channel(Arc::new(BlobView::default()));
     let (health_tx, health_rx) = watch::channel(HealthReport::default());
+    // The payloads the three readers cannot use, for `/status` and the metric.
+    let bad_payloads = BadPayloads::default();
     let (tasks_stopper, shutdown) = Stopper::new();
 
     let assigned = local.state.lock().unwrap().get::<local_state::LocalAssignmentsKey>()?.unwrap_or_default();
@@ -124,6 +127,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
             config: config_rx.clone(),
             operations: front_tx.clone(),
             assigned,
+            bad_payloads: bad_payloads.clone(),
         },
     );
 
@@ -157,6 +161,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         health: health_rx.clone(),
         cache: blob_view_rx,
         drained: executor.drained.clone(),
+        bad_payloads: bad_payloads.subscribe(),
         queues: vec![queue_probe(&sync.queue), queue_probe(&executor.queue)],
     };
     running_tasks.extend(start_servers(&config, sources, front_tx, shutdown).await?);
@@ -390,6 +395,8 @@ struct SyncInputs {
     operations: mpsc::UnboundedSender<Request>,
     /// The previous run's `local-assignments`.
     assigned: LocalAssignments,
+    /// Where all three readers report the payloads they cannot use.
+    bad_payloads: BadPayloads,
 }
 
 /// Step 5: the `sync-supervisor` queue and its handler.
@@ -409,11 +416,26 @@ fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: Sy
         download_timeout: config.blob.download_timeout,
         download_retries: config.blob.download_retries,
     };
-    let mut blob_sync = blobs::BlobSync::new(blob_config, inputs.cache, inputs.desired, inputs.blob_view, wake);
+    let mut blob_sync = blobs::BlobSync::new(
+        blob_config,
+        inputs.cache,
+        inputs.desired,
+        inputs.blob_view,
+        wake,
+        inputs.bad_payloads.clone(),
+    );
     blob_sync.follow_config(inputs.config);
     let root = &config.zookeeper.root;
     let (slots, state) = (&config.supervisor.slots, local.state.clone());
-    let assignments = AssignmentSync::new(root, &local.id, slots, state, inputs.assigned, inputs.desired_tx);
+    let assignments = AssignmentSync::new(
+        root,
+        &local.id,
+        slots,
+        state,
+        inputs.assigned,
+        inputs.desired_tx,
+        inputs.bad_payloads.clone(),
+    );
     // What the `/assignments` watch and the session events tell the assignment sync.
     let changes = assignments.changes();
     let task = run_queue(
@@ -424,7 +446,7 @@ fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: Sy
             client: zk.client.clone(),
             assignments,
             blobs: blob_sync,
-            actions: actions::ActionSync::new(root, &local.id, inputs.operations),
+            actions: actions::ActionSync::new(root, &local.id, inputs.operations, inputs.bad_payloads),
             completed: synced_tx,
             timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
         },
