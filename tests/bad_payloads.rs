@@ -192,18 +192,28 @@ async fn an_assignment_that_cannot_run_on_a_slot_shows_why_on_that_slot_until_fi
     let path = format!("{}/t-rel", case.assignments());
     let relative = case.assignment("t-rel", 6700, json!(["bin/sleep", "1000"]), json!([]));
     put_json(&zk, &path, &relative).await;
+    // And a blob name the assignment does not declare, on 6701.
+    let blob_name = case.assignment("t-blob-name", 6701, json!(["{blob:nope}/run"]), json!([]));
+    put_json(&zk, &format!("{}/t-blob-name", case.assignments()), &blob_name).await;
     let agent = Agent::start(&case.agent.config);
     let info = case
         .agent
-        .wait_info(&zk, &agent, "an error on 6700", |i| slot(i, 6700).is_some_and(|w| w["error"].is_string()))
+        .wait_info(&zk, &agent, "errors on 6700 and 6701", |i| {
+            [6700, 6701].iter().all(|p| slot(i, *p).is_some_and(|w| w["error"].is_string()))
+        })
         .await;
+    let other = slot(&info, 6701).unwrap();
+    assert!(other["error"].as_str().unwrap().contains("{blob:nope} names no blob in `blobs`"), "{other}");
+    assert_eq!((&other["topology_id"], &other["state"]), (&json!("t-blob-name"), &json!("empty")));
     let w = slot(&info, 6700).unwrap();
     println!("SupervisorInfo entry: {w}");
     assert!(w["error"].as_str().unwrap().contains("launch.command[0]: \"bin/sleep\" must be an absolute path"), "{w}");
     assert_eq!((&w["topology_id"], &w["state"], &w["pid"]), (&json!("t-rel"), &json!("empty"), &Value::Null));
     assert_eq!(info["used_slots"], json!([]), "nothing runs there: {info}");
     let s = case.slot_status(6700);
-    assert_eq!((&s["topology_id"], &s["error"]), (&w["topology_id"], &w["error"]), "status agrees: {s}");
+    let (ours, theirs) =
+        ((&s["topology_id"], &s["error"], &s["since_ms"]), (&w["topology_id"], &w["error"], &w["since_ms"]));
+    assert_eq!(ours, theirs, "status agrees: {s}");
     let table = case.table();
     println!("{table}");
     let row = table.lines().find(|l| l.starts_with("6700 ")).unwrap();
@@ -230,10 +240,16 @@ async fn an_assignment_that_cannot_run_on_a_slot_shows_why_on_that_slot_until_fi
         written.join("\n")
     );
 
-    // Fixed: the worker runs, the error is gone.
+    // Fixed: the worker runs, the error is gone. Deleted: its slot has no entry any more.
     let fixed = case.assignment("t-rel", 6700, json!(["/bin/sleep", "1000"]), json!([]));
     put_json(&zk, &path, &fixed).await;
-    let info = case.agent.wait_info(&zk, &agent, "the worker running", |i| running_pid(i, 6700).is_some()).await;
+    delete(&zk, &format!("{}/t-blob-name", case.assignments())).await;
+    let info = case
+        .agent
+        .wait_info(&zk, &agent, "the worker running, 6701 clear", |i| {
+            running_pid(i, 6700).is_some() && slot(i, 6701).is_none()
+        })
+        .await;
     let pid = running_pid(&info, 6700).unwrap();
     reaper.track(pid);
     assert!(slot(&info, 6700).unwrap().get("error").is_none(), "{info}");

@@ -191,9 +191,7 @@ impl BlobSync {
                 }
             }
         }
-        let dir = self.dir();
-        let bad = self.metas.iter().filter_map(|(key, m)| Some((format!("{dir}/{key}"), m.bad_payload()?.clone())));
-        self.bad.replace(PayloadKind::Blob, bad);
+        self.report_bad_metas();
         let now = Instant::now();
         let mut blobs = BTreeMap::new();
         for blob in uses {
@@ -243,6 +241,13 @@ impl BlobSync {
             }
         });
         zk_result
+    }
+
+    /// Hands the BlobMeta read and found unusable (this sync's kind) to [`BadPayloads`].
+    fn report_bad_metas(&self) {
+        let dir = self.dir();
+        let bad = self.metas.iter().filter_map(|(key, m)| Some((format!("{dir}/{key}"), m.bad_payload()?.clone())));
+        self.bad.replace(PayloadKind::Blob, bad);
     }
 
     /// Re-reads `/blobstore/<key>` if its data changed since the last read.

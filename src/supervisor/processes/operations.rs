@@ -196,7 +196,7 @@ impl Processes {
                     topology_id: report.map(|r| r.topology_id.clone()),
                     worker_id: worker.map(|w| w.worker_id.clone()),
                     pid: worker.map(|w| w.pid),
-                    since_ms: slot.state_since_ms,
+                    since_ms: report.map_or(slot.state_since_ms, |r| r.since_ms),
                     running_since_ms: matches!(slot.state, SlotState::Running { .. }).then_some(slot.state_since_ms),
                     restarts: slot.restarts,
                     last_exit: slot.last_exit.clone(),
