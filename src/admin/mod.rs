@@ -20,7 +20,6 @@ use crate::health::{HealthReport, ScriptResult};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{self, metrics};
 use crate::model::{LastExit, NodeReport, SlotStateName, ZkStatus, unix_ms};
-use crate::supervisor::bad_payloads::{BadPayload, PayloadKind};
 
 /// One slot as `gale status` shows it (every configured port, `empty` included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +41,45 @@ pub(crate) struct SlotStatus {
     #[serde(default)]
     pub waiting_for: Vec<String>,
     pub error: Option<String>,
+}
+
+/// Which reader found it: the `kind` label of `gale_bad_payloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PayloadKind {
+    /// `/assignments/<topology-id>`
+    Assignment,
+    /// `/blobstore/<blob-key>`
+    Blob,
+    /// `/actions/<supervisor-id>/<action-id>`
+    Action,
+}
+
+impl PayloadKind {
+    pub(crate) const ALL: [PayloadKind; 3] = [PayloadKind::Assignment, PayloadKind::Blob, PayloadKind::Action];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PayloadKind::Assignment => "assignment",
+            PayloadKind::Blob => "blob",
+            PayloadKind::Action => "action",
+        }
+    }
+}
+
+/// A payload this agent read and cannot use (`/status` `bad_payloads[]`); the set is kept by
+/// `supervisor::bad_payloads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BadPayload {
+    pub kind: PayloadKind,
+    /// The ZooKeeper node.
+    pub path: String,
+    /// The topology id, blob key or action node name (the node's last path component).
+    pub name: String,
+    /// What is wrong, without the path (it is in `path`).
+    pub reason: String,
+    /// When this node was first found bad (unix ms).
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::bad_payloads::{BadPayloads, Finding, PayloadKind};
+use super::bad_payloads::{BadPayloads, Finding};
+use crate::admin::PayloadKind;
 use crate::admin::control::{Reply, Request, submit};
 use crate::cluster::zk::{ErrorClass, ZkClient, ZkError};
 use crate::metrics::metrics;

@@ -35,8 +35,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::bad_payloads::{BadPayloads, PayloadKind};
+use super::bad_payloads::BadPayloads;
 use super::records::{LocalAssignments, PortJob};
+use crate::admin::PayloadKind;
 use crate::cluster::zk::{NodeStat, ZkClient, ZkError};
 use crate::local_state::{LocalAssignmentsKey, LocalState};
 use crate::model::assignment::{Assignment, placements_of_invalid};

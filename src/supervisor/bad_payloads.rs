@@ -16,48 +16,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::admin::{BadPayload, PayloadKind};
 use crate::model::unix_ms;
-
-/// Which reader found it: the `kind` label of `gale_bad_payloads`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum PayloadKind {
-    /// `/assignments/<topology-id>`
-    Assignment,
-    /// `/blobstore/<blob-key>`
-    Blob,
-    /// `/actions/<supervisor-id>/<action-id>`
-    Action,
-}
-
-impl PayloadKind {
-    pub(crate) const ALL: [PayloadKind; 3] = [PayloadKind::Assignment, PayloadKind::Blob, PayloadKind::Action];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            PayloadKind::Assignment => "assignment",
-            PayloadKind::Blob => "blob",
-            PayloadKind::Action => "action",
-        }
-    }
-}
-
-/// One payload in use by nothing because it cannot be read (`/status` `bad_payloads[]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct BadPayload {
-    pub kind: PayloadKind,
-    /// The ZooKeeper node.
-    pub path: String,
-    /// The topology id, blob key or action node name (the node's last path component).
-    pub name: String,
-    /// What is wrong, without the path (it is in `path`).
-    pub reason: String,
-    /// When this node was first found bad (unix ms).
-    pub since_ms: u64,
-}
 
 /// A bad payload as a reader reports it: (path, reason).
 pub(crate) type Finding = (String, String);

@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::assignments::AssignmentView;
-use super::bad_payloads::{BadPayloads, PayloadKind};
+use super::bad_payloads::BadPayloads;
+use crate::admin::PayloadKind;
 use crate::blob::{
     BlobCache, BlobMeta, BlobStatus, BlobUse, BlobView, CacheError, EntryId, RefOwner, SharedCache, Staged,
 };

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::assignments::{AssignmentChanges, AssignmentSync, AssignmentView};
-use super::bad_payloads::{BadPayload, BadPayloads};
+use super::bad_payloads::BadPayloads;
 use super::blobs;
 use super::main_loop::{self, Daemon, Parts, Watches};
 use super::processes::{self, LocalDirCheck, ProcessConfig, Processes};
@@ -30,6 +30,7 @@ use super::records::LocalAssignments;
 use super::stop::Teardown;
 use super::{ProcessJob, SupervisorJob};
 use super::{RunError, actions, jobs, session_log, tasks};
+use crate::admin::BadPayload;
 use crate::admin::SlotStatus;
 use crate::admin::control::Request;
 use crate::blob::BlobView;
