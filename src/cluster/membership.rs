@@ -404,6 +404,7 @@ impl Membership {
 
     fn build_info(&self) -> SupervisorInfo {
         let report = self.report.borrow();
+        let (workers, used) = report.workers_with_usage();
         // An entry of an empty slot only says why an assignment cannot run there (SPEC §3.1
         // `error`): nothing uses that slot.
         let mut used_slots: Vec<u16> =
@@ -423,7 +424,8 @@ impl Membership {
             used_slots,
             capacity: self.identity.capacity,
             labels: self.identity.labels.clone(),
-            workers: report.workers.clone(),
+            workers,
+            used: Some(used),
         }
     }
 

@@ -460,6 +460,7 @@ impl Slot {
                 restarts: 0,
                 last_exit: None,
                 error: Some(u.error.clone()),
+                usage: None,
             });
         };
         if info.error.is_none()
@@ -484,6 +485,7 @@ impl Slot {
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
             error: self.error.clone(),
+            usage: None,
         })
     }
 }

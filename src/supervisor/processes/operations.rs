@@ -203,6 +203,8 @@ impl Processes {
                     backoff_until_ms,
                     waiting_for,
                     error: report.and_then(|r| r.error.clone()),
+                    // Joined at read time from the use sampler's report (admin::Sources).
+                    usage: None,
                 }
             })
             .collect()
