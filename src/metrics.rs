@@ -66,6 +66,8 @@ pub(crate) struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub actions: Family<Labels, Counter>,
+    /// Payloads that cannot be used, by kind (`assignment`, `blob`, `action`), now.
+    pub bad_payloads: Family<Labels, Gauge>,
     pub control_requests: Family<Labels, Counter>,
     /// Diagnostics runs by command name (`-`: not configured) and result.
     pub diagnostics_runs: Family<Labels, Counter>,
@@ -136,6 +138,11 @@ impl Metrics {
             cache_hits: reg!("blob_cache_hits", "blob uses served from the cache", Counter::default()),
             cache_misses: reg!("blob_cache_misses", "blob uses that needed a download", Counter::default()),
             actions: reg!("actions", "ZooKeeper actions by action and result", Family::default()),
+            bad_payloads: reg!(
+                "bad_payloads",
+                "payloads under /assignments, /blobstore or /actions this agent cannot use, by kind",
+                Family::default()
+            ),
             control_requests: reg!("control_requests", "control socket requests by op and result", Family::default()),
             diagnostics_runs: reg!(
                 "diagnostics_runs",

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::decode;
+use super::{PayloadError, decode};
 
 /// A request for a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,16 +58,30 @@ struct Action {
     name: Option<String>,
 }
 
+/// Why an action node is not applied. The two kinds are handled differently (SPEC §3, §3.4).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ActionError {
+    /// The payload does not parse, or has an unknown schema: it stays, reported, until it is
+    /// fixed or deleted (an unknown schema may be for a newer agent).
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A well-formed action this agent cannot do (an unknown action, a missing field):
+    /// reported and deleted.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// The action payload as an operation, or what is wrong with it.
-pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, String> {
-    let action: Action = decode(path, data).map_err(|e| e.to_string())?;
-    let port = || action.port.ok_or_else(|| format!("{path}: action `{}` needs a `port`", action.action));
+pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, ActionError> {
+    let action: Action = decode(path, data)?;
+    let invalid = |why: String| ActionError::Invalid(format!("{path}: {why}"));
+    let port = || action.port.ok_or_else(|| invalid(format!("action `{}` needs a `port`", action.action)));
     Ok(match action.action.as_str() {
         "restart_worker" => Operation::RestartWorker { port: port()? },
         "reset_backoff" => Operation::ResetBackoff { port: port()? },
         "signal_worker" => Operation::SignalWorker {
             port: port()?,
-            signal: action.signal.clone().ok_or_else(|| format!("{path}: signal_worker needs a `signal`"))?,
+            signal: action.signal.clone().ok_or_else(|| invalid("signal_worker needs a `signal`".into()))?,
         },
         "drain" => Operation::Drain { wait: false },
         "undrain" => Operation::Undrain,
@@ -76,10 +90,10 @@ pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, String> {
             name: action
                 .name
                 .clone()
-                .ok_or_else(|| format!("{path}: diag needs a `name` (of [diagnostics.commands])"))?,
+                .ok_or_else(|| invalid("diag needs a `name` (of [diagnostics.commands])".into()))?,
             wait: false,
         },
-        other => return Err(format!("{path}: unknown action `{other}`")),
+        other => return Err(invalid(format!("unknown action `{other}`"))),
     })
 }
 
@@ -91,28 +105,31 @@ mod tests {
     fn payloads_become_operations_or_named_errors() {
         let p = "/gale/actions/s/a1";
         assert_eq!(
-            operation(p, br#"{"schema":1,"action":"restart_worker","port":6700}"#),
-            Ok(Operation::RestartWorker { port: 6700 })
+            operation(p, br#"{"schema":1,"action":"restart_worker","port":6700}"#).unwrap(),
+            Operation::RestartWorker { port: 6700 }
         );
         assert_eq!(
-            operation(p, br#"{"schema":1,"action":"signal_worker","port":6700,"signal":"QUIT"}"#),
-            Ok(Operation::SignalWorker { port: 6700, signal: "QUIT".into() })
+            operation(p, br#"{"schema":1,"action":"signal_worker","port":6700,"signal":"QUIT"}"#).unwrap(),
+            Operation::SignalWorker { port: 6700, signal: "QUIT".into() }
         );
-        assert_eq!(operation(p, br#"{"schema":1,"action":"drain"}"#), Ok(Operation::Drain { wait: false }));
+        assert_eq!(operation(p, br#"{"schema":1,"action":"drain"}"#).unwrap(), Operation::Drain { wait: false });
         assert_eq!(
-            operation(p, br#"{"schema":1,"action":"diag","port":6700,"name":"jstack"}"#),
-            Ok(Operation::Diag { port: 6700, name: "jstack".into(), wait: false })
+            operation(p, br#"{"schema":1,"action":"diag","port":6700,"name":"jstack"}"#).unwrap(),
+            Operation::Diag { port: 6700, name: "jstack".into(), wait: false }
         );
+        // (payload, error, a bad payload (kept) rather than an invalid action (deleted))
         let bad = [
-            (&br#"{"schema":1,"action":"reboot"}"#[..], "unknown action `reboot`"),
-            (br#"{"schema":1,"action":"restart_worker"}"#, "needs a `port`"),
-            (br#"{"schema":1,"action":"diag","port":6700}"#, "diag needs a `name`"),
-            (br#"{"schema":2,"action":"drain"}"#, "unknown schema 2"),
-            (br#"not json"#, "not a valid payload"),
-            (br#"{"schema":1,"action":"restart_worker","port":70000}"#, "not a valid payload"),
+            (&br#"{"schema":1,"action":"reboot"}"#[..], "unknown action `reboot`", false),
+            (br#"{"schema":1,"action":"restart_worker"}"#, "needs a `port`", false),
+            (br#"{"schema":1,"action":"diag","port":6700}"#, "diag needs a `name`", false),
+            (br#"{"schema":2,"action":"drain"}"#, "unknown schema 2", true),
+            (br#"not json"#, "not a valid payload", true),
+            (br#"{"schema":1,"action":"restart_worker","port":70000}"#, "not a valid payload", true),
         ];
-        for (data, want) in bad {
+        for (data, want, payload) in bad {
             let err = operation(p, data).unwrap_err();
+            assert_eq!(matches!(err, ActionError::Payload(_)), payload, "{err}");
+            let err = err.to_string();
             assert!(err.contains(want) && err.contains(p), "{err}");
         }
     }
@@ -198,7 +215,7 @@ mod tests {
         }
 
         fn decode(data: Vec<u8>) -> Result<Operation, String> {
-            bounded("operation", move || operation(PATH, &data))
+            bounded("operation", move || operation(PATH, &data).map_err(|e| e.to_string()))
         }
 
         proptest! {

@@ -36,7 +36,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::assignments::AssignmentView;
+use super::bad_payloads::BadPayloads;
 use super::links::blob_owner;
+use crate::admin::PayloadKind;
 use crate::blob::{
     BlobCache, BlobMeta, BlobStatus, BlobUse, BlobView, CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged,
 };
@@ -65,6 +67,14 @@ struct MetaEntry {
     zxid: Option<i64>,
     good: Option<BlobMeta>,
     problem: Option<String>,
+}
+
+impl MetaEntry {
+    /// The node exists and its payload cannot be used (a missing node is a problem too, but
+    /// not a bad payload).
+    fn bad_payload(&self) -> Option<&String> {
+        self.zxid.and(self.problem.as_ref())
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +113,9 @@ pub(crate) struct BlobSync {
     reported: BTreeMap<BlobUse, String>,
     /// Reloaded config (`[blob]` applies live).
     live: Option<watch::Receiver<Arc<crate::config::Config>>>,
+    /// Where the BlobMeta of this host's blobs that cannot be used are reported (this sync
+    /// owns the `blob` kind; blobs no assignment here uses are not read, so not reported).
+    bad: BadPayloads,
 }
 
 impl std::fmt::Debug for BlobSync {
@@ -127,6 +140,7 @@ impl BlobSync {
         assignments: watch::Receiver<Option<Arc<AssignmentView>>>,
         publish: watch::Sender<Arc<BlobView>>,
         wake: Arc<dyn Fn() + Send + Sync>,
+        bad: BadPayloads,
     ) -> BlobSync {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         BlobSync {
@@ -143,6 +157,7 @@ impl BlobSync {
             wanted: BTreeMap::new(),
             reported: BTreeMap::new(),
             live: None,
+            bad,
         }
     }
 
@@ -185,6 +200,7 @@ impl BlobSync {
                 }
             }
         }
+        self.report_bad_metas();
         let now = Instant::now();
         let mut blobs = BTreeMap::new();
         for blob in uses {
@@ -255,6 +271,13 @@ impl BlobSync {
         .expect("blob cache task panicked");
         self.wanted = wanted;
         stats
+    }
+
+    /// Hands the BlobMeta read and found unusable (this sync's kind) to [`BadPayloads`].
+    fn report_bad_metas(&self) {
+        let dir = self.dir();
+        let bad = self.metas.iter().filter_map(|(key, m)| Some((format!("{dir}/{key}"), m.bad_payload()?.clone())));
+        self.bad.replace(PayloadKind::Blob, bad);
     }
 
     /// Re-reads `/blobstore/<key>` if its data changed since the last read.

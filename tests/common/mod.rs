@@ -665,6 +665,13 @@ impl TestAgent {
         std::fs::write(&self.config, f(text)).unwrap();
     }
 
+    /// Turns the admin endpoint on, on a free loopback port, and returns the port.
+    pub fn enable_admin(&self) -> u16 {
+        let admin = free_port();
+        self.edit(|text| text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\"")));
+        admin
+    }
+
     pub fn path(&self) -> &Path {
         self.tmp.path()
     }
@@ -689,6 +696,27 @@ impl TestAgent {
     pub async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_info(zk, &self.info_path(), agent, what, Duration::from_secs(60), |i, _| pred(i)).await.0
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// The admin endpoint
+
+/// `GET url`: (status code, body); 0 when nothing answers.
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of the metric line `name` (exact, labels included), if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ------------------------------------------------------------------------------------------

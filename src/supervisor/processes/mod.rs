@@ -317,8 +317,18 @@ impl Processes {
         }
     }
 
+    /// What each slot reports (SupervisorInfo `workers[]`, `gale status`): the slot, and
+    /// the assignment of the latest view that cannot run on its port, if any. From the view as
+    /// read, not [`Processes::desired_now`]: a drained host still shows a broken assignment.
+    fn slot_reports(&self) -> BTreeMap<u16, Option<WorkerInfo>> {
+        let view = self.inputs.desired.borrow();
+        let unrunnable = |port: &u16| view.as_ref().and_then(|v| v.unrunnable.get(port));
+        self.slots.iter().map(|(port, slot)| (*port, slot.report(unrunnable(port)))).collect()
+    }
+
     fn publish(&self) {
-        let workers: Vec<WorkerInfo> = self.slots.values().filter_map(Slot::to_worker_info).collect();
+        let reports = self.slot_reports();
+        let workers: Vec<WorkerInfo> = reports.values().flatten().cloned().collect();
         self.outputs.report.send_if_modified(|r| {
             if r.workers == workers {
                 false
@@ -327,7 +337,7 @@ impl Processes {
                 true
             }
         });
-        let statuses = self.slot_statuses();
+        let statuses = self.slot_statuses(&reports);
         self.outputs.slots.send_if_modified(|current| {
             if *current == statuses {
                 false

@@ -6,6 +6,7 @@
 //! Operations are applied at the start of a `sync-processes` job, so they are ordered with
 //! every other input and touch the slots only from their owner.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use tokio::time::Instant;
@@ -16,6 +17,7 @@ use crate::admin::SlotStatus;
 use crate::admin::control::Reply;
 use crate::blob::BlobUse;
 use crate::local_state::Drained;
+use crate::model::WorkerInfo;
 use crate::model::action::Operation;
 use crate::slot::{Input, SlotState};
 use crate::supervisor::links;
@@ -157,15 +159,16 @@ impl Processes {
         }
     }
 
-    /// Every slot, for `gale status`.
-    pub(super) fn slot_statuses(&self) -> Vec<SlotStatus> {
+    /// Every slot, for `gale status`; its topology and error as in `reports`
+    /// ([`Processes::slot_reports`]), so status and SupervisorInfo agree.
+    pub(super) fn slot_statuses(&self, reports: &BTreeMap<u16, Option<WorkerInfo>>) -> Vec<SlotStatus> {
         let now = Instant::now();
         let wall = crate::model::unix_ms();
         let view = self.links.view();
         self.slots
             .values()
             .map(|slot| {
-                let job = slot.job();
+                let report = reports.get(&slot.port).and_then(Option::as_ref);
                 let worker = slot.worker();
                 let backoff_until_ms = match &slot.state {
                     SlotState::Backoff { until, .. } => {
@@ -204,16 +207,16 @@ impl Processes {
                 SlotStatus {
                     port: slot.port,
                     state: slot.state_name(),
-                    topology_id: job.map(|j| j.topology_id.clone()),
+                    topology_id: report.map(|r| r.topology_id.clone()),
                     worker_id: worker.map(|w| w.worker_id.clone()),
                     pid: worker.map(|w| w.pid),
-                    since_ms: slot.state_since_ms,
+                    since_ms: report.map_or(slot.state_since_ms, |r| r.since_ms),
                     running_since_ms: matches!(slot.state, SlotState::Running { .. }).then_some(slot.state_since_ms),
                     restarts: slot.restarts,
                     last_exit: slot.last_exit.clone(),
                     backoff_until_ms,
                     waiting_for,
-                    error: slot.error.clone(),
+                    error: report.and_then(|r| r.error.clone()),
                     // Joined at read time from the use sampler's report (admin::Sources).
                     usage: None,
                 }

@@ -146,7 +146,7 @@ impl Harness {
     fn assign(&mut self, jobs: &[(u16, &str)]) {
         self.generation += 1;
         let jobs: LocalAssignments = jobs.iter().map(|(port, t)| (*port, port_job(t))).collect();
-        let view = AssignmentView { generation: self.generation, jobs, problems: BTreeMap::new() };
+        let view = AssignmentView { generation: self.generation, jobs, ..AssignmentView::default() };
         self.desired.send_replace(Some(Arc::new(view)));
     }
 
