@@ -18,10 +18,12 @@
 mod common;
 
 mod agent;
+mod bad_payloads;
 mod blob_cli;
 mod blobs;
 mod cli;
 mod decoders_prop;
+mod diagnostics;
 mod faults;
 mod fixtures;
 mod health;
