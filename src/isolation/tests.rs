@@ -115,6 +115,13 @@ fn detection_picks_the_hosts_cgroup_version_and_reports_it() {
             assert!(dir.path.join("cgroup.procs").exists(), "{dir:?}");
         }
     }
+    if let Mechanism::CgroupV2 { root } = &fx.mechanism {
+        // Where v2_base puts it, and the path /proc shows matches the directory.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let base = v2_base(procfs::cgroup_path(&own, Hierarchy::Unified).unwrap());
+        assert_eq!(Path::new(&root.cgroup).parent(), Some(Path::new(&base)), "{root:?}");
+        assert!(root.path.ends_with(root.cgroup.trim_start_matches('/')), "{root:?}");
+    }
     for parent in fx.mechanism.parent_dirs() {
         assert!(parent.is_dir(), "{}", parent.display());
     }
@@ -301,4 +308,16 @@ fn zero_limits_and_path_like_ids_are_refused() {
         let err = WorkerCgroup::create(&Mechanism::Rlimits, bad, &Limits::default()).unwrap_err();
         assert!(matches!(err, IsolationError::InvalidId { .. }), "{bad:?}: {err}");
     }
+}
+
+#[test]
+fn v2_workers_go_to_the_root_under_a_systemd_unit_else_beside_the_agent() {
+    // A unit's own cgroup: systemd < 254 starts the next agent there, and its slice is systemd's.
+    assert_eq!(v2_base("/system.slice/gale.service"), "/");
+    assert_eq!(v2_base("/user.slice/user-0.slice/session-3.scope"), "/");
+    // A delegated subgroup of the unit (DelegateSubgroup=agent): the unit's subtree is ours.
+    assert_eq!(v2_base("/system.slice/gale.service/agent"), "/system.slice/gale.service");
+    // A shell's or container's cgroup, and the namespace root.
+    assert_eq!(v2_base("/build/job-7"), "/build");
+    assert_eq!(v2_base("/"), "/");
 }
