@@ -10,6 +10,8 @@ need=()
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
+# objcopy: the debug info of the tested binary is stripped before packaging (a smaller .deb).
+command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 # A kernel with its initrd (the initrd loads virtio_blk and ext4 for the guest's root disk).
 compgen -G '/boot/initrd.img-*-amd64' >/dev/null || need+=(linux-image-amd64)
 

@@ -13,14 +13,14 @@
 #      with the .deb and the guest script;
 #   4. reads the checks' PASS/FAIL lines from the second serial port and fails, naming the
 #      cause, if the VM does not boot, the guest script does not run or finish within
-#      GALE_VM_TIMEOUT seconds (default 420), or any check fails. Never skips.
+#      GALE_VM_TIMEOUT seconds (default 600), or any check fails. Never skips.
 # Everything of a run is kept in target/vm/systemd-run/ (console.log: the whole serial console,
 # the guest script's output included; results.log: the checks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 # Every check the guest script reports; one missing is a failure, never a skip.
-CHECKS="boot install verify ready status-text workers cgroups watchdog reload reload-notify
+CHECKS="boot install verify start-timeout ready status-text workers cgroups watchdog reload reload-notify
   restart-states restart-adopt stop start-adopt no-ebusy"
 
 # verdict QEMU_EXIT SECONDS: exits 1 naming the cause unless every check passed.
@@ -31,19 +31,22 @@ verdict() {
   done_line=$(grep '^GALE-VM-DONE ' <<< "$results" || true)
   failed=$(grep '^FAIL ' <<< "$results" || true)
   if [ -z "$done_line" ]; then
-    local cause
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ -z "$console" ]; then
-      cause="qemu failed (exit $rc): $(head -c 2000 "$run/qemu.stderr")"
-    elif ! grep -q 'Linux version' <<< "$console"; then
-      cause="the kernel did not boot ($kernel)"
+    local reached cause
+    if ! grep -q 'Linux version' <<< "$console"; then
+      reached="before the kernel printed anything"
     elif ! grep -q 'Welcome to .*Debian' <<< "$console"; then
-      cause="systemd did not start: the root filesystem was not mounted or init failed"
+      reached="with the kernel up but no systemd (the root filesystem not mounted, or init failed)"
     elif ! grep -q '^GALE-VM-STARTED' <<< "$results"; then
-      cause="systemd booted but gale-vmtest.service (the guest script) did not run"
-    elif [ "$rc" -eq 124 ]; then
-      cause="timed out: the guest script did not finish within $timeout_secs s"
+      reached="with systemd up but gale-vmtest.service (the guest script) not started"
     else
-      cause="the VM stopped (qemu exit $rc) before the guest script finished"
+      reached="in the guest script, after: $(grep -E '^(PASS|FAIL) ' <<< "$results" | tail -n 1 | cut -c1-120)"
+    fi
+    if [ "$rc" -eq 124 ]; then
+      cause="timed out after $timeout_secs s, $reached"
+    elif [ -z "$console" ]; then
+      cause="qemu failed (exit $rc): $(head -c 2000 "$run/qemu.stderr")"
+    else
+      cause="the VM stopped (qemu exit $rc) $reached"
     fi
     echo "---- vm/systemd: the console's last 60 lines" >&2
     tail -n 60 <<< "$console" >&2
@@ -66,14 +69,14 @@ verdict() {
   echo "vm/systemd: PASS, $(grep -c '^PASS ' <<< "$results") checks in $secs s of VM" >&2
 }
 
-timeout_secs=${GALE_VM_TIMEOUT:-420}
+timeout_secs=${GALE_VM_TIMEOUT:-600}
 started=$(date +%s)
 run=target/vm/systemd-run
 
 scripts/vm/systemd-deps.sh
 image=$(scripts/vm/systemd-image.sh)
 
-kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1)
+kernel=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
 initrd=/boot/initrd.img-${kernel#/boot/vmlinuz-}
 [ -n "$kernel" ] && [ -r "$initrd" ] || { echo "vm/systemd: FAIL: no /boot/vmlinuz-*-amd64 with its initrd (linux-image-amd64)" >&2; exit 1; }
 
