@@ -306,10 +306,12 @@ reload_by_notify() {
   local t0 main
   t0=$(date +%s) main=$(prop MainPID)
   sed -i 's|^heartbeat_refresh_secs = .*|heartbeat_refresh_secs = 61|' /etc/gale/gale.toml
-  wait_until 30 in_order "$t0" "\(RELOADING=1" "Changed running -> reload" "\(READY=1" "Changed reload -> running"
+  wait_until 30 in_order "$t0" "the config file changed: reloading" "PID $main \(RELOADING=1" "Changed running -> reload" \
+    "PID $main \(READY=1" "Changed reload -> running"
   show_unit_journal "PID 1 after the config file changed" "$t0"
   check reload-notify "config file edited: RELOADING=1 -> state reload -> READY=1 -> running, seen by PID 1 with no reload job" \
-    in_order "$t0" "\(RELOADING=1" "Changed running -> reload" "\(READY=1" "Changed reload -> running"
+    in_order "$t0" "the config file changed: reloading" "PID $main \(RELOADING=1" "Changed running -> reload" \
+    "PID $main \(READY=1" "Changed reload -> running"
 }
 
 # states_during SECONDS CMD...: runs CMD in the background and samples the unit's state while
@@ -327,10 +329,28 @@ states_during() {
   echo "${seen% }"
 }
 
-# Workers are adopted by the next agent: the same pids, running, in the same cgroups; no EBUSY.
+# Workers are adopted by the next agent: the same pids, running, in the same cgroups with their
+# limits; no EBUSY since SINCE. Sets ADOPT_PROBLEM to what is wrong.
 adopted() { # SINCE
-  wait_until 60 same_workers "$WORKERS" && all_alive "$WORKERS" && cgroups_ok &&
-    no_ebusy "$1"
+  ADOPT_PROBLEM=""
+  if ! wait_until 60 same_workers "$WORKERS"; then
+    ADOPT_PROBLEM="running workers: $(running_workers | paste -sd' ' -), want $(echo $WORKERS)"
+  elif ! all_alive "$WORKERS"; then
+    ADOPT_PROBLEM="a worker died"
+  elif ! cgroups_ok; then
+    ADOPT_PROBLEM=$CGROUP_PROBLEMS
+  elif ! no_ebusy "$1"; then
+    ADOPT_PROBLEM="EBUSY: $(unit_journal "$1" | grep -Ei 'EBUSY|resource busy' | head -n 3)"
+  fi
+  [ -z "$ADOPT_PROBLEM" ]
+}
+
+check_adopted() { # NAME AFTER SINCE
+  if adopted "$3"; then
+    result PASS "$1" "after $2: the same 2 worker pids adopted by $(prop MainPID), in their cgroups with their limits, no EBUSY"
+  else
+    result FAIL "$1" "after $2: $ADOPT_PROBLEM"
+  fi
 }
 
 no_ebusy() { ! unit_journal "$1" | grep -Eqi 'EBUSY|resource busy'; } # SINCE
@@ -345,8 +365,7 @@ restart_unit() {
   check restart-states "restart: states $seen; stop-sigterm, STOPPING=1 from old PID $old, then READY=1 from new PID $new" \
     in_order "$t0" "Changed running -> stop-sigterm" "Got notification message from PID $old \(STOPPING=1" \
     "Got notification message from PID $new \(READY=1" "Changed start -> running"
-  check restart-adopt "after systemctl restart: agent $old -> $new, the same 2 worker pids adopted, no EBUSY, ${CGROUP_PROBLEMS:-cgroups and limits kept}" \
-    adopted "$t0"
+  check_adopted restart-adopt "systemctl restart (agent $old -> $new)" "$t0"
 }
 
 stop_then_start() {
@@ -359,8 +378,7 @@ stop_then_start() {
     stopped_cleanly "$t0" "$old"
   t0=$(date +%s)
   systemctl start gale.service || result FAIL start "systemctl start gale exited $?"
-  check start-adopt "after systemctl stop + start: the same 2 worker pids adopted by $(prop MainPID), no EBUSY, ${CGROUP_PROBLEMS:-cgroups and limits kept}" \
-    adopted "$t0"
+  check_adopted start-adopt "systemctl stop + start" "$t0"
 }
 
 stopped_cleanly() { # SINCE OLD_MAIN

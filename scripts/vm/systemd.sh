@@ -104,7 +104,7 @@ timeout "$timeout_secs" qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 2 \
   -drive "file=$run/in.ext4,if=virtio,format=raw,readonly=on" \
   -serial "file:$run/console.log" -serial "file:$run/results.log" 2> "$run/qemu.stderr" &
 qemu=$!
-tail -n +1 --pid="$qemu" -f "$run/results.log" | tr -d '\r' | sed -u 's/^/vm: /' >&2
+tail -n +1 --pid="$qemu" -f "$run/results.log" | sed -u 's/\r$//; s/^/vm: /' >&2
 wait "$qemu"
 rc=$?
 set -e
