@@ -59,6 +59,7 @@
 
 mod handover;
 mod procfs;
+mod usage;
 mod worker;
 
 #[cfg(test)]
@@ -72,6 +73,7 @@ use tracing::info;
 
 pub(crate) use handover::{rename_parents, undo_renames, worker_parents};
 pub(crate) use procfs::Hierarchy;
+pub(crate) use usage::{Sample, sample};
 pub(crate) use worker::{WorkerCgroup, sweep_orphans};
 
 /// The limits of one worker (SPEC §3.2 `memory_mb`, `cpu_percent`; a pids limit per §7).
