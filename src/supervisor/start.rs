@@ -80,14 +80,7 @@ struct SyncEnds {
 
 /// Builds and starts the agent (see the module doc); the main loop takes it from here.
 pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError> {
-    let mut lifecycle = Lifecycle::Starting;
-    info!(state = %lifecycle, config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "lifecycle");
-    let local = open_local(&config).await?;
-    if local.previous == PreviousStop::Unclean {
-        let why = "no clean-shutdown marker: the previous agent did not stop cleanly";
-        lifecycle = main_loop::transition(lifecycle, Lifecycle::Recovering, why);
-    }
-    Systemd.status(lifecycle.as_str());
+    let (lifecycle, local) = begin(&config).await?;
 
     let (report_tx, report_rx) = watch::channel(NodeReport::new(lifecycle));
     let report = Arc::new(report_tx);
@@ -198,6 +191,20 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         membership_stopper,
     };
     Ok((daemon, teardown))
+}
+
+/// `starting`, the local dir opened, and `recovering` when the previous agent did not stop
+/// cleanly (told to systemd too).
+async fn begin(config: &Config) -> Result<(Lifecycle, Local), RunError> {
+    let mut lifecycle = Lifecycle::Starting;
+    info!(state = %lifecycle, config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "lifecycle");
+    let local = open_local(config).await?;
+    if local.previous == PreviousStop::Unclean {
+        let why = "no clean-shutdown marker: the previous agent did not stop cleanly";
+        lifecycle = main_loop::transition(lifecycle, Lifecycle::Recovering, why);
+    }
+    Systemd.status(lifecycle.as_str());
+    Ok((lifecycle, local))
 }
 
 /// Steps 1 of the start: the local dir, its state, who this agent is. The identity is checked
