@@ -90,6 +90,13 @@ pub(crate) use procfs::Hierarchy;
 pub(crate) use usage::{Sample, sample};
 pub(crate) use worker::{Birth, WorkerCgroup, sweep_orphans};
 
+/// The name of the workers' parent cgroup of the agent with supervisor id `supervisor_id`:
+/// the start-up sweep of cgroups no record names must never reach another agent's workers on
+/// the same host.
+pub(crate) fn parent_name(supervisor_id: &str) -> String {
+    format!("gale-{supervisor_id}")
+}
+
 /// The limits of one worker (SPEC §3.2 `memory_mb`, `cpu_percent`; a pids limit per §7).
 /// `None` leaves that resource unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

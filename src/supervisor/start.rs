@@ -318,7 +318,7 @@ fn start_membership(
 /// The workers' parent cgroup is named after this agent: the start-up sweep of cgroups no
 /// record names must never reach another agent's workers on the same host.
 async fn detect_isolation(id: &str) -> Result<Mechanism, RunError> {
-    let cgroup_parent = format!("gale-{id}");
+    let cgroup_parent = crate::isolation::parent_name(id);
     let isolation = tokio::task::spawn_blocking(move || crate::isolation::detect(&cgroup_parent))
         .await
         .map_err(|e| RunError::Internal(e.to_string()))?;
