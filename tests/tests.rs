@@ -18,10 +18,12 @@
 mod common;
 
 mod agent;
+mod bad_payloads;
 mod blob_cli;
 mod blobs;
 mod cli;
 mod decoders_prop;
+mod diagnostics;
 mod faults;
 mod fixtures;
 mod health;
@@ -36,6 +38,7 @@ mod security;
 mod systemd;
 mod topology;
 mod upgrade;
+mod usage;
 mod workers;
 
 /// A test file that no `mod` line names would silently never compile nor run.

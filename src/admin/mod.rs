@@ -19,6 +19,7 @@ use crate::blob::BlobView;
 use crate::health::{HealthReport, ScriptResult};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{self, metrics};
+use crate::model::usage::{HostUsage, WorkerUsage};
 use crate::model::{LastExit, NodeReport, SlotStateName, ZkStatus, unix_ms};
 
 /// One slot as `gale status` shows it (every configured port, `empty` included).
@@ -41,6 +42,48 @@ pub(crate) struct SlotStatus {
     #[serde(default)]
     pub waiting_for: Vec<String>,
     pub error: Option<String>,
+    /// What the worker uses (latest sample), while a process runs.
+    #[serde(default)]
+    pub usage: Option<WorkerUsage>,
+}
+
+/// Which reader found it: the `kind` label of `gale_bad_payloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PayloadKind {
+    /// `/assignments/<topology-id>`
+    Assignment,
+    /// `/blobstore/<blob-key>`
+    Blob,
+    /// `/actions/<supervisor-id>/<action-id>`
+    Action,
+}
+
+impl PayloadKind {
+    pub(crate) const ALL: [PayloadKind; 3] = [PayloadKind::Assignment, PayloadKind::Blob, PayloadKind::Action];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PayloadKind::Assignment => "assignment",
+            PayloadKind::Blob => "blob",
+            PayloadKind::Action => "action",
+        }
+    }
+}
+
+/// A payload this agent read and cannot use (`/status` `bad_payloads[]`); the set is kept by
+/// `supervisor::bad_payloads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BadPayload {
+    pub kind: PayloadKind,
+    /// The ZooKeeper node.
+    pub path: String,
+    /// The topology id, blob key or action node name (the node's last path component).
+    pub name: String,
+    /// What is wrong, without the path (it is in `path`).
+    pub reason: String,
+    /// When this node was first found bad (unix ms).
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,9 +147,16 @@ pub(crate) struct Status {
     pub time_ms: u64,
     pub zookeeper: ZkStatusDoc,
     pub slots: Vec<SlotStatus>,
+    /// The workers' use summed.
+    #[serde(default)]
+    pub used: HostUsage,
     pub health: HealthDoc,
     pub cache: CacheDoc,
     pub queues: Vec<QueueDoc>,
+    /// Payloads under `/assignments`, `/blobstore` (of blobs this host uses) and `/actions/<id>`
+    /// that cannot be used, until they are fixed or deleted (SPEC §3).
+    #[serde(default)]
+    pub bad_payloads: Vec<BadPayload>,
 }
 
 /// A queue's numbers, read at request time.
@@ -128,6 +178,8 @@ pub(crate) struct Sources {
     pub health: watch::Receiver<HealthReport>,
     pub cache: watch::Receiver<Arc<BlobView>>,
     pub drained: watch::Receiver<bool>,
+    /// The payloads the readers cannot use, by path.
+    pub bad_payloads: watch::Receiver<BTreeMap<String, BadPayload>>,
     pub queues: Vec<QueueProbe>,
 }
 
@@ -155,6 +207,7 @@ impl Sources {
             let view = self.cache.borrow();
             (view.cache, view.blobs.values().filter(|b| b.downloading).count())
         };
+        let slots = self.slots_with_usage();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             supervisor_id: self.supervisor_id.clone(),
@@ -171,7 +224,8 @@ impl Sources {
                 sessions: zk.sessions,
                 registrations: zk.registrations,
             },
-            slots: self.slots.borrow().clone(),
+            used: HostUsage::total(slots.iter().filter_map(|s| s.usage.as_ref())),
+            slots,
             health: HealthDoc {
                 state: match &health {
                     None => "unknown",
@@ -198,7 +252,18 @@ impl Sources {
                 downloading,
             },
             queues: self.queues.iter().map(|probe| probe()).collect(),
+            bad_payloads: self.bad_payloads.borrow().values().cloned().collect(),
         }
+    }
+
+    /// The slots, each running worker with its latest use sample.
+    fn slots_with_usage(&self) -> Vec<SlotStatus> {
+        let report = self.report.borrow();
+        let mut slots = self.slots.borrow().clone();
+        for slot in &mut slots {
+            slot.usage = slot.pid.and(slot.worker_id.as_ref()).and_then(|id| report.usage.get(id).cloned());
+        }
+        slots
     }
 
     /// Copies what lives elsewhere into the metrics, right before a scrape.
@@ -240,6 +305,13 @@ impl Sources {
         for script in &status.health.scripts {
             m.health_script.get_or_create(&vec![("script", script.script.clone())]).set(i64::from(script.healthy));
         }
+        for kind in PayloadKind::ALL {
+            let n = status.bad_payloads.iter().filter(|b| b.kind == kind).count();
+            m.bad_payloads.get_or_create(&vec![("kind", kind.as_str().to_owned())]).set(n as i64);
+        }
+        let usage: Vec<(&str, u16, &WorkerUsage)> =
+            status.slots.iter().filter_map(|s| Some((s.topology_id.as_deref()?, s.port, s.usage.as_ref()?))).collect();
+        m.set_worker_usage(&usage);
         m.cache_bytes.set(status.cache.bytes as i64);
         m.cache_entries.set(status.cache.entries as i64);
         m.add_delta("cache_hits", &m.cache_hits, status.cache.hits);
@@ -250,7 +322,6 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Health;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     enum J {
@@ -284,7 +355,7 @@ mod tests {
         queue.request(J::A);
         queue.request(J::B);
         queue.request(J::B);
-        let report = NodeReport { lifecycle: Lifecycle::Running, health: Health::Unknown, workers: Vec::new() };
+        let report = NodeReport::new(Lifecycle::Running);
         let zk = ZkStatus {
             state: "connected",
             session_id: Some("0x1".into()),
@@ -308,6 +379,7 @@ mod tests {
             health: watch::channel(HealthReport::default()).1,
             cache: watch::channel(Arc::new(BlobView::default())).1,
             drained: watch::channel(false).1,
+            bad_payloads: watch::channel(BTreeMap::new()).1,
             queues: vec![probe(&queue)],
         };
         assert!(sources.ready());

@@ -404,7 +404,11 @@ impl Membership {
 
     fn build_info(&self) -> SupervisorInfo {
         let report = self.report.borrow();
-        let mut used_slots: Vec<u16> = report.workers.iter().map(|w| w.port).collect();
+        let (workers, used) = report.workers_with_usage();
+        // An entry of an empty slot only says why an assignment cannot run there (SPEC §3.1
+        // `error`): nothing uses that slot.
+        let mut used_slots: Vec<u16> =
+            report.workers.iter().filter(|w| w.state != model::SlotStateName::Empty).map(|w| w.port).collect();
         used_slots.sort_unstable();
         used_slots.dedup();
         SupervisorInfo {
@@ -420,7 +424,8 @@ impl Membership {
             used_slots,
             capacity: self.identity.capacity,
             labels: self.identity.labels.clone(),
-            workers: report.workers.clone(),
+            workers,
+            used: Some(used),
         }
     }
 

@@ -3,14 +3,14 @@
 //!
 //! [`detect`] runs once at agent start and picks the [`Mechanism`] (reported as "cgroup v2",
 //! "cgroup v1" or "rlimits"). [`WorkerCgroup`] is one worker's cgroup: created with its limits
-//! before the spawn, joined by the child between `fork` and `exec` (so not one instruction of
-//! the worker runs outside it), listed, killed and removed; found again by worker id after an
-//! agent restart ([`WorkerCgroup::adopt`]); leftovers are removed by [`sweep_orphans`].
+//! before the spawn, entered by the worker's process before its first instruction (see
+//! "How a worker enters its cgroup"), listed, killed and removed; found again by worker id
+//! after an agent restart ([`WorkerCgroup::adopt`]); leftovers are removed by [`sweep_orphans`].
 //! `handover.rs` finds a worker's cgroups from its `/proc/<pid>/cgroup` and renames the
 //! workers' parent, for `gale state reset-id` (which runs without an agent).
 //!
 //! Layout: every worker cgroup is `<workers' parent>/<worker id>`. The workers' parent is named
-//! by the caller (`detect("gale")`) and holds nothing else, so its children are exactly the
+//! by the caller (`detect("gale-<id>")`) and holds nothing else, so its children are exactly the
 //! workers' cgroups and a listing of it is the ground truth after a crash.
 //!
 //! Where the workers' parent goes:
@@ -21,32 +21,58 @@
 //!   without processes of its own (the kernel's "no internal processes" rule; the root is
 //!   exempt). The agent's own cgroup is never made an inner node, because whatever starts the
 //!   agent (systemd, a container runtime, a shell) puts the *next* agent into that same cgroup,
-//!   and that write fails with `EBUSY` once it has controllers enabled. So the workers' parent
-//!   is a **sibling** of the agent's cgroup: `<parent of own cgroup>/<name>`. With systemd that
-//!   is the unit's own cgroup when the unit says `Delegate=yes` and `DelegateSubgroup=agent`
-//!   (systemd ≥ 254: the agent runs in `gale.service/agent`, workers in `gale.service/gale/*`);
-//!   without delegation it lands next to the unit in its slice, which works for root but is
-//!   tree systemd considers its own. The exception is an agent in the root of its cgroup
-//!   namespace (a container's init): there is no parent to use, so if the root is not the
-//!   real root and holds only the agent, the agent moves itself into `<root>/<name>-agent`
-//!   first (a container restart gets a fresh cgroup, so the `EBUSY` problem does not arise).
+//!   and that write fails with `EBUSY` once it has controllers enabled. Where the parent goes
+//!   ([`v2_base`]):
+//!   - **Under systemd** (the agent's cgroup is a unit's, `….service` or `….scope`): at the
+//!     cgroup root, `/gale-<id>`, as Nomad 1.7+ puts `nomad.slice` there. Not inside the
+//!     unit: systemd < 254 (Debian 12 has 252; no `DelegateSubgroup=`) starts the next agent
+//!     in the unit's own cgroup, which would then be an inner node (`EBUSY` on `systemctl
+//!     restart`). Not beside the unit in `system.slice`: that subtree is systemd's slice, whose
+//!     controllers it recomputes from its own units. Not transient scopes over D-Bus (kubelet,
+//!     containerd's systemd driver): a scope is created around a process that already runs,
+//!     so a worker could not be born in it, and it needs a D-Bus client. At the root, the
+//!     "no internal processes" rule does not apply, systemd never removes or migrates a cgroup
+//!     it did not create, and a `systemctl stop|restart gale` cannot touch a worker, because
+//!     none is in the unit's cgroup. `docs/workers.md` shows the tree.
+//!   - **A delegated subgroup** (systemd ≥ 254 with `Delegate=yes` and
+//!     `DelegateSubgroup=agent`), a shell's or a container's cgroup: a **sibling** of the
+//!     agent's cgroup, `<parent of own cgroup>/gale-<id>` (with `DelegateSubgroup=agent`,
+//!     workers land in `gale.service/gale-<id>/*`, inside the unit's delegated subtree).
+//!   - The agent in the root of its cgroup namespace (a container's init): there is no parent
+//!     to use, so if the root is not the real root and holds only the agent, the agent moves
+//!     itself into `<root>/<name>-agent` first (a container restart gets a fresh cgroup, so
+//!     the `EBUSY` problem does not arise).
 //! - **rlimits**: `RLIMIT_AS` from `memory_mb`, set between `fork` and `exec`. It bounds
 //!   *virtual* memory (a JVM reserves far more than it touches), so it is a rough fallback.
 //!   `cpu_percent` cannot be expressed (`RLIMIT_CPU` is total seconds, not a rate) and the
 //!   pids limit is not applied (`RLIMIT_NPROC` counts every process of the *user*, not of the
 //!   worker); [`Mechanism::unenforceable`] names what is left out.
 //!
+//! How a worker enters its cgroup ([`WorkerCgroup::birth`]), so that not one instruction of the
+//! worker runs outside it:
+//! - **born in it** on cgroup v2 when the kernel has `clone3` with `CLONE_INTO_CGROUP`
+//!   (Linux ≥ 5.7): the child is created inside the worker's cgroup (`crate::sys::clone3`), so
+//!   it never runs in the agent's cgroup and no migration is paid: no move of its charges, no
+//!   wait on the cgroup locks (on v1, a move waits an RCU grace period: `docs/benchmarks.md`).
+//!   Whether the kernel can is probed once per process ([`clone_into_cgroup`]) and logged at
+//!   start ("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)").
+//! - **joined between `fork` and `exec`** otherwise (cgroup v1, or a kernel or seccomp filter
+//!   without it: `ENOSYS`, `E2BIG`, `EINVAL`): the child writes `0` to the `cgroup.procs` files
+//!   opened by the parent before it execs ([`WorkerCgroup::prepare`]); with rlimits it sets
+//!   `RLIMIT_AS` there instead. The fallback's reason is logged at start.
+//!
 //! Invariants:
 //! - A process is signalled only when it is a member of the worker's cgroup (checked through a
 //!   pidfd opened before the check, so a recycled pid cannot be hit; STYLE habit 7).
 //! - A worker cgroup is created empty or not at all: a failed limit write removes the directory.
-//! - Only `sys.rs` has `unsafe`: the pre-exec join and `setrlimit` live there.
+//! - Only `src/sys/` has `unsafe`: clone3 into the cgroup, the pre-exec join and `setrlimit`.
 //!
 //! Every call here is blocking and bounded (kill and remove retry for about two seconds at
 //! most): call them from `spawn_blocking` in async code.
 
 mod handover;
 mod procfs;
+mod usage;
 mod worker;
 
 #[cfg(test)]
@@ -55,12 +81,14 @@ mod tests;
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tracing::info;
 
 pub(crate) use handover::{rename_parents, undo_renames, worker_parents};
 pub(crate) use procfs::Hierarchy;
-pub(crate) use worker::{WorkerCgroup, sweep_orphans};
+pub(crate) use usage::{Sample, sample};
+pub(crate) use worker::{Birth, WorkerCgroup, sweep_orphans};
 
 /// The limits of one worker (SPEC §3.2 `memory_mb`, `cpu_percent`; a pids limit per §7).
 /// `None` leaves that resource unlimited.
@@ -237,12 +265,7 @@ const V2_WANTED: [&str; 3] = ["memory", "cpu", "pids"];
 fn detect_v2(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanism, IsolationError> {
     let not_mounted = || IsolationError::NotMounted { hierarchy: Hierarchy::Unified };
     let own_cgroup = procfs::cgroup_path(own, Hierarchy::Unified).ok_or_else(not_mounted)?;
-    // The base is where the workers' parent is created: a sibling of the agent's own cgroup,
-    // or the namespace root itself (module docs).
-    let base_cgroup = match Path::new(own_cgroup).parent() {
-        Some(parent) => parent.to_str().expect("a parent of a str path is a str").to_owned(),
-        None => own_cgroup.to_owned(),
-    };
+    let base_cgroup = v2_base(own_cgroup);
     let base_path = procfs::cgroup_dir(mounts, Hierarchy::Unified, &base_cgroup).ok_or_else(not_mounted)?;
     let base = CgroupDir { hierarchy: Hierarchy::Unified, path: base_path, cgroup: base_cgroup };
     let available = read_controllers(&base.path.join("cgroup.controllers"))?;
@@ -269,6 +292,26 @@ fn detect_v2(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanis
     make_dir(&root.path)?;
     enable_controllers(&root.path, &wanted)?;
     Ok(Mechanism::CgroupV2 { root })
+}
+
+/// Where the workers' parent is created in the unified hierarchy, given the agent's own cgroup
+/// (module docs): the cgroup root when the agent runs in a systemd unit's own cgroup (a
+/// `.service` or `.scope`, whose subtree and slice systemd manages), else a sibling of the
+/// agent's cgroup (a `DelegateSubgroup=` of the agent's unit, or a shell's or container's
+/// cgroup), or the namespace root itself when the agent is there.
+fn v2_base(own_cgroup: &str) -> String {
+    let own = Path::new(own_cgroup);
+    let in_unit = own.file_name().and_then(|n| n.to_str()).is_some_and(is_systemd_unit_cgroup);
+    match own.parent() {
+        Some(_) if in_unit => "/".to_owned(),
+        Some(parent) => parent.to_str().expect("a parent of a str path is a str").to_owned(),
+        None => own_cgroup.to_owned(),
+    }
+}
+
+/// Whether a cgroup directory name is one systemd gives a unit that holds processes.
+fn is_systemd_unit_cgroup(name: &str) -> bool {
+    name.ends_with(".service") || name.ends_with(".scope")
 }
 
 fn detect_v1(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanism, IsolationError> {
@@ -366,4 +409,37 @@ fn worker_ids(mechanism: &Mechanism) -> Result<BTreeSet<String>, IsolationError>
         }
     }
     Ok(ids)
+}
+
+/// Whether this kernel starts a process inside a chosen cgroup v2 (`clone3` with
+/// `CLONE_INTO_CGROUP`, Linux ≥ 5.7); else why not. Probed once per process (the probe starts
+/// no process), so every worker of an agent enters its cgroup the same way.
+pub(crate) fn clone_into_cgroup() -> Result<(), &'static str> {
+    static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
+    let probed = PROBED.get_or_init(|| {
+        crate::sys::clone3::probe_clone_into_cgroup().map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ENOSYS) => format!("clone3 is not available (Linux < 5.3, or a seccomp filter): {e}"),
+            Some(nix::libc::E2BIG | nix::libc::EINVAL) => {
+                format!("clone3 does not know CLONE_INTO_CGROUP (Linux < 5.7): {e}")
+            }
+            _ => format!("clone3 with CLONE_INTO_CGROUP failed: {e}"),
+        })
+    });
+    probed.as_ref().map(|_| ()).map_err(String::as_str)
+}
+
+/// Logs, once at start, how workers will enter their cgroup under `mechanism` (module docs).
+pub(crate) fn log_birth(mechanism: &Mechanism) {
+    let reason = match mechanism {
+        Mechanism::CgroupV2 { .. } => match clone_into_cgroup() {
+            Ok(()) => {
+                info!("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)");
+                return;
+            }
+            Err(reason) => reason,
+        },
+        Mechanism::CgroupV1 { .. } => "CLONE_INTO_CGROUP needs cgroup v2",
+        Mechanism::Rlimits => return,
+    };
+    info!(reason, "isolation: workers join their cgroup between fork and exec");
 }

@@ -20,6 +20,7 @@
 
 mod actions;
 pub(crate) mod assignments;
+pub(crate) mod bad_payloads;
 pub(crate) mod blobs;
 mod jobs;
 mod links;
@@ -31,6 +32,7 @@ mod session_log;
 mod start;
 mod stop;
 mod tasks;
+mod usage;
 
 use std::future::Future;
 
