@@ -546,7 +546,10 @@ impl Running {
         let Running::Gale { agent, .. } = self else { return None };
         let log = agent.log_text();
         let line = log.lines().find(|l| l.contains("worker isolation"))?;
-        Some(line.split_once("mechanism=")?.1.trim().trim_matches('"').to_owned())
+        let mechanism = line.split_once("mechanism=")?.1.trim().trim_matches('"').to_owned();
+        // How a worker gets into its cgroup (src/isolation/mod.rs logs it once at start).
+        let born = log.contains("workers are born in their cgroup");
+        Some(if born { format!("{mechanism}, workers born in their cgroup (clone3)") } else { mechanism })
     }
 
     /// What the tool says of the worker now (gale: the slot's state; supervisord: whether it
