@@ -4,11 +4,16 @@
 //!     scripts/bench-peers.sh                    # installs supervisor runit s6 gcc, then the below
 //!     cargo bench --bench peers                 # ~5 min after the build
 //!     GALE_BENCH_CYCLES=60 cargo bench --bench peers     # (a) restarts per tool (default 20)
-//!     GALE_BENCH_LOOP_SECS=60 cargo bench --bench peers  # (b) window per tool (default 20 s)
+//!     GALE_BENCH_LOOP_SECS=60 cargo bench --bench peers  # (b) window per tool (default 20 s;
+//!                                                        # 0 skips (b))
 //!     GALE_BENCH_LIFETIME_MS=1100                        # (a) worker lifetime (default 1100)
 //!     GALE_BENCH_LOOP_LIFETIME_MS=5                      # (b) worker lifetime (default 5)
 //!     GALE_BENCH_PEERS=gale,runsv                        # a subset, in this order
-//!                                                        # (floor,gale,supervisord,runsv,s6)
+//!                                                        # (floor,gale,supervisord,runsv,s6;
+//!                                                        # also gale-baseline, see below)
+//!     GALE_BENCH_BASELINE=/path/to/gale                  # another build of gale, measured as
+//!                                                        # `gale-baseline` (listed in
+//!                                                        # GALE_BENCH_PEERS): before/after in one run
 //!     GALE_BENCH_KEEP=1 cargo bench --bench peers        # keep the temp dir (configs, logs, marks)
 //!     GALE_BENCH_LOG=gale=debug,info ...                 # the agent's log level (default info)
 //!
@@ -285,18 +290,24 @@ fn agent_id_prefix() -> String {
 enum Tool {
     Floor,
     Gale,
+    /// Another build of gale (`GALE_BENCH_BASELINE`), run exactly like [`Tool::Gale`]: the
+    /// "before" of a change, measured in the same run as the "after".
+    GaleBaseline,
     Supervisord,
     Runsv,
     S6,
 }
 
 impl Tool {
+    /// The default list; [`Tool::GaleBaseline`] only when asked for.
     const ALL: [Tool; 5] = [Tool::Floor, Tool::Gale, Tool::Supervisord, Tool::Runsv, Tool::S6];
+    const KNOWN: [Tool; 6] = [Tool::Floor, Tool::Gale, Tool::GaleBaseline, Tool::Supervisord, Tool::Runsv, Tool::S6];
 
     fn key(self) -> &'static str {
         match self {
             Tool::Floor => "floor",
             Tool::Gale => "gale",
+            Tool::GaleBaseline => "gale-baseline",
             Tool::Supervisord => "supervisord",
             Tool::Runsv => "runsv",
             Tool::S6 => "s6",
@@ -307,6 +318,7 @@ impl Tool {
         match self {
             Tool::Floor => "floor: fork/exec/wait loop",
             Tool::Gale => "gale",
+            Tool::GaleBaseline => "gale, baseline build",
             Tool::Supervisord => "supervisord",
             Tool::Runsv => "runit runsv",
             Tool::S6 => "s6-supervise",
@@ -316,7 +328,7 @@ impl Tool {
     fn process(self) -> &'static str {
         match self {
             Tool::Floor => "the loop's thread in this bench",
-            Tool::Gale => "`gale run` (all threads)",
+            Tool::Gale | Tool::GaleBaseline => "`gale run` (all threads)",
             Tool::Supervisord => "supervisord (python3)",
             Tool::Runsv => "runsv",
             Tool::S6 => "s6-supervise",
@@ -350,7 +362,7 @@ fn cases_a(tools: &[Tool]) -> Vec<Case> {
         .iter()
         .map(|&tool| match tool {
             Tool::Floor => Case { tool, settings: "none", config: "" },
-            Tool::Gale => Case {
+            Tool::Gale | Tool::GaleBaseline => Case {
                 tool,
                 settings: "reset_after_secs=1, node_budget_per_min=10000",
                 config: "reset_after_secs = 1\nnode_budget_per_min = 10000\n",
@@ -378,7 +390,7 @@ fn cases_b(tools: &[Tool]) -> Vec<Case> {
     let mut out = Vec::new();
     for &tool in tools {
         match tool {
-            Tool::Gale => out.push(Case {
+            Tool::Gale | Tool::GaleBaseline => out.push(Case {
                 tool,
                 settings: "defaults: backoff_initial_ms=1000 doubling to backoff_max_ms=60000, reset_after_secs=600, node_budget_per_min=120",
                 config: "backoff_initial_ms = 1000\nbackoff_max_ms = 60000\nreset_after_secs = 600\nnode_budget_per_min = 120\n",
@@ -399,13 +411,23 @@ fn cases_b(tools: &[Tool]) -> Vec<Case> {
 }
 
 /// The harness's agent config with the SPEC default timers, `info` logs, one slot and the
-/// case's `[restart]` section.
+/// case's `[restart]` section, as `<dir>/etc/gale.toml` (local dir and logs in `<dir>`).
+///
+/// The config gets a directory of its own, as `/etc/gale` on a host: the agent watches the
+/// config file's directory for changes (SPEC §2 reload), and the `notify` crate's inotify
+/// watch reports every open, write and close of any file in it. Beside the worker's marks
+/// (read by this bench every 100 ms) and the agent's own log, that watch woke the agent a few
+/// dozen times a second and counted as restart cost; no host keeps such files in `/etc/gale`.
 fn gale_config(dir: &Path, connect: &str, id: &str, restart: &str) -> PathBuf {
     let mut spec = AgentSpec::new(connect, ROOT).id(id);
     spec.session_timeout_ms = 20_000;
     spec.heartbeat_secs = 5;
     spec.heartbeat_refresh_secs = 60;
-    let path = spec.write(dir);
+    let written = spec.write(dir);
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let path = etc.join("gale.toml");
+    std::fs::rename(&written, &path).unwrap();
     let mut text = std::fs::read_to_string(&path).unwrap();
     let level = std::env::var("GALE_BENCH_LOG").unwrap_or_else(|_| "info".to_owned());
     let slots = format!("slots = [{PORT}]");
@@ -434,6 +456,27 @@ fn supervisord_config(dir: &Path, command: &str, program: &str) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The gale binary a case runs: this build's, or `GALE_BENCH_BASELINE` for
+/// [`Tool::GaleBaseline`].
+fn gale_binary(tool: Tool) -> String {
+    match tool {
+        Tool::GaleBaseline => std::env::var("GALE_BENCH_BASELINE").unwrap_or_else(|_| {
+            panic!("GALE_BENCH_PEERS lists gale-baseline: set GALE_BENCH_BASELINE to a gale binary")
+        }),
+        _ => GALE.to_owned(),
+    }
+}
+
+/// The programs a tool needs on PATH (gale's own binary and ZooKeeper are the harness's).
+fn required_programs(tool: Tool) -> &'static [&'static str] {
+    match tool {
+        Tool::Floor | Tool::Gale | Tool::GaleBaseline => &[],
+        Tool::Supervisord => &["supervisord"],
+        Tool::Runsv => &["runsv"],
+        Tool::S6 => &["s6-supervise"],
+    }
 }
 
 fn supervisor_path(id: &str) -> String {
@@ -503,7 +546,10 @@ impl Running {
         let Running::Gale { agent, .. } = self else { return None };
         let log = agent.log_text();
         let line = log.lines().find(|l| l.contains("worker isolation"))?;
-        Some(line.split_once("mechanism=")?.1.trim().trim_matches('"').to_owned())
+        let mechanism = line.split_once("mechanism=")?.1.trim().trim_matches('"').to_owned();
+        // How a worker gets into its cgroup (src/isolation/mod.rs logs it once at start).
+        let born = log.contains("workers are born in their cgroup");
+        Some(if born { format!("{mechanism}, workers born in their cgroup (clone3)") } else { mechanism })
     }
 
     /// What the tool says of the worker now (gale: the slot's state; supervisord: whether it
@@ -576,11 +622,11 @@ async fn start(
             let tid = tid_rx.recv().unwrap();
             Running::Floor { stop, thread: Some(thread), tid }
         }
-        Tool::Gale => {
+        Tool::Gale | Tool::GaleBaseline => {
             // Unique on the host: the agent's parent cgroups are named after it (`gale-<id>`).
             let id = format!("{}{}", agent_id_prefix(), dir.file_name().unwrap().to_str().unwrap());
             let config = gale_config(dir, connect, &id, case.config);
-            let agent = Agent::start_binary(&config, GALE);
+            let agent = Agent::start_logging_to(&config, &gale_binary(case.tool), &[], &dir.join("agent.log"));
             eventually(&format!("gale {id} registered and running"), Duration::from_secs(60), || async {
                 read_json(zk, &supervisor_path(&id)).await.filter(|(info, _)| info["state"] == "running")
             })
@@ -768,6 +814,32 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
 
+/// The (b) table.
+fn write_b(o: &mut String, b: &[Measured], lifetime_b: u64, loop_secs: u64) {
+    writeln!(o, "\n(b) tight crash loop, worker lifetime {lifetime_b} ms, {loop_secs} s from the first start\n")
+        .unwrap();
+    writeln!(o, "| tool | throttle settings | restarts | per min | first gaps (exit -> start) | p50 gap | last start | state at the end |")
+    .unwrap();
+    writeln!(o, "|---|---|---|---|---|---|---|---|").unwrap();
+    for m in b {
+        let first: Vec<String> = m.gaps.iter().take(6).map(|g| duration_text(*g)).collect();
+        writeln!(
+            o,
+            "| {} | {} | {} | {:.0} | {}{} | {} | +{:.1} s | {} |",
+            m.case.label(),
+            m.case.settings,
+            m.restarts,
+            m.restarts as f64 * 60.0 / loop_secs as f64,
+            first.join(", "),
+            if m.gaps.len() > 6 { ", …" } else { "" },
+            duration_text(percentiles(&m.gaps).p50),
+            m.last_start_ms / 1000.0,
+            m.state
+        )
+        .unwrap();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::main(flavor = "current_thread")]
@@ -780,7 +852,7 @@ async fn main() {
         Ok(list) => list
             .split(',')
             .map(|k| {
-                *Tool::ALL
+                *Tool::KNOWN
                     .iter()
                     .find(|t| t.key() == k.trim())
                     .unwrap_or_else(|| panic!("GALE_BENCH_PEERS: unknown {k:?}"))
@@ -788,11 +860,16 @@ async fn main() {
             .collect(),
         Err(_) => Tool::ALL.to_vec(),
     };
-    let missing: Vec<&str> =
-        ["cc", "supervisord", "runsv", "s6-supervise", "dpkg-query"].into_iter().filter(|p| !on_path(p)).collect();
+    let missing: Vec<&str> = ["cc", "dpkg-query"]
+        .iter()
+        .chain(tools.iter().flat_map(|&t| required_programs(t)))
+        .copied()
+        .filter(|p| !on_path(p))
+        .collect();
     assert!(
         missing.is_empty(),
-        "not on PATH: {missing:?}; scripts/bench-peers.sh installs supervisor, runit, s6 and gcc"
+        "not on PATH: {missing:?}; scripts/bench-peers.sh installs supervisor, runit, s6 and gcc \
+         (or measure a subset: GALE_BENCH_PEERS)"
     );
     let foreign = foreign_supervisors();
     let bench_started = SystemTime::now();
@@ -814,7 +891,8 @@ async fn main() {
     }
     let window = Duration::from_secs(loop_secs);
     let mut b = Vec::new();
-    for (i, case) in cases_b(&tools).iter().enumerate() {
+    let cases = if loop_secs == 0 { Vec::new() } else { cases_b(&tools) };
+    for (i, case) in cases.iter().enumerate() {
         let dir = tmp.path().join(format!("b{i}-{}", case.tool.key()));
         b.push(measure(case, "b", &dir, &crash, lifetime_b, Until::Window(window), &zk, &connect).await);
     }
@@ -836,6 +914,10 @@ async fn main() {
         if isolation.is_empty() { "(gale not run)".to_owned() } else { isolation.join(", ") }
     )
     .unwrap();
+    if tools.contains(&Tool::GaleBaseline) {
+        let baseline = gale_binary(Tool::GaleBaseline);
+        writeln!(o, "| gale, baseline build | {} ({baseline}) |", first_line(&baseline, &["--version"])).unwrap();
+    }
     for (name, pkg) in [("supervisord", "supervisor"), ("runsv", "runit"), ("s6-supervise", "s6")] {
         writeln!(o, "| {name} | {pkg} {} (Debian) |", dpkg_version(pkg)).unwrap();
     }
@@ -863,27 +945,8 @@ async fn main() {
         .unwrap();
     }
 
-    writeln!(o, "\n(b) tight crash loop, worker lifetime {lifetime_b} ms, {loop_secs} s from the first start\n")
-        .unwrap();
-    writeln!(o, "| tool | throttle settings | restarts | per min | first gaps (exit -> start) | p50 gap | last start | state at the end |")
-        .unwrap();
-    writeln!(o, "|---|---|---|---|---|---|---|---|").unwrap();
-    for m in &b {
-        let first: Vec<String> = m.gaps.iter().take(6).map(|g| duration_text(*g)).collect();
-        writeln!(
-            o,
-            "| {} | {} | {} | {:.0} | {}{} | {} | +{:.1} s | {} |",
-            m.case.label(),
-            m.case.settings,
-            m.restarts,
-            m.restarts as f64 * 60.0 / loop_secs as f64,
-            first.join(", "),
-            if m.gaps.len() > 6 { ", …" } else { "" },
-            duration_text(percentiles(&m.gaps).p50),
-            m.last_start_ms / 1000.0,
-            m.state
-        )
-        .unwrap();
+    if !b.is_empty() {
+        write_b(o, &b, lifetime_b, loop_secs);
     }
 
     writeln!(o, "\n(c) the supervising process: VmRSS (max of 100 ms samples over (a) and (b)); CPU (schedstat, all threads) per restart and in % of one core over the window\n").unwrap();

@@ -56,8 +56,15 @@ impl ProcessIdentity {
     }
 }
 
+/// This boot's id. Read once per process (it cannot change under a running process) rather
+/// than on every launch and liveness check.
 pub(crate) fn boot_id() -> std::io::Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned())
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id.clone());
+    }
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned();
+    Ok(BOOT_ID.get_or_init(|| id).clone())
 }
 
 /// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and

@@ -197,17 +197,22 @@ impl WorkerCgroup {
         Ok(pids.into_iter().collect())
     }
 
-    /// Kills every process in the cgroup and waits (bounded) until none is left. v2 with
-    /// `cgroup.kill` (Linux ≥ 5.14) kills atomically, forks included; otherwise each member is
-    /// SIGKILLed, round after round, until a listing comes back empty.
-    pub(crate) fn kill_all(&self) -> Result<(), IsolationError> {
-        let Some(primary) = self.dirs.first() else { return Ok(()) };
+    /// Kills every process in the cgroup and waits (bounded) until none is left; returns the
+    /// members the first listing found. v2 with `cgroup.kill` (Linux ≥ 5.14) kills atomically,
+    /// forks included; otherwise each member is SIGKILLed, round after round, until a listing
+    /// comes back empty.
+    pub(crate) fn kill_all(&self) -> Result<Vec<u32>, IsolationError> {
+        let Some(primary) = self.dirs.first() else { return Ok(Vec::new()) };
+        let found = self.pids()?;
+        if found.is_empty() {
+            return Ok(found);
+        }
         let kill_file = primary.path.join("cgroup.kill");
         let has_kill_file = primary.hierarchy == Hierarchy::Unified && kill_file.exists();
-        let mut pids = self.pids()?;
+        let mut pids = found.clone();
         for _ in 0..KILL_ROUNDS {
             if pids.is_empty() {
-                return Ok(());
+                return Ok(found);
             }
             if has_kill_file {
                 write_value(&kill_file, "1")?;
@@ -219,7 +224,11 @@ impl WorkerCgroup {
             std::thread::sleep(KILL_PAUSE);
             pids = self.pids()?;
         }
-        if pids.is_empty() { Ok(()) } else { Err(IsolationError::StillPopulated { path: primary.path.clone(), pids }) }
+        if pids.is_empty() {
+            Ok(found)
+        } else {
+            Err(IsolationError::StillPopulated { path: primary.path.clone(), pids })
+        }
     }
 
     /// Whether the kernel's OOM killer killed a process of this cgroup. v2: `oom_kill` in
@@ -252,11 +261,13 @@ impl WorkerCgroup {
         }
     }
 
-    /// Kills everything in the cgroup and removes its directories. On error the directories
-    /// that remain are found again by [`WorkerCgroup::adopt`] or [`sweep_orphans`].
-    pub(crate) fn remove(self) -> Result<(), IsolationError> {
-        self.kill_all()?;
-        self.remove_dirs()
+    /// Kills everything in the cgroup and removes its directories; returns the processes it
+    /// found there (and killed). On error the directories that remain are found again by
+    /// [`WorkerCgroup::adopt`] or [`sweep_orphans`].
+    pub(crate) fn remove(self) -> Result<Vec<u32>, IsolationError> {
+        let killed = self.kill_all()?;
+        self.remove_dirs()?;
+        Ok(killed)
     }
 
     fn write_limits(&self, limits: &Limits) -> Result<(), IsolationError> {
@@ -401,7 +412,7 @@ pub(crate) fn sweep_orphans(mechanism: &Mechanism, keep: &BTreeSet<String>) -> R
             address_space: None,
         };
         match cgroup.remove() {
-            Ok(()) => outcome.removed.push(id),
+            Ok(_) => outcome.removed.push(id),
             Err(e) => outcome.failed.push((id, e)),
         }
     }

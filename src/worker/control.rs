@@ -89,7 +89,7 @@ impl ProcessControl for RealProcessControl {
     }
 
     fn kill_cgroup(&self, cgroup: &WorkerCgroup) -> Result<(), IsolationError> {
-        if cgroup.tracks_processes() { cgroup.kill_all() } else { Ok(()) }
+        if cgroup.tracks_processes() { cgroup.kill_all().map(drop) } else { Ok(()) }
     }
 
     fn oom_killed(&self, cgroup: &WorkerCgroup) -> bool {

@@ -354,7 +354,14 @@ impl Agent {
     pub fn start_with_env(config: &Path, binary: &str, env: &[(&str, &str)]) -> Agent {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = config.parent().unwrap().join(format!("agent-{n}.log"));
+        Agent::start_logging_to(config, binary, env, &config.parent().unwrap().join(format!("agent-{n}.log")))
+    }
+
+    /// Like [`Agent::start_with_env`], stderr written to `log` (created or truncated): a
+    /// benchmark keeps the config's directory quiet, as `/etc/gale` is on a host, because the
+    /// agent watches that directory for config changes.
+    pub fn start_logging_to(config: &Path, binary: &str, env: &[(&str, &str)], log: &Path) -> Agent {
+        let log = log.to_owned();
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary)
             .arg("run")

@@ -79,9 +79,14 @@ impl Processes {
         self.heartbeats.remove(&worker_id);
         self.heartbeat_watchers.remove(&worker_id);
         self.adopted.remove(&worker_id);
-        if let Some(cgroup) = self.cgroups.remove(&worker_id) {
-            self.cleanup.cgroups.push(cgroup);
-        }
-        self.cleanup.worker_dirs.push(worker_id);
+        let tracked = match self.cgroups.remove(&worker_id) {
+            Some(cgroup) => {
+                let tracked = cgroup.tracks_processes();
+                self.cleanup.cgroups.push((worker_id.clone(), cgroup));
+                tracked
+            }
+            None => false,
+        };
+        self.cleanup.worker_dirs.push(super::ExitedDir { worker_id, scan_for_leftovers: !tracked });
     }
 }

@@ -67,7 +67,7 @@ impl Processes {
                 launched
             }
             Err(e) => {
-                self.cleanup.cgroups.push(cgroup);
+                self.cleanup.cgroups.push((worker_id.clone(), cgroup));
                 warn!(port, topology = %job.topology_id, error = %e, "cannot launch a worker");
                 self.remove_worker_dir(&worker_id);
                 return Input::LaunchFailed(e.to_string());

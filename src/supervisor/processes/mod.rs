@@ -92,9 +92,21 @@ impl crate::event::Job for ProcessJob {
 #[derive(Debug, Default)]
 struct Cleanup {
     /// Worker dirs to clean (after any relaunch).
-    worker_dirs: Vec<String>,
-    /// Cgroups of exited workers, removed last (kills what they left).
-    cgroups: Vec<WorkerCgroup>,
+    worker_dirs: Vec<ExitedDir>,
+    /// Cgroups of exited workers (by worker id), removed last (kills what they left).
+    cgroups: Vec<(String, WorkerCgroup)>,
+}
+
+/// The directory of a worker that exited, to remove.
+#[derive(Debug)]
+struct ExitedDir {
+    worker_id: String,
+    /// Whether to look for processes the worker left behind by their working directory (a scan
+    /// of every process's cwd in `/proc`). Only where no cgroup tracks the worker's processes:
+    /// where one does, everything the worker left is in that cgroup, which is killed and
+    /// removed at the end of the job anyway, and the scan, whose cost grows with the host's
+    /// process count, was the most expensive step of a restart (`docs/benchmarks.md`).
+    scan_for_leftovers: bool,
 }
 
 /// The executor: owns the slots and the worker records.

@@ -195,33 +195,42 @@ impl Processes {
 
     /// The end of a job: the dirs and cgroups of the workers that exited in it.
     pub(super) fn clean_up_exited(&mut self) {
-        for worker_id in std::mem::take(&mut self.cleanup.worker_dirs) {
-            self.clean_worker_dir(&worker_id);
+        for dir in std::mem::take(&mut self.cleanup.worker_dirs) {
+            self.clean_worker_dir(&dir);
         }
-        // Then each exited worker's cgroup: what left both its group and its dir dies here.
+        // Then each exited worker's cgroup: what left its group dies here.
         let cgroups = std::mem::take(&mut self.cleanup.cgroups);
         if !cgroups.is_empty() {
             // Kills whatever the workers left in them, then removes them; bounded, off the job.
             tokio::task::spawn_blocking(move || {
-                for cgroup in cgroups {
-                    if let Err(e) = cgroup.remove() {
-                        warn!(error = %e, "cannot remove a worker cgroup; the next start sweeps it");
+                for (worker_id, cgroup) in cgroups {
+                    match cgroup.remove() {
+                        Ok(left) if !left.is_empty() => {
+                            warn!(worker = %worker_id, pids = ?left, "killed processes the exited worker left behind in its cgroup");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(worker = %worker_id, error = %e, "cannot remove a worker cgroup; the next start sweeps it")
+                        }
                     }
                 }
             });
         }
     }
 
-    /// After a worker exited: processes it left behind in its directory (children that
-    /// ignored SIGTERM, or outlived a leader that exited on its own) would otherwise keep
-    /// running beside the relaunched worker, untracked once the directory is gone. Their cwd
-    /// proves where they come from.
-    fn clean_worker_dir(&self, worker_id: &str) {
+    /// After a worker exited: processes it left behind (children that ignored SIGTERM, or
+    /// outlived a leader that exited on its own) would otherwise keep running beside the
+    /// relaunched worker. Where no cgroup holds them, their cwd in the worker's directory
+    /// proves where they come from, and they are killed before the directory goes.
+    fn clean_worker_dir(&self, dir: &super::ExitedDir) {
+        let worker_id = &dir.worker_id;
         if crate::ident::validate("worker id", worker_id).is_err() {
             return;
         }
-        for pid in self.control.kill_left_in(&self.worker_dir(worker_id)) {
-            warn!(worker = %worker_id, pid, "killing a process the exited worker left behind");
+        if dir.scan_for_leftovers {
+            for pid in self.control.kill_left_in(&self.worker_dir(worker_id)) {
+                warn!(worker = %worker_id, pid, "killing a process the exited worker left behind");
+            }
         }
         self.remove_worker_dir(worker_id);
     }

@@ -245,6 +245,24 @@ async fn the_first_crash_restarts_at_once_later_ones_back_off_and_a_long_run_res
     assert_eq!((h.spawns(), h.state(A)), (4, N::Running));
 }
 
+/// Without a cgroup that tracks its processes (rlimits, as in this harness), what an exited
+/// worker left behind is found by its cwd, in the cleanup after the relaunch; with one, the
+/// removal of its cgroup kills that (tests/workers.rs, with real cgroups).
+#[tokio::test(start_paused = true)]
+async fn without_a_cgroup_the_exited_workers_dir_is_scanned_for_leftovers() {
+    let mut h = Harness::new("");
+    h.assign(&[(A, "a")]);
+    h.job().await;
+    let first = h.worker_id(A);
+    let scanned = |h: &Harness| {
+        h.fake.calls().into_iter().filter(|c| matches!(c, FakeCall::KillLeftIn { .. })).collect::<Vec<_>>()
+    };
+    assert!(scanned(&h).is_empty());
+    h.exits(h.pid(A), CRASH).await;
+    assert_eq!(h.spawns(), 2);
+    assert_eq!(scanned(&h), [FakeCall::KillLeftIn { dir: h.p.worker_dir(&first) }]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_node_restart_budget_defers_relaunches_until_its_window_passes() {
     let mut h = Harness::new("");
