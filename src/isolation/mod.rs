@@ -292,6 +292,7 @@ fn detect_v2(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanis
         }
         Err(e) => return Err(e),
     }
+    remove_former_parent(&base, own_cgroup, name, mounts);
     let root = base.child(name);
     if root.cgroup == own_cgroup {
         return Err(IsolationError::InternalProcesses { path: root.path });
@@ -313,6 +314,22 @@ fn v2_base(own_cgroup: &str) -> String {
         Some(_) if in_unit => "/".to_owned(),
         Some(parent) => parent.to_str().expect("a parent of a str path is a str").to_owned(),
         None => own_cgroup.to_owned(),
+    }
+}
+
+/// Removes, when it is empty, the workers' parent an earlier build made beside the agent's
+/// unit (before it moved to the root, `v2_base`). A parent that still holds adopted workers
+/// stays; the removal of its last worker's cgroup takes it (`WorkerCgroup::under_former_parent`).
+fn remove_former_parent(base: &CgroupDir, own_cgroup: &str, name: &str, mounts: &[procfs::Mount]) {
+    let Some(sibling_base) = Path::new(own_cgroup).parent().and_then(Path::to_str) else { return };
+    if sibling_base == base.cgroup {
+        return;
+    }
+    let Some(dir) = procfs::cgroup_dir(mounts, Hierarchy::Unified, &procfs::child_path(sibling_base, name)) else {
+        return;
+    };
+    if dir.is_dir() && std::fs::remove_dir(&dir).is_ok() {
+        info!(cgroup = %dir.display(), "isolation: removed the empty workers' parent of an earlier layout");
     }
 }
 

@@ -54,6 +54,9 @@ pub(crate) struct WorkerCgroup {
     dirs: Vec<CgroupDir>,
     /// Rlimits only: `RLIMIT_AS` in bytes.
     address_space: Option<u64>,
+    /// Set for a cgroup under a former workers' parent (an earlier build's layout): removing
+    /// it also removes that parent once it is empty.
+    former_parent: bool,
 }
 
 impl WorkerCgroup {
@@ -83,6 +86,7 @@ impl WorkerCgroup {
                 worker_id: worker_id.to_owned(),
                 dirs,
                 address_space,
+                former_parent: false,
             });
         }
         let cgroup = WorkerCgroup {
@@ -90,6 +94,7 @@ impl WorkerCgroup {
             worker_id: worker_id.to_owned(),
             dirs,
             address_space: None,
+            former_parent: false,
         };
         for dir in &cgroup.dirs {
             if let Err(e) = make_fresh_dir(&dir.path) {
@@ -119,6 +124,7 @@ impl WorkerCgroup {
             worker_id: worker_id.to_owned(),
             dirs,
             address_space: None,
+            former_parent: false,
         })
     }
 
@@ -131,6 +137,7 @@ impl WorkerCgroup {
             worker_id: worker_id.to_owned(),
             dirs,
             address_space: None,
+            former_parent: false,
         }
     }
 
@@ -267,7 +274,23 @@ impl WorkerCgroup {
     pub(crate) fn remove(self) -> Result<Vec<u32>, IsolationError> {
         let killed = self.kill_all()?;
         self.remove_dirs()?;
+        if self.former_parent {
+            for parent in self.dirs.iter().filter_map(|d| d.path.parent()) {
+                // Fails while other workers of the old layout are still in it: the last one's
+                // removal (or the next start's detection) takes it.
+                if std::fs::remove_dir(parent).is_ok() {
+                    debug!(cgroup = %parent.display(), "removed the emptied former workers' parent");
+                }
+            }
+        }
         Ok(killed)
+    }
+
+    /// This cgroup, found under a former workers' parent, removes that parent with it once
+    /// the parent is empty.
+    pub(crate) fn under_former_parent(mut self) -> WorkerCgroup {
+        self.former_parent = true;
+        self
     }
 
     fn write_limits(&self, limits: &Limits) -> Result<(), IsolationError> {
@@ -410,6 +433,7 @@ pub(crate) fn sweep_orphans(mechanism: &Mechanism, keep: &BTreeSet<String>) -> R
             worker_id: id.clone(),
             dirs,
             address_space: None,
+            former_parent: false,
         };
         match cgroup.remove() {
             Ok(_) => outcome.removed.push(id),

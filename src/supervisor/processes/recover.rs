@@ -138,7 +138,7 @@ impl Processes {
         }
         let name = crate::isolation::parent_name(&self.config.supervisor_id);
         let parents = crate::isolation::worker_parents(pid, worker_id, &[&name]).ok()?;
-        let cgroup = crate::isolation::WorkerCgroup::under(&parents, worker_id);
+        let cgroup = crate::isolation::WorkerCgroup::under(&parents, worker_id).under_former_parent();
         if !cgroup.tracks_processes() {
             return None;
         }
