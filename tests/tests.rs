@@ -18,6 +18,7 @@
 mod common;
 
 mod agent;
+mod agent_restarts;
 mod blob_cli;
 mod blobs;
 mod cli;
