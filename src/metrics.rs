@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::model::usage::WorkerUsage;
+
 /// One label set: (name, value) pairs.
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
@@ -69,6 +71,8 @@ pub(crate) struct Metrics {
     pub log_rotations: Counter,
     pub log_files_deleted: Counter,
     pub worker_log_bytes: Gauge,
+    /// What each running worker uses, by topology and port (cAdvisor's `container_*` names).
+    worker_usage: WorkerUsageFamilies,
     /// Counters copied from elsewhere at scrape time: the last value seen, to add the delta.
     seen: Mutex<std::collections::BTreeMap<String, f64>>,
 }
@@ -139,6 +143,7 @@ impl Metrics {
                 Counter::default()
             ),
             worker_log_bytes: reg!("worker_log_bytes", "bytes of all worker logs on this host", Gauge::default()),
+            worker_usage: WorkerUsageFamilies::register(&mut registry),
             seen: Mutex::new(std::collections::BTreeMap::new()),
             registry,
         }
@@ -178,6 +183,29 @@ impl Metrics {
         }
     }
 
+    /// Replaces the per-worker use series with `rows` (topology, port, use): a worker that
+    /// stopped leaves no series behind.
+    pub(crate) fn set_worker_usage(&self, rows: &[(&str, u16, &WorkerUsage)]) {
+        let f = &self.worker_usage;
+        let _one_at_a_time = f.lock.lock().unwrap();
+        f.clear();
+        for (topology, port, u) in rows {
+            let l = labels(&[("topology", topology), ("port", &port.to_string())]);
+            f.memory.get_or_create(&l).set(u.memory_bytes as i64);
+            if let Some(peak) = u.memory_peak_bytes {
+                f.memory_peak.get_or_create(&l).set(peak as i64);
+            }
+            f.cpu.get_or_create(&l).inc_by(u.cpu_usec as f64 / 1e6);
+            f.processes.get_or_create(&l).set(u.processes as i64);
+            if let Some(n) = u.oom_kills {
+                f.oom.get_or_create(&l).inc_by(n);
+            }
+            if let Some(us) = u.cpu_throttled_usec {
+                f.throttled.get_or_create(&l).inc_by(us as f64 / 1e6);
+            }
+        }
+    }
+
     pub(crate) fn zk_op(&self, op: &str, result: &str) {
         self.zk_operations.get_or_create(&labels(&[("op", op), ("result", result)])).inc();
     }
@@ -188,6 +216,56 @@ impl Metrics {
 
     pub(crate) fn kill(&self, reason: &str) {
         self.kills.get_or_create(&labels(&[("reason", reason)])).inc();
+    }
+}
+
+/// The per-worker use families, rebuilt from the latest sample at each scrape.
+struct WorkerUsageFamilies {
+    memory: Family<Labels, Gauge>,
+    memory_peak: Family<Labels, Gauge>,
+    cpu: Family<Labels, Counter<f64>>,
+    processes: Family<Labels, Gauge>,
+    oom: Family<Labels, Counter>,
+    throttled: Family<Labels, Counter<f64>>,
+    /// Clearing and refilling is one step for concurrent scrapes.
+    lock: Mutex<()>,
+}
+
+impl WorkerUsageFamilies {
+    fn register(registry: &mut Registry) -> WorkerUsageFamilies {
+        let f = WorkerUsageFamilies {
+            memory: Family::default(),
+            memory_peak: Family::default(),
+            cpu: Family::default(),
+            processes: Family::default(),
+            oom: Family::default(),
+            throttled: Family::default(),
+            lock: Mutex::new(()),
+        };
+        registry.register("worker_memory_usage_bytes", "memory charged to the worker now", f.memory.clone());
+        registry.register(
+            "worker_memory_max_usage_bytes",
+            "the most memory the worker was charged",
+            f.memory_peak.clone(),
+        );
+        registry.register("worker_cpu_usage_seconds", "CPU time of the worker's processes", f.cpu.clone());
+        registry.register("worker_processes", "processes in the worker's cgroup (or session)", f.processes.clone());
+        registry.register("worker_oom_events", "worker processes ended by the OOM killer", f.oom.clone());
+        registry.register(
+            "worker_cpu_cfs_throttled_seconds",
+            "time the worker was throttled by its cpu_percent limit",
+            f.throttled.clone(),
+        );
+        f
+    }
+
+    fn clear(&self) {
+        self.memory.clear();
+        self.memory_peak.clear();
+        self.cpu.clear();
+        self.processes.clear();
+        self.oom.clear();
+        self.throttled.clear();
     }
 }
 

@@ -37,6 +37,7 @@ mod security;
 mod systemd;
 mod topology;
 mod upgrade;
+mod usage;
 mod workers;
 
 /// A test file that no `mod` line names would silently never compile nor run.

@@ -19,6 +19,7 @@ use crate::blob::BlobView;
 use crate::health::{HealthReport, ScriptResult};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{self, metrics};
+use crate::model::usage::{HostUsage, WorkerUsage};
 use crate::model::{LastExit, NodeReport, SlotStateName, ZkStatus, unix_ms};
 
 /// One slot as `gale status` shows it (every configured port, `empty` included).
@@ -41,6 +42,9 @@ pub(crate) struct SlotStatus {
     #[serde(default)]
     pub waiting_for: Vec<String>,
     pub error: Option<String>,
+    /// What the worker uses (latest sample), while a process runs.
+    #[serde(default)]
+    pub usage: Option<WorkerUsage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +108,9 @@ pub(crate) struct Status {
     pub time_ms: u64,
     pub zookeeper: ZkStatusDoc,
     pub slots: Vec<SlotStatus>,
+    /// The workers' use summed.
+    #[serde(default)]
+    pub used: HostUsage,
     pub health: HealthDoc,
     pub cache: CacheDoc,
     pub queues: Vec<QueueDoc>,
@@ -155,6 +162,7 @@ impl Sources {
             let view = self.cache.borrow();
             (view.cache, view.blobs.values().filter(|b| b.downloading).count())
         };
+        let slots = self.slots_with_usage();
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             supervisor_id: self.supervisor_id.clone(),
@@ -171,7 +179,8 @@ impl Sources {
                 sessions: zk.sessions,
                 registrations: zk.registrations,
             },
-            slots: self.slots.borrow().clone(),
+            used: HostUsage::total(slots.iter().filter_map(|s| s.usage.as_ref())),
+            slots,
             health: HealthDoc {
                 state: match &health {
                     None => "unknown",
@@ -199,6 +208,16 @@ impl Sources {
             },
             queues: self.queues.iter().map(|probe| probe()).collect(),
         }
+    }
+
+    /// The slots, each running worker with its latest use sample.
+    fn slots_with_usage(&self) -> Vec<SlotStatus> {
+        let report = self.report.borrow();
+        let mut slots = self.slots.borrow().clone();
+        for slot in &mut slots {
+            slot.usage = slot.pid.and(slot.worker_id.as_ref()).and_then(|id| report.usage.get(id).cloned());
+        }
+        slots
     }
 
     /// Copies what lives elsewhere into the metrics, right before a scrape.
@@ -240,6 +259,9 @@ impl Sources {
         for script in &status.health.scripts {
             m.health_script.get_or_create(&vec![("script", script.script.clone())]).set(i64::from(script.healthy));
         }
+        let usage: Vec<(&str, u16, &WorkerUsage)> =
+            status.slots.iter().filter_map(|s| Some((s.topology_id.as_deref()?, s.port, s.usage.as_ref()?))).collect();
+        m.set_worker_usage(&usage);
         m.cache_bytes.set(status.cache.bytes as i64);
         m.cache_entries.set(status.cache.entries as i64);
         m.add_delta("cache_hits", &m.cache_hits, status.cache.hits);
@@ -250,7 +272,6 @@ impl Sources {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Health;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     enum J {
@@ -284,7 +305,7 @@ mod tests {
         queue.request(J::A);
         queue.request(J::B);
         queue.request(J::B);
-        let report = NodeReport { lifecycle: Lifecycle::Running, health: Health::Unknown, workers: Vec::new() };
+        let report = NodeReport::new(Lifecycle::Running);
         let zk = ZkStatus {
             state: "connected",
             session_id: Some("0x1".into()),

@@ -11,6 +11,7 @@ use crate::admin::{SlotStatus, Status};
 use crate::config::Config;
 use crate::lifecycle::ExitCode;
 use crate::model::action::Operation;
+use crate::model::usage::WorkerUsage;
 
 pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
@@ -166,6 +167,15 @@ pub(crate) fn render(status: &Status, now_ms: u64) -> String {
         h.on_failure,
         if failing.is_empty() { String::new() } else { format!(", failing: {}", failing.join(", ")) }
     );
+    let u = &status.used;
+    let _ = writeln!(
+        out,
+        "use        {} memory, {}% CPU, {} processes in {} worker(s)",
+        short_bytes(u.memory_bytes),
+        u.cpu_percent,
+        u.processes,
+        u.workers
+    );
     let c = &status.cache;
     let _ = writeln!(
         out,
@@ -185,8 +195,8 @@ pub(crate) fn render(status: &Status, now_ms: u64) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<6} {:<24} {:<20} {:<8} {:>8} {:>8} {:>8}  {:<22} NOTE",
-        "PORT", "STATE", "TOPOLOGY", "WORKER", "PID", "UPTIME", "RESTARTS", "LAST EXIT"
+        "{:<6} {:<24} {:<20} {:<8} {:>8} {:>8} {:>8}  {:<22} {:<17} NOTE",
+        "PORT", "STATE", "TOPOLOGY", "WORKER", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "USE (MEM CPU PROCS)"
     );
     for slot in &status.slots {
         let _ = writeln!(out, "{}", row(slot, now_ms));
@@ -213,7 +223,7 @@ fn row(slot: &SlotStatus, now_ms: u64) -> String {
         notes.push(e.clone());
     }
     format!(
-        "{:<6} {:<24} {:<20} {:<8} {:>8} {:>8} {:>8}  {:<22} {}",
+        "{:<6} {:<24} {:<20} {:<8} {:>8} {:>8} {:>8}  {:<22} {:<17} {}",
         slot.port,
         slot.state.as_str(),
         slot.topology_id.clone().unwrap_or_else(dash),
@@ -223,8 +233,25 @@ fn row(slot: &SlotStatus, now_ms: u64) -> String {
         slot.running_since_ms.map_or_else(dash, |t| duration(now_ms.saturating_sub(t))),
         slot.restarts,
         last_exit,
+        slot.usage.as_ref().map_or_else(dash, usage_cell),
         notes.join("; ")
     )
+}
+
+/// `212.4M 37% 3`: memory now, CPU over the last sample (percent of one core), processes.
+fn usage_cell(u: &WorkerUsage) -> String {
+    let cpu = u.cpu_percent.map_or_else(|| "-".to_owned(), |p| format!("{p}%"));
+    format!("{} {cpu} {}", short_bytes(u.memory_bytes), u.processes)
+}
+
+/// `980K`, `212.4M`, `3.1G`.
+fn short_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_048_576 => format!("{:.0}K", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1}M", b / 1_048_576.0),
+        _ => format!("{:.1}G", b / 1_073_741_824.0),
+    }
 }
 
 /// Sends `op` over the control socket and prints the answer.

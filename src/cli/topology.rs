@@ -339,6 +339,7 @@ mod tests {
             restarts: 0,
             last_exit: None,
             error: None,
+            usage: None,
         };
         SupervisorInfo {
             schema: model::SCHEMA,
@@ -354,6 +355,7 @@ mod tests {
             capacity: crate::config::Capacity { cpu_percent: 100, memory_mb: 100 },
             labels: BTreeMap::new(),
             workers: used.iter().map(worker).collect(),
+            used: None,
         }
     }
 

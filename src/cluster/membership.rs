@@ -404,6 +404,7 @@ impl Membership {
 
     fn build_info(&self) -> SupervisorInfo {
         let report = self.report.borrow();
+        let (workers, used) = report.workers_with_usage();
         let mut used_slots: Vec<u16> = report.workers.iter().map(|w| w.port).collect();
         used_slots.sort_unstable();
         used_slots.dedup();
@@ -420,7 +421,8 @@ impl Membership {
             used_slots,
             capacity: self.identity.capacity,
             labels: self.identity.labels.clone(),
-            workers: report.workers.clone(),
+            workers,
+            used: Some(used),
         }
     }
 

@@ -10,7 +10,7 @@
 //! workers' parent, for `gale state reset-id` (which runs without an agent).
 //!
 //! Layout: every worker cgroup is `<workers' parent>/<worker id>`. The workers' parent is named
-//! by the caller (`detect("gale")`) and holds nothing else, so its children are exactly the
+//! by the caller (`detect("gale-<id>")`) and holds nothing else, so its children are exactly the
 //! workers' cgroups and a listing of it is the ground truth after a crash.
 //!
 //! Where the workers' parent goes:
@@ -21,15 +21,27 @@
 //!   without processes of its own (the kernel's "no internal processes" rule; the root is
 //!   exempt). The agent's own cgroup is never made an inner node, because whatever starts the
 //!   agent (systemd, a container runtime, a shell) puts the *next* agent into that same cgroup,
-//!   and that write fails with `EBUSY` once it has controllers enabled. So the workers' parent
-//!   is a **sibling** of the agent's cgroup: `<parent of own cgroup>/<name>`. With systemd that
-//!   is the unit's own cgroup when the unit says `Delegate=yes` and `DelegateSubgroup=agent`
-//!   (systemd ≥ 254: the agent runs in `gale.service/agent`, workers in `gale.service/gale/*`);
-//!   without delegation it lands next to the unit in its slice, which works for root but is
-//!   tree systemd considers its own. The exception is an agent in the root of its cgroup
-//!   namespace (a container's init): there is no parent to use, so if the root is not the
-//!   real root and holds only the agent, the agent moves itself into `<root>/<name>-agent`
-//!   first (a container restart gets a fresh cgroup, so the `EBUSY` problem does not arise).
+//!   and that write fails with `EBUSY` once it has controllers enabled. Where the parent goes
+//!   ([`v2_base`]):
+//!   - **Under systemd** (the agent's cgroup is a unit's, `….service` or `….scope`): at the
+//!     cgroup root, `/gale-<id>`, as Nomad 1.7+ puts `nomad.slice` there. Not inside the
+//!     unit: systemd < 254 (Debian 12 has 252; no `DelegateSubgroup=`) starts the next agent
+//!     in the unit's own cgroup, which would then be an inner node (`EBUSY` on `systemctl
+//!     restart`). Not beside the unit in `system.slice`: that subtree is systemd's slice, whose
+//!     controllers it recomputes from its own units. Not transient scopes over D-Bus (kubelet,
+//!     containerd's systemd driver): a scope is created around a process that already runs,
+//!     so a worker could not be born in it, and it needs a D-Bus client. At the root, the
+//!     "no internal processes" rule does not apply, systemd never removes or migrates a cgroup
+//!     it did not create, and a `systemctl stop|restart gale` cannot touch a worker, because
+//!     none is in the unit's cgroup. `docs/workers.md` shows the tree.
+//!   - **A delegated subgroup** (systemd ≥ 254 with `Delegate=yes` and
+//!     `DelegateSubgroup=agent`), a shell's or a container's cgroup: a **sibling** of the
+//!     agent's cgroup, `<parent of own cgroup>/gale-<id>` (with `DelegateSubgroup=agent`,
+//!     workers land in `gale.service/gale-<id>/*`, inside the unit's delegated subtree).
+//!   - The agent in the root of its cgroup namespace (a container's init): there is no parent
+//!     to use, so if the root is not the real root and holds only the agent, the agent moves
+//!     itself into `<root>/<name>-agent` first (a container restart gets a fresh cgroup, so
+//!     the `EBUSY` problem does not arise).
 //! - **rlimits**: `RLIMIT_AS` from `memory_mb`, set between `fork` and `exec`. It bounds
 //!   *virtual* memory (a JVM reserves far more than it touches), so it is a rough fallback.
 //!   `cpu_percent` cannot be expressed (`RLIMIT_CPU` is total seconds, not a rate) and the
@@ -47,6 +59,7 @@
 
 mod handover;
 mod procfs;
+mod usage;
 mod worker;
 
 #[cfg(test)]
@@ -60,6 +73,7 @@ use tracing::info;
 
 pub(crate) use handover::{rename_parents, undo_renames, worker_parents};
 pub(crate) use procfs::Hierarchy;
+pub(crate) use usage::{Sample, sample};
 pub(crate) use worker::{WorkerCgroup, sweep_orphans};
 
 /// The limits of one worker (SPEC §3.2 `memory_mb`, `cpu_percent`; a pids limit per §7).
@@ -237,12 +251,7 @@ const V2_WANTED: [&str; 3] = ["memory", "cpu", "pids"];
 fn detect_v2(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanism, IsolationError> {
     let not_mounted = || IsolationError::NotMounted { hierarchy: Hierarchy::Unified };
     let own_cgroup = procfs::cgroup_path(own, Hierarchy::Unified).ok_or_else(not_mounted)?;
-    // The base is where the workers' parent is created: a sibling of the agent's own cgroup,
-    // or the namespace root itself (module docs).
-    let base_cgroup = match Path::new(own_cgroup).parent() {
-        Some(parent) => parent.to_str().expect("a parent of a str path is a str").to_owned(),
-        None => own_cgroup.to_owned(),
-    };
+    let base_cgroup = v2_base(own_cgroup);
     let base_path = procfs::cgroup_dir(mounts, Hierarchy::Unified, &base_cgroup).ok_or_else(not_mounted)?;
     let base = CgroupDir { hierarchy: Hierarchy::Unified, path: base_path, cgroup: base_cgroup };
     let available = read_controllers(&base.path.join("cgroup.controllers"))?;
@@ -269,6 +278,26 @@ fn detect_v2(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanis
     make_dir(&root.path)?;
     enable_controllers(&root.path, &wanted)?;
     Ok(Mechanism::CgroupV2 { root })
+}
+
+/// Where the workers' parent is created in the unified hierarchy, given the agent's own cgroup
+/// (module docs): the cgroup root when the agent runs in a systemd unit's own cgroup (a
+/// `.service` or `.scope`, whose subtree and slice systemd manages), else a sibling of the
+/// agent's cgroup (a `DelegateSubgroup=` of the agent's unit, or a shell's or container's
+/// cgroup), or the namespace root itself when the agent is there.
+fn v2_base(own_cgroup: &str) -> String {
+    let own = Path::new(own_cgroup);
+    let in_unit = own.file_name().and_then(|n| n.to_str()).is_some_and(is_systemd_unit_cgroup);
+    match own.parent() {
+        Some(_) if in_unit => "/".to_owned(),
+        Some(parent) => parent.to_str().expect("a parent of a str path is a str").to_owned(),
+        None => own_cgroup.to_owned(),
+    }
+}
+
+/// Whether a cgroup directory name is one systemd gives a unit that holds processes.
+fn is_systemd_unit_cgroup(name: &str) -> bool {
+    name.ends_with(".service") || name.ends_with(".scope")
 }
 
 fn detect_v1(name: &str, mounts: &[procfs::Mount], own: &str) -> Result<Mechanism, IsolationError> {

@@ -115,6 +115,13 @@ fn detection_picks_the_hosts_cgroup_version_and_reports_it() {
             assert!(dir.path.join("cgroup.procs").exists(), "{dir:?}");
         }
     }
+    if let Mechanism::CgroupV2 { root } = &fx.mechanism {
+        // Where v2_base puts it, and the path /proc shows matches the directory.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let base = v2_base(procfs::cgroup_path(&own, Hierarchy::Unified).unwrap());
+        assert_eq!(Path::new(&root.cgroup).parent(), Some(Path::new(&base)), "{root:?}");
+        assert!(root.path.ends_with(root.cgroup.trim_start_matches('/')), "{root:?}");
+    }
     for parent in fx.mechanism.parent_dirs() {
         assert!(parent.is_dir(), "{}", parent.display());
     }
@@ -301,4 +308,50 @@ fn zero_limits_and_path_like_ids_are_refused() {
         let err = WorkerCgroup::create(&Mechanism::Rlimits, bad, &Limits::default()).unwrap_err();
         assert!(matches!(err, IsolationError::InvalidId { .. }), "{bad:?}: {err}");
     }
+}
+
+#[test]
+fn v2_workers_go_to_the_root_under_a_systemd_unit_else_beside_the_agent() {
+    // A unit's own cgroup: systemd < 254 starts the next agent there, and its slice is systemd's.
+    assert_eq!(v2_base("/system.slice/gale.service"), "/");
+    assert_eq!(v2_base("/user.slice/user-0.slice/session-3.scope"), "/");
+    // A delegated subgroup of the unit (DelegateSubgroup=agent): the unit's subtree is ours.
+    assert_eq!(v2_base("/system.slice/gale.service/agent"), "/system.slice/gale.service");
+    // A shell's or container's cgroup, and the namespace root.
+    assert_eq!(v2_base("/build/job-7"), "/build");
+    assert_eq!(v2_base("/"), "/");
+}
+
+#[test]
+fn use_is_read_from_the_cgroup_of_a_busy_worker_and_ends_with_it() {
+    let Some(fx) = Fixture::new("use_is_read_from_the_cgroup_of_a_busy_worker_and_ends_with_it") else { return };
+    let id = uuid::Uuid::new_v4().to_string();
+    let cg = WorkerCgroup::create(&fx.mechanism, &id, &Limits { cpu_percent: Some(20), ..Limits::default() }).unwrap();
+    let mut child = spawn_in(&cg, &["/bin/sh", "-c", "sleep 1000 & while :; do :; done"]);
+    let s = eventually("200 ms of CPU and some throttling", 30, || {
+        sample(&fx.mechanism, &id, child.id()).filter(|s| s.cpu_ns > 200_000_000 && s.throttled_ns > Some(0))
+    });
+    println!("{s:?}");
+    assert_eq!(s.processes, 2, "the shell and its sleep");
+    assert!(s.memory_bytes > 0);
+    assert!(s.memory_peak_bytes.is_none_or(|peak| peak >= s.memory_bytes), "{s:?}");
+    assert_eq!(s.oom_kills, Some(0), "the kernel reports OOM kills (none here)");
+    cg.remove().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    assert_eq!(sample(&fx.mechanism, &id, child.id()), None, "no cgroup, no use");
+}
+
+#[test]
+fn under_rlimits_use_is_the_main_process_and_its_session() {
+    let mut child = Command::new("/usr/bin/setsid")
+        .args(["/bin/sh", "-c", "sleep 1000 & i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; wait"])
+        .spawn()
+        .unwrap();
+    let s = eventually("some CPU time", 30, || sample(&Mechanism::Rlimits, "w", child.id()).filter(|s| s.cpu_ns > 0));
+    assert_eq!(s.processes, 2, "the shell and its sleep share its session: {s:?}");
+    assert!(s.memory_bytes > 0 && s.memory_peak_bytes >= Some(s.memory_bytes), "{s:?}");
+    assert_eq!((s.oom_kills, s.throttled_ns), (None, None), "not known without a cgroup");
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    child.wait().unwrap();
+    assert_eq!(sample(&Mechanism::Rlimits, "w", child.id()), None, "no process, no use");
 }

@@ -11,6 +11,7 @@
 //! - [`placeholders`]: the `{port}`-style grammar of a launch command and its expansion;
 //! - [`blob_meta`]: BlobMeta (`/blobstore/<key>`, §3.3);
 //! - [`action`]: Action (§3.4) and the [`action::Operation`] it asks for;
+//! - [`usage`]: what workers use, per worker and summed for the host;
 //! - [`ZkStatus`]: the session as the rest of the agent sees it.
 //!
 //! Every payload goes through [`decode`]: a bad payload is an error that names its path, and
@@ -22,6 +23,7 @@ pub mod blob_meta;
 pub mod placeholders;
 mod status;
 mod supervisor_info;
+pub mod usage;
 
 pub(crate) use status::ZkStatus;
 pub(crate) use supervisor_info::NodeReport;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::usage::{HostUsage, WorkerUsage};
 use super::{PayloadError, decode};
 use crate::config::Capacity;
 use crate::lifecycle::Lifecycle;
@@ -112,6 +113,9 @@ pub struct WorkerInfo {
     pub last_exit: Option<LastExit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the worker uses (latest sample), while a process runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<WorkerUsage>,
 }
 
 /// `/supervisors/<id>`: what this agent is and runs (SPEC §3.1).
@@ -132,13 +136,21 @@ pub struct SupervisorInfo {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub workers: Vec<WorkerInfo>,
+    /// The workers' use summed (absent from agents before 0.2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<HostUsage>,
 }
 
 impl SupervisorInfo {
-    /// True when `self` and `other` differ only in `time_ms`: no rewrite is needed before
-    /// the refresh interval.
+    /// True when `self` and `other` differ only in `time_ms` and use (which changes all the
+    /// time): no rewrite is needed before the refresh interval.
     pub(crate) fn same_content(&self, other: &SupervisorInfo) -> bool {
-        SupervisorInfo { time_ms: 0, ..self.clone() } == SupervisorInfo { time_ms: 0, ..other.clone() }
+        self.without_time_and_use() == other.without_time_and_use()
+    }
+
+    fn without_time_and_use(&self) -> SupervisorInfo {
+        let workers = self.workers.iter().map(|w| WorkerInfo { usage: None, ..w.clone() }).collect();
+        SupervisorInfo { time_ms: 0, used: None, workers, ..self.clone() }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -151,12 +163,34 @@ impl SupervisorInfo {
     }
 }
 
-/// What the rest of the agent publishes for SupervisorInfo; changes trigger a rewrite.
+/// What the rest of the agent publishes for SupervisorInfo; changes trigger a rewrite (use
+/// changes do not: see [`SupervisorInfo::same_content`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NodeReport {
     pub lifecycle: Lifecycle,
     pub health: Health,
+    /// From the executor, without `usage`.
     pub workers: Vec<WorkerInfo>,
+    /// The latest use sample per worker id, from the usage sampler.
+    pub usage: BTreeMap<String, WorkerUsage>,
+}
+
+impl NodeReport {
+    /// What an agent reports before it knows anything: health unknown, no workers.
+    pub(crate) fn new(lifecycle: Lifecycle) -> NodeReport {
+        NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new(), usage: BTreeMap::new() }
+    }
+
+    /// `workers` with their latest use, and the host totals.
+    pub(crate) fn workers_with_usage(&self) -> (Vec<WorkerInfo>, HostUsage) {
+        let workers: Vec<WorkerInfo> = self
+            .workers
+            .iter()
+            .map(|w| WorkerInfo { usage: w.pid.and(self.usage.get(&w.worker_id).cloned()), ..w.clone() })
+            .collect();
+        let used = HostUsage::total(workers.iter().filter_map(|w| w.usage.as_ref()));
+        (workers, used)
+    }
 }
 
 #[cfg(test)]
@@ -188,7 +222,9 @@ mod tests {
                 restarts: 0,
                 last_exit: Some(LastExit { code: Some(1), signal: None, reason: ExitReason::StartTimeout, at_ms: 4 }),
                 error: None,
+                usage: None,
             }],
+            used: None,
         }
     }
 
@@ -233,7 +269,24 @@ mod tests {
         let mut b = sample();
         b.time_ms = 99;
         assert!(a.same_content(&b));
+        b.workers[0].usage = Some(WorkerUsage { memory_bytes: 1 << 20, ..Default::default() });
+        b.used = Some(HostUsage { workers: 1, memory_bytes: 1 << 20, ..Default::default() });
+        assert!(a.same_content(&b), "use changes alone do not make a write");
         b.used_slots.clear();
         assert!(!a.same_content(&b));
+    }
+
+    #[test]
+    fn the_report_joins_use_by_worker_id_for_running_workers_only() {
+        let mut report = NodeReport { workers: sample().workers, ..NodeReport::new(Lifecycle::Running) };
+        let usage = WorkerUsage { memory_bytes: 7, processes: 2, ..Default::default() };
+        report.usage.insert("w1".into(), usage.clone());
+        let (workers, used) = report.workers_with_usage();
+        assert_eq!(workers[0].usage, None, "no process (pid null): a stale sample is not shown");
+        assert_eq!(used, HostUsage::default());
+        report.workers[0].pid = Some(42);
+        let (workers, used) = report.workers_with_usage();
+        assert_eq!(workers[0].usage, Some(usage));
+        assert_eq!((used.workers, used.memory_bytes, used.processes), (1, 7, 2));
     }
 }

@@ -446,6 +446,7 @@ impl Slot {
             restarts: self.restarts,
             last_exit: self.last_exit.clone(),
             error: self.error.clone(),
+            usage: None,
         })
     }
 }

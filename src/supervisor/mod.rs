@@ -31,6 +31,7 @@ mod session_log;
 mod start;
 mod stop;
 mod tasks;
+mod usage;
 
 use std::future::Future;
 

@@ -42,7 +42,7 @@ use crate::lifecycle::{Lifecycle, Systemd};
 use crate::local_dir::{LocalDir, PreviousStop};
 use crate::local_state::{self, LocalState};
 use crate::model::NodeReport;
-use crate::model::{Health, unix_ms};
+use crate::model::unix_ms;
 use crate::proc_identity::ProcessIdentity;
 use crate::shutdown::{Shutdown, Stopper};
 
@@ -84,7 +84,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
     }
     Systemd.status(lifecycle.as_str());
 
-    let (report_tx, report_rx) = watch::channel(NodeReport { lifecycle, health: Health::Unknown, workers: Vec::new() });
+    let (report_tx, report_rx) = watch::channel(NodeReport::new(lifecycle));
     let report = Arc::new(report_tx);
     let started_at_ms = unix_ms();
     let (membership_stopper, membership_shutdown) = Stopper::new();
@@ -143,6 +143,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         health: health_rx.clone(),
         front: front_rx,
         ops: ops_tx,
+        usage: super::usage::Sampler::new(&isolation, &executor.slots, &report, &config),
         shutdown: shutdown.clone(),
     });
     let sources = crate::admin::Sources {

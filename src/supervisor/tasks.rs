@@ -9,7 +9,7 @@
 //! | `monitor_secs` timer | `sync-processes` `Monitor` |
 //! | the earliest slot deadline | `sync-processes` `Reconcile` |
 //! | a new assignment view, blob view or health verdict, a heartbeat hint, an operation | `sync-processes` `Reconcile` |
-//! | worker log rotation, health checks | nothing: they run on their own, off the queues |
+//! | worker log rotation, health checks, the use sampler | nothing: they run on their own, off the queues |
 //!
 //! Every task ends when the [`Shutdown`] it was given fires (the first step of the stop).
 
@@ -49,6 +49,8 @@ pub(super) struct Feeds<'a> {
     pub front: mpsc::UnboundedReceiver<Request>,
     /// ... forwarded to the executor.
     pub ops: mpsc::UnboundedSender<Request>,
+    /// Reads what workers use, every `monitor_secs`.
+    pub usage: super::usage::Sampler,
     pub shutdown: Shutdown,
 }
 
@@ -82,6 +84,7 @@ pub(super) fn spawn(feeds: Feeds<'_>) -> (reload::Targets, Vec<JoinHandle<()>>) 
         tokio::spawn(crate::health::run_periodically(health_settings_rx, feeds.health_tx.clone(), shutdown.clone())),
     ];
     tasks.extend(spawn_watches(&feeds));
+    tasks.push(tokio::spawn(feeds.usage.run(feeds.shutdown.clone())));
     let reload_targets = reload::Targets {
         config: feeds.config_tx,
         membership: feeds.zk.commands.clone(),

@@ -8,6 +8,7 @@ use gale::config::Capacity;
 use gale::lifecycle::Lifecycle;
 use gale::model::assignment::{Assignment, BlobRef, Launch, LivenessMode, WorkerPlacement};
 use gale::model::blob_meta::BlobMeta;
+use gale::model::usage::{HostUsage, WorkerUsage};
 use gale::model::{ExitReason, Health, LastExit, SlotStateName, SupervisorInfo, WorkerInfo};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -293,6 +294,32 @@ pub fn blob_meta() -> impl Strategy<Value = (String, BlobMeta)> {
 
 // ---- SupervisorInfo (SPEC §3.1) ----
 
+fn worker_usage() -> impl Strategy<Value = WorkerUsage> {
+    (
+        (any::<u64>(), any::<Option<u64>>(), any::<u64>(), any::<Option<u32>>()),
+        (any::<u64>(), any::<Option<u64>>(), any::<Option<u64>>()),
+    )
+        .prop_map(
+            |((memory_bytes, memory_peak_bytes, cpu_usec, cpu_percent), (processes, oom_kills, cpu_throttled_usec))| {
+                WorkerUsage {
+                    memory_bytes,
+                    memory_peak_bytes,
+                    cpu_usec,
+                    cpu_percent,
+                    processes,
+                    oom_kills,
+                    cpu_throttled_usec,
+                }
+            },
+        )
+}
+
+fn host_usage() -> impl Strategy<Value = HostUsage> {
+    (any::<u32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+        |(workers, memory_bytes, cpu_percent, processes)| HostUsage { workers, memory_bytes, cpu_percent, processes },
+    )
+}
+
 fn worker_info() -> impl Strategy<Value = WorkerInfo> {
     let last_exit = (
         any::<Option<i32>>(),
@@ -312,10 +339,10 @@ fn worker_info() -> impl Strategy<Value = WorkerInfo> {
         .prop_map(|(code, signal, reason, at_ms)| LastExit { code, signal, reason, at_ms });
     (
         (any::<u16>(), ident(), ident(), any::<Option<u32>>(), select(&SlotStateName::ALL[..])),
-        (any::<u64>(), any::<u32>(), maybe(last_exit), maybe(text())),
+        (any::<u64>(), any::<u32>(), maybe(last_exit), maybe(text()), maybe(worker_usage())),
     )
-        .prop_map(|((port, topology_id, worker_id, pid, state), (since_ms, restarts, last_exit, error))| {
-            WorkerInfo { port, topology_id, worker_id, pid, state, since_ms, restarts, last_exit, error }
+        .prop_map(|((port, topology_id, worker_id, pid, state), (since_ms, restarts, last_exit, error, usage))| {
+            WorkerInfo { port, topology_id, worker_id, pid, state, since_ms, restarts, last_exit, error, usage }
         })
 }
 
@@ -334,7 +361,7 @@ pub fn supervisor_info() -> impl Strategy<Value = SupervisorInfo> {
         ),
         (any::<u32>(), any::<u64>()).prop_map(|(cpu_percent, memory_mb)| Capacity { cpu_percent, memory_mb }),
         prop::collection::btree_map(text(), text(), 0..3),
-        prop::collection::vec(worker_info(), 0..3),
+        (prop::collection::vec(worker_info(), 0..3), maybe(host_usage())),
     )
         .prop_map(
             |(
@@ -342,7 +369,7 @@ pub fn supervisor_info() -> impl Strategy<Value = SupervisorInfo> {
                 (started_at_ms, time_ms, slots, used_slots),
                 capacity,
                 labels,
-                workers,
+                (workers, used),
             )| {
                 SupervisorInfo {
                     schema,
@@ -358,6 +385,7 @@ pub fn supervisor_info() -> impl Strategy<Value = SupervisorInfo> {
                     capacity,
                     labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
                     workers,
+                    used,
                 }
             },
         )

@@ -77,6 +77,7 @@ fn worker_info_is_the_spec_entry() {
         restarts: 1,
         last_exit: Some(LastExit { code: Some(3), signal: None, reason: ExitReason::Exited, at_ms: WALL0 + 7 }),
         error: None,
+        usage: None,
     };
     assert_eq!(info, want);
     let json = serde_json::to_value(&info).unwrap();

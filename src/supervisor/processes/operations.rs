@@ -200,6 +200,8 @@ impl Processes {
                     backoff_until_ms,
                     waiting_for,
                     error: slot.error.clone(),
+                    // Joined at read time from the use sampler's report (admin::Sources).
+                    usage: None,
                 }
             })
             .collect()

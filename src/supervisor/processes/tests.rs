@@ -17,7 +17,7 @@ use crate::event::JobHandler;
 use crate::lifecycle::Lifecycle;
 use crate::local_state::{LocalState, Workers};
 use crate::model::assignment::{Launch, LivenessMode};
-use crate::model::{ExitReason, Health, SlotStateName as N};
+use crate::model::{ExitReason, SlotStateName as N};
 use crate::model::{NodeReport, ZkStatus};
 use crate::proc_identity::ProcessIdentity;
 use crate::slot::SlotState;
@@ -98,7 +98,7 @@ impl Harness {
         let (zk, zk_rx) = watch::channel(zk(true));
         let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
         let (requests_tx, requests) = mpsc::unbounded_channel();
-        let report = NodeReport { lifecycle: Lifecycle::Running, health: Health::Unknown, workers: Vec::new() };
+        let report = NodeReport::new(Lifecycle::Running);
         let (report, report_rx) = watch::channel(report);
         let (deadline, deadline_rx) = watch::channel(None);
         let (hints, hints_rx) = mpsc::channel(16);
