@@ -29,7 +29,9 @@ const MEMORY_MB: u64 = 96;
 const CPU_PERCENT: u64 = 50;
 /// What gale writes to `pids.max` of every worker (`supervisor/processes/launch.rs`).
 const PIDS_MAX: &str = "4096";
-const LONG: Duration = Duration::from_secs(60);
+/// An upper bound only (a restart takes about 0.4 s on the host): under TCG in the VM stage,
+/// on a busy machine, an agent's start can take tens of seconds.
+const LONG: Duration = Duration::from_secs(120);
 
 /// A cgroup hierarchy: the unified one, or the v1 hierarchy of one controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,10 +88,14 @@ run_suites() {
 [ "$(cat /proc/self/cgroup)" = "0::/" ] || fail "the guest script does not start in the root cgroup: $(cat /proc/self/cgroup)"
 run_suites root
 # The agents' workers' parents (gale-<id>) stay after their tests; the same ids come back in
-# the delegated run, which must find only what it makes itself. Empty cgroups go; any that
-# still holds a process is shown.
-find $cg -mindepth 1 -depth -type d -name 'gale-*' -exec sh -c 'find "$1" -depth -type d -exec rmdir {} + 2>/dev/null' _ {} \;
-find $cg -mindepth 1 -type d -name 'gale-*' -exec echo "guest: left after the root run: {}" \;
+# the delegated run, which must find only what it makes itself. Empty cgroups go (workers'
+# cgroups one level down); one that cannot go is shown with what is in it.
+for parent in "$cg"/gale-*; do
+  [ -d "$parent" ] || continue
+  for worker in "$parent"/*/; do [ ! -d "$worker" ] || rmdir "$worker" 2>/dev/null || true; done
+  rmdir "$parent" 2>/dev/null ||
+    echo "guest: left after the root run: $parent: $(ls "$parent" | grep -v '^cgroup\.\|^[a-z]*\.' | head -n 3) procs: $(cat "$parent"/cgroup.procs "$parent"/*/cgroup.procs 2>/dev/null | head -n 5 | tr '\n' ' ')"
+done
 
 # 2. A delegated service cgroup, laid out as systemd lays out a service in its slice.
 unit=$cg/system.slice/gale.service

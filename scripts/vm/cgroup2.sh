@@ -22,10 +22,10 @@ INTEGRATION_FILTERS=(
   agent_restarts::
   isolation::
   workers::workers_survive_an_agent_sigkill_and_are_adopted_without_a_relaunch
-  workers::a_recovered_worker_that_is_no_longer_assigned_is_stopped_with_the_grace_then_sigkill
   workers::processes_left_behind_by_an_exited_worker_are_killed
   upgrade::the_previous_release_
   faults::sigkill_of_the_agent_at_random_points
+  usage::
 )
 [ -z "${VM_LIB_FILTERS:-}" ] || read -r -a LIB_FILTERS <<<"$VM_LIB_FILTERS"
 [ -z "${VM_INTEGRATION_FILTERS:-}" ] || read -r -a INTEGRATION_FILTERS <<<"$VM_INTEGRATION_FILTERS"
