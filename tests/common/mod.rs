@@ -660,6 +660,17 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn new(prefix: &str, name: &str) -> TestAgent {
+        // Two tests with one id share the workers' parent cgroup `gale-<id>` (each agent's
+        // start-up sweep may kill the other's workers) and `GALE_SUPERVISOR_ID`, by which some
+        // tests count their workers: refuse the second one.
+        static IDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !ids.iter().any(|n| n == name),
+            "two tests make a TestAgent named {name:?} (id sup-{name}): rename one"
+        );
+        ids.push(name.to_owned());
+        drop(ids);
         let tmp = tempfile::Builder::new().prefix(&format!("gale-{prefix}-{name}-")).tempdir().unwrap();
         let root = format!("/{prefix}-{name}");
         let id = format!("sup-{name}");
