@@ -30,7 +30,7 @@
 //!   every script's process group has been sent SIGKILL, and on return nothing in those groups
 //!   is alive (see `health/process.rs` for the limits: processes that leave the group, uninterruptible
 //!   sleep).
-//! - **A run is bounded**: about `timeout` plus `process::KILL_GRACE` (2 s), however the scripts
+//! - **A run is bounded**: about `timeout` plus `group_child::KILL_GRACE` (2 s), however the scripts
 //!   behave.
 
 mod process;

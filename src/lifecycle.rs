@@ -93,6 +93,16 @@ impl Systemd {
         self.notify(&[sd_notify::NotifyState::Watchdog]);
     }
 
+    /// Before `READY=1`: `EXTEND_TIMEOUT_USEC`, asking systemd to wait `by` more for the start.
+    /// The start waits for ZooKeeper, which may be unreachable for longer than any
+    /// `TimeoutStartSec`; without this, systemd 252 kills a live agent at the start timeout and
+    /// restarts it in a loop (found by the systemd VM stage, `scripts/vm/systemd.sh`). Sent
+    /// from the main loop's watchdog tick, so a wedged start still times out.
+    pub(crate) fn extend_start(self, by: std::time::Duration) {
+        let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+        self.notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+
     /// Half of `WatchdogSec` when systemd asked for watchdog pings, as sd_watchdog_enabled(3)
     /// recommends.
     pub(crate) fn watchdog_interval(self) -> Option<std::time::Duration> {

@@ -66,7 +66,11 @@ pub(crate) struct Metrics {
     pub cache_hits: Counter,
     pub cache_misses: Counter,
     pub actions: Family<Labels, Counter>,
+    /// Payloads that cannot be used, by kind (`assignment`, `blob`, `action`), now.
+    pub bad_payloads: Family<Labels, Gauge>,
     pub control_requests: Family<Labels, Counter>,
+    /// Diagnostics runs by command name (`-`: not configured) and result.
+    pub diagnostics_runs: Family<Labels, Counter>,
     pub config_reloads: Family<Labels, Counter>,
     pub log_rotations: Counter,
     pub log_files_deleted: Counter,
@@ -134,7 +138,17 @@ impl Metrics {
             cache_hits: reg!("blob_cache_hits", "blob uses served from the cache", Counter::default()),
             cache_misses: reg!("blob_cache_misses", "blob uses that needed a download", Counter::default()),
             actions: reg!("actions", "ZooKeeper actions by action and result", Family::default()),
+            bad_payloads: reg!(
+                "bad_payloads",
+                "payloads under /assignments, /blobstore or /actions this agent cannot use, by kind",
+                Family::default()
+            ),
             control_requests: reg!("control_requests", "control socket requests by op and result", Family::default()),
+            diagnostics_runs: reg!(
+                "diagnostics_runs",
+                "diagnostics runs by command name and result (ok, failed, timed_out, not_run, refused)",
+                Family::default()
+            ),
             config_reloads: reg!("config_reloads", "config reloads by result", Family::default()),
             log_rotations: reg!("worker_log_rotations", "worker log files rotated", Counter::default()),
             log_files_deleted: reg!(

@@ -538,3 +538,122 @@ async fn after_an_agent_restart_the_cache_and_references_are_rebuilt_from_disk()
     assert_eq!(running_pid(&info, 6700), Some(pid), "not restarted: v2 is not local");
     assert!(alive(pid));
 }
+
+/// A worker that, every half second, reads its own blobs and then each path in `$OTHER` (another
+/// user's blob, through that worker's link and by its path in the cache), printing what it got:
+/// the content, or `cat`'s error (`Permission denied` is EACCES).
+const PEEK_SH: &str = r#"n=0
+while :; do
+  n=$((n+1))
+  echo "round=$n own=$(cat "$GALE_BLOB_DIR/data" 2>&1) lib=$(cat "$GALE_BLOB_DIR/lib" 2>&1)"
+  for p in $OTHER; do echo "round=$n other=$(cat "$p" 2>&1)"; done
+  sleep 0.5
+done"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_read_the_blobs_of_another_user_and_both_survive_an_agent_restart() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: running workers as other users needs root");
+        return;
+    }
+    let (uid_a, uid_b) = (test_user("gale-blob-a"), test_user("gale-blob-b"));
+    let case = Case::new("private", &[6700, 6701], "cache_target_mb = 0\ndownload_retries = 0");
+    case.edit(|text| {
+        format!(
+            "{text}\n[worker]\nrun_as_user = true\nallowed_users = [\"gale-blob-a\", \"gale-blob-b\"]\nmin_uid = 1000\n"
+        )
+    });
+    // The workers, as their users, must reach their dirs under the local dir.
+    for dir in [case.path().to_owned(), case.path().join("agent")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let store = case.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let mut shas = Vec::new();
+    for (key, content) in [("a-data", "secret of a"), ("b-data", "secret of b"), ("common", "shared library")] {
+        std::fs::write(store.join(key), content).unwrap();
+        let url = format!("file://{}", store.join(key).display());
+        case.publish(&zk, key, 1, content.as_bytes(), &url, None).await;
+        shas.push(sha256_hex(content.as_bytes()));
+    }
+    let assign = |topology: &str, port: u16, user: &str, data: &str, other: String| {
+        let a = json!({"schema": 1, "topology_id": topology,
+            "launch": {"command": ["/bin/sh", "-c", PEEK_SH], "env": {"OTHER": other}, "user": user},
+            "blobs": [{"key": data, "name": "data"}, {"key": "common", "name": "lib"}],
+            "workers": [{"supervisor_id": case.id, "port": port}]});
+        let (zk, path) = (&zk, format!("{}/assignments/{topology}", case.root));
+        async move { put_json(zk, &path, &a).await }
+    };
+    assign("topo-b", 6701, "gale-blob-b", "b-data", String::new()).await;
+    let mut agent = case.start();
+    let info = case.wait_info(&zk, &agent, "b's worker running", |i| running_pid(i, 6701).is_some()).await;
+    let pid_b = running_pid(&info, 6701).unwrap();
+    reaper.track(pid_b);
+    // B's blob, through B's worker's link and by its place in the cache.
+    let b_worker = slot(&info, 6701).unwrap()["worker_id"].as_str().unwrap().to_owned();
+    let b_link = case.local().join("workers").join(&b_worker).join("blobs/data");
+    let b_file = std::fs::read_link(&b_link).unwrap();
+    assert_eq!(b_file, case.cache_dir().join(format!("u{uid_b}/{}/file", shas[1])));
+    assign("topo-a", 6700, "gale-blob-a", "a-data", format!("{} {}", b_link.display(), b_file.display())).await;
+    let info = case.wait_info(&zk, &agent, "a's worker running", |i| running_pid(i, 6700).is_some()).await;
+    let pid_a = running_pid(&info, 6700).unwrap();
+    reaper.track(pid_a);
+
+    // A reads its own blobs and gets EACCES on B's, both ways; B reads its own.
+    let log_a = case.worker_log("topo-a", 6700);
+    let text = wait_in_log(&log_a, &format!("other=cat: {}: Permission denied", b_file.display()), &agent);
+    assert!(text.contains("own=secret of a lib=shared library"), "{text}");
+    assert!(text.contains(&format!("other=cat: {}: Permission denied", b_link.display())), "{text}");
+    assert!(!text.contains("secret of b"), "a read b's blob: {text}");
+    let log_b = case.worker_log("topo-b", 6701);
+    wait_in_log(&log_b, "own=secret of b lib=shared library", &agent);
+    // Each user has its own directory (only it may enter) and its own copy of the shared blob.
+    let owned = |p: PathBuf| std::fs::metadata(p).map(|m| (m.uid(), m.mode() & 0o7777)).unwrap();
+    assert_eq!(owned(case.cache_dir()), (0, 0o711));
+    assert_eq!(owned(case.cache_dir().join(format!("u{uid_a}"))), (uid_a, 0o500));
+    assert_eq!(owned(case.cache_dir().join(format!("u{uid_b}"))), (uid_b, 0o500));
+    assert_eq!(case.cache_entries(), vec![format!("u{uid_a}"), format!("u{uid_b}")]);
+    let entries = |uid: u32| sorted_names(&case.cache_dir().join(format!("u{uid}")));
+    let (mut want_a, mut want_b) = (vec![shas[0].clone(), shas[2].clone()], vec![shas[1].clone(), shas[2].clone()]);
+    want_a.sort();
+    want_b.sort();
+    assert_eq!((entries(uid_a), entries(uid_b)), (want_a, want_b));
+
+    // The agent dies hard and comes back: both workers adopted, their blobs still theirs and
+    // still readable (with cache_target_mb = 0, an entry not referenced again would be gone).
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent.wait_exit_signal();
+    let agent = case.start();
+    case.wait_info(&zk, &agent, "both workers adopted", |i| {
+        i["state"] == "running" && running_pid(i, 6700) == Some(pid_a) && running_pid(i, 6701) == Some(pid_b)
+    })
+    .await;
+    let rounds = |log: &Path| read_log(log).matches(" own=secret of ").count();
+    let (before_a, before_b) = (rounds(&log_a), rounds(&log_b));
+    // 3 s or more: past a blob sync (and cleanup) pass of the new agent, every 2 s.
+    eventually("six more reads by each worker", LONG, || async {
+        (rounds(&log_a) >= before_a + 6 && rounds(&log_b) >= before_b + 6).then_some(())
+    })
+    .await;
+    for log in [&log_a, &log_b] {
+        let text = read_log(log);
+        assert!(!text.contains("own=cat:") && !text.contains("lib=cat:"), "a worker lost its blob: {text}");
+    }
+    assert!(!read_log(&log_a).contains("secret of b"));
+    // Same processes still: their links were recognised as their users' entries, no update.
+    let info = case.wait_info(&zk, &agent, "the state after the reads", |i| i["state"] == "running").await;
+    assert_eq!((running_pid(&info, 6700), running_pid(&info, 6701)), (Some(pid_a), Some(pid_b)));
+    assert_eq!((entries(uid_a).len(), entries(uid_b).len()), (2, 2));
+    assert_eq!(owned(case.cache_dir().join(format!("u{uid_b}"))), (uid_b, 0o500));
+}
+
+/// The names in `dir`, sorted.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}

@@ -236,6 +236,12 @@ async fn a_grandchild_that_escaped_its_group_and_dir_dies_with_the_workers_cgrou
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(grandchild as i32), nix::sys::signal::Signal::SIGKILL);
         return;
     }
+    // How workers enter their cgroup is said once at start: born in it wherever it is v2.
+    let v2 = log.contains("mechanism=\"cgroup v2\"");
+    let born = log.contains("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)");
+    let joined = log.contains("isolation: workers join their cgroup between fork and exec");
+    assert_eq!((born, joined), (v2, !v2), "cgroup v2: {v2}; the agent's log:\n{log}");
+    println!("{}", log.lines().find(|l| l.contains("isolation: workers")).unwrap());
     // Stopping the worker (its assignment goes) kills its whole cgroup, the grandchild with it.
     std::thread::sleep(Duration::from_millis(500));
     assert!(alive(grandchild), "the grandchild runs while its worker does");

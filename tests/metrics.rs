@@ -111,6 +111,8 @@ async fn every_metric_is_seen_to_move() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     put_json(&zk, &format!("{root}/actions/{id}/a1"), &json!({"schema": 1, "action": "reset_backoff", "port": 6701}))
         .await;
+    // An action that does not parse: kept and reported (gale_bad_payloads) until deleted.
+    put_raw(&zk, &format!("{root}/actions/{id}/a2"), b"not json").await;
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     // Unhealthy, then healthy again.
     std::fs::write(&flag, "").unwrap();

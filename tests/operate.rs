@@ -31,11 +31,8 @@ impl Case {
     /// is appended to the config.
     fn new(name: &str, extra: &str) -> Case {
         let agent = TestAgent::new("o", name);
-        let admin = free_port();
-        agent.edit(|text| {
-            let text = text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\""));
-            format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n{extra}")
-        });
+        let admin = agent.enable_admin();
+        agent.edit(|text| format!("{text}\n[restart]\nbackoff_initial_ms = 30000\n{extra}"));
         Case { agent, admin }
     }
 
@@ -69,19 +66,6 @@ async fn undrain(case: &Case, zk: &zkc::Client, agent: &Agent, reaper: &Reaper) 
     reaper.track(running_pid(&info, 6700).unwrap());
 }
 
-/// `GET url`: (status code, body); 0 when nothing answers.
-fn http_get(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    match agent.get(url).call() {
-        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
-        Err(_) => (0, String::new()),
-    }
-}
-
 fn status_json(case: &Case) -> Value {
     let (code, body) = http_get(&case.url("/status"));
     assert_eq!(code, 200, "{body}");
@@ -90,11 +74,6 @@ fn status_json(case: &Case) -> Value {
 
 fn slot_of(status: &Value, port: u16) -> Value {
     status["slots"].as_array().unwrap().iter().find(|s| s["port"] == port).cloned().unwrap()
-}
-
-/// The value of the metric line `name` (exact, labels included), if present.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

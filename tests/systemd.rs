@@ -55,6 +55,14 @@ async fn notifications_follow_the_lifecycle() {
     assert!(!lines(&got).iter().any(|(_, m)| m.contains("READY=1")), "READY before registration: {:?}", lines(&got));
     let early_pings = lines(&got).iter().filter(|(_, m)| m.contains("WATCHDOG=1")).count();
     assert!((2..=6).contains(&early_pings), "a ping about every second with WatchdogSec=2: {early_pings}");
+    // Not ready yet: each ping also extends systemd's start timeout by WatchdogSec, so a long
+    // wait for ZooKeeper is not killed at TimeoutStartSec.
+    let extensions = lines(&got).iter().filter(|(_, m)| m.lines().any(|l| l == "EXTEND_TIMEOUT_USEC=2000000")).count();
+    assert!(
+        extensions >= early_pings - 1,
+        "EXTEND_TIMEOUT_USEC=2000000 with each ping before READY: {:?}",
+        lines(&got)
+    );
 
     server.start();
     let (ready_at, ready) = wait_message(&got, "READY=1", Duration::from_secs(60));
@@ -62,6 +70,10 @@ async fn notifications_follow_the_lifecycle() {
     let zk = zk_client(&server.connect_string()).await;
     assert!(read_json(&zk, "/n/supervisors/sup-notify").await.is_some(), "registered before READY");
     assert!(agent.log_text().contains("registered and first sync done"));
+    std::thread::sleep(Duration::from_secs(3));
+    let late: Vec<_> =
+        lines(&got).into_iter().filter(|(at, m)| *at > ready_at && m.contains("EXTEND_TIMEOUT_USEC")).collect();
+    assert!(late.is_empty(), "no start timeout extension once ready: {late:?}");
 
     // A reload: RELOADING=1 (with MONOTONIC_USEC), then READY=1 again.
     agent.signal(Signal::SIGHUP);

@@ -19,10 +19,12 @@ mod common;
 
 mod agent;
 mod agent_restarts;
+mod bad_payloads;
 mod blob_cli;
 mod blobs;
 mod cli;
 mod decoders_prop;
+mod diagnostics;
 mod faults;
 mod fixtures;
 mod health;

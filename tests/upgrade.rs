@@ -7,7 +7,9 @@
 //! Two paths: the new binary taking over the same config and local dir after a SIGTERM or a
 //! SIGKILL of the old agent, and `dpkg -i` of this build's package over the previous one's in
 //! a scratch root, followed by a restart of the agent (no systemd VM yet: the package's
-//! `try-restart` is done by hand).
+//! `try-restart` is done by hand). A third: the previous release's blob cache (one shared
+//! entry per content) under workers that run as two users, taken over by this build's
+//! per-user cache.
 //!
 //! The config is the harness's ([`AgentSpec`]); every test first checks that BOTH binaries
 //! accept it, so a key the old release does not know fails here, not as a mystery later.
@@ -328,4 +330,123 @@ async fn a_deb_upgrade_over_the_previous_release_keeps_the_workers_running_and_a
     new.signal(Signal::SIGTERM);
     assert_eq!(new.wait_exit(LONG), 0, "{}", new.log_text());
     assert!(pids.iter().all(|p| alive(*p)), "the workers outlive the agent");
+}
+
+/// A worker reading its blob every half second: `own=<content>`, or `cat`'s error.
+const READER_SH: &str = "echo \"start pid=$$\"; \
+    while :; do echo \"own=$(cat \"$GALE_BLOB_DIR/data\" 2>&1)\"; sleep 0.5; done";
+
+/// The previous release kept one cache for every user (`blobs/<sha256>/file`, readable by any
+/// worker). This build keeps a user's entries in a directory only that user can enter
+/// (`blobs/u<uid>/`); it must open the old cache as it is, adopt the old workers without a
+/// restart and keep their old entries while they link to them, give a relaunched worker its
+/// user's own entry, and let the old shared one go once nothing links to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_release_blob_cache_is_kept_for_its_workers_and_users_get_their_own() {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: running workers as other users needs root");
+        return;
+    }
+    let users = ["gale-blob-a", "gale-blob-b"];
+    let uids = users.map(test_user);
+    let case = Case::new("blobs");
+    case.edit(|text| {
+        format!(
+            "{text}\n[worker]\nrun_as_user = true\nallowed_users = [\"{}\", \"{}\"]\nmin_uid = 1000\n\
+             [blob]\ncache_target_mb = 0\nsync_secs = 2\n",
+            users[0], users[1]
+        )
+    });
+    check_config(previous_release(), &case.config);
+    check_config(Path::new(env!("CARGO_BIN_EXE_gale")), &case.config);
+    for dir in [case.path().to_owned(), case.path().join("agent")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let reaper = case.reaper();
+    let zk = zk_client(&shared_zk().connect_string()).await;
+    let store = case.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let topologies = [CRASHED, REMOVED];
+    let mut shas = Vec::new();
+    for (i, ((topology, port), user)) in topologies.iter().zip(users).enumerate() {
+        let content = format!("secret of {user}");
+        std::fs::write(store.join(topology), &content).unwrap();
+        let sha: String = Sha256::digest(content.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let meta = json!({"schema": 1, "key": topology, "version": 1, "sha256": sha, "size": content.len(),
+                          "url": format!("file://{}", store.join(topology).display())});
+        put_json(&zk, &format!("{}/blobstore/{topology}", case.root), &meta).await;
+        shas.push(sha);
+        let a = json!({"schema": 1, "topology_id": topology,
+            "launch": {"command": ["/bin/sh", "-c", READER_SH], "user": users[i]},
+            "blobs": [{"key": topology, "name": "data"}],
+            "workers": [{"supervisor_id": case.id, "port": port}]});
+        put_json(&zk, &case.assignment(topology), &a).await;
+    }
+    let old_version = binary_version(previous_release());
+    let mut old = Agent::start_binary(&case.config, previous_release().to_str().unwrap());
+    let info = case
+        .wait_info(&zk, &old, "the previous release running both workers", |i| both_running(i, &old_version).is_some())
+        .await;
+    let pids = both_running(&info, &old_version).unwrap();
+    pids.iter().for_each(|p| reaper.track(*p));
+    let cache = case.local().join("blobs");
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut old_entries = shas.clone();
+    old_entries.sort();
+    assert_eq!(names(), old_entries, "the old layout: one shared entry per content");
+    old.signal(Signal::SIGKILL);
+    old.wait_exit_signal();
+
+    // This build adopts both, keeps the old entries they link to and fetches each user's own.
+    let new = Agent::start(&case.config);
+    let version = env!("CARGO_PKG_VERSION");
+    let user_dirs = uids.map(|uid| format!("u{uid}"));
+    eventually("both adopted, each user's entry fetched", LONG, || async {
+        let info = read_json(&zk, &case.info_path()).await?.0;
+        let mut want = [old_entries.clone(), user_dirs.to_vec()].concat();
+        want.sort();
+        (both_running(&info, version) == Some(pids) && names() == want).then_some(())
+    })
+    .await;
+    for (i, topology) in [CRASHED.0, REMOVED.0].iter().enumerate() {
+        let mine = cache.join(&user_dirs[i]);
+        assert_eq!(std::fs::metadata(&mine).map(|m| (m.uid(), m.mode() & 0o7777)).unwrap(), (uids[i], 0o500));
+        assert!(mine.join(&shas[i]).join("file").is_file(), "{topology}: its user's own entry");
+    }
+    // Past a sync and cleanup pass (every 2 s, target 0): still reading their blobs, never restarted.
+    let reads = |topology: &str, port: u16| read_log(&case.worker_log(topology, port)).matches("own=secret of").count();
+    let before = reads(CRASHED.0, CRASHED.1);
+    eventually("six more reads", LONG, || async { (reads(CRASHED.0, CRASHED.1) >= before + 6).then_some(()) }).await;
+    for ((topology, port), user) in topologies.iter().zip(users) {
+        let log = read_log(&case.worker_log(topology, *port));
+        assert!(!log.contains("own=cat:") && log.contains(&format!("own=secret of {user}")), "{log}");
+    }
+    assert_eq!((case.starts(CRASHED), case.starts(REMOVED)), (1, 1), "never relaunched");
+    assert!(names().contains(&shas[0]) && names().contains(&shas[1]), "the adopted workers' entries stay");
+
+    // A crash: the relaunch links to its user's entry; the old shared one, now unused, goes.
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    let info = case
+        .wait_info(&zk, &new, "the crashed worker restarted", |i| {
+            running_pid(i, CRASHED.1).is_some_and(|p| p != pids[0])
+        })
+        .await;
+    let relaunched = running_pid(&info, CRASHED.1).unwrap();
+    reaper.track(relaunched);
+    let worker = slot(&info, CRASHED.1).unwrap()["worker_id"].as_str().unwrap().to_owned();
+    let link = std::fs::read_link(case.local().join("workers").join(worker).join("blobs/data")).unwrap();
+    assert_eq!(link, cache.join(&user_dirs[0]).join(&shas[0]).join("file"));
+    wait_for("the unused shared entry removed", LONG, || (!names().contains(&shas[0])).then_some(()));
+    assert!(names().contains(&shas[1]), "still linked by the adopted worker of {}", users[1]);
+    assert_eq!(running_pid(&info, REMOVED.1), Some(pids[1]));
 }

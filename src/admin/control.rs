@@ -139,8 +139,9 @@ pub(crate) fn short_path(path: &Path) -> std::io::Result<ShortPath> {
 }
 
 /// Bound on how long one request may wait for the executor (a `drain --wait` waits for the
-/// workers' grace periods).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+/// workers' grace periods; `gale worker diag` for its run, at most
+/// `diagnostics.timeout_secs` ≤ 600 s plus the kill grace and the copy of `{out}`).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(660);
 
 async fn serve(stream: UnixStream, ops: mpsc::UnboundedSender<Request>) {
     let (read, mut write) = stream.into_split();

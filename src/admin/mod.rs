@@ -47,6 +47,45 @@ pub(crate) struct SlotStatus {
     pub usage: Option<WorkerUsage>,
 }
 
+/// Which reader found it: the `kind` label of `gale_bad_payloads`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PayloadKind {
+    /// `/assignments/<topology-id>`
+    Assignment,
+    /// `/blobstore/<blob-key>`
+    Blob,
+    /// `/actions/<supervisor-id>/<action-id>`
+    Action,
+}
+
+impl PayloadKind {
+    pub(crate) const ALL: [PayloadKind; 3] = [PayloadKind::Assignment, PayloadKind::Blob, PayloadKind::Action];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PayloadKind::Assignment => "assignment",
+            PayloadKind::Blob => "blob",
+            PayloadKind::Action => "action",
+        }
+    }
+}
+
+/// A payload this agent read and cannot use (`/status` `bad_payloads[]`); the set is kept by
+/// `supervisor::bad_payloads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BadPayload {
+    pub kind: PayloadKind,
+    /// The ZooKeeper node.
+    pub path: String,
+    /// The topology id, blob key or action node name (the node's last path component).
+    pub name: String,
+    /// What is wrong, without the path (it is in `path`).
+    pub reason: String,
+    /// When this node was first found bad (unix ms).
+    pub since_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ZkStatusDoc {
     pub state: String,
@@ -114,6 +153,10 @@ pub(crate) struct Status {
     pub health: HealthDoc,
     pub cache: CacheDoc,
     pub queues: Vec<QueueDoc>,
+    /// Payloads under `/assignments`, `/blobstore` (of blobs this host uses) and `/actions/<id>`
+    /// that cannot be used, until they are fixed or deleted (SPEC §3).
+    #[serde(default)]
+    pub bad_payloads: Vec<BadPayload>,
 }
 
 /// A queue's numbers, read at request time.
@@ -135,6 +178,8 @@ pub(crate) struct Sources {
     pub health: watch::Receiver<HealthReport>,
     pub cache: watch::Receiver<Arc<BlobView>>,
     pub drained: watch::Receiver<bool>,
+    /// The payloads the readers cannot use, by path.
+    pub bad_payloads: watch::Receiver<BTreeMap<String, BadPayload>>,
     pub queues: Vec<QueueProbe>,
 }
 
@@ -207,6 +252,7 @@ impl Sources {
                 downloading,
             },
             queues: self.queues.iter().map(|probe| probe()).collect(),
+            bad_payloads: self.bad_payloads.borrow().values().cloned().collect(),
         }
     }
 
@@ -258,6 +304,10 @@ impl Sources {
         m.healthy.set(i64::from(status.health.state == "healthy"));
         for script in &status.health.scripts {
             m.health_script.get_or_create(&vec![("script", script.script.clone())]).set(i64::from(script.healthy));
+        }
+        for kind in PayloadKind::ALL {
+            let n = status.bad_payloads.iter().filter(|b| b.kind == kind).count();
+            m.bad_payloads.get_or_create(&vec![("kind", kind.as_str().to_owned())]).set(n as i64);
         }
         let usage: Vec<(&str, u16, &WorkerUsage)> =
             status.slots.iter().filter_map(|s| Some((s.topology_id.as_deref()?, s.port, s.usage.as_ref()?))).collect();
@@ -329,6 +379,7 @@ mod tests {
             health: watch::channel(HealthReport::default()).1,
             cache: watch::channel(Arc::new(BlobView::default())).1,
             drained: watch::channel(false).1,
+            bad_payloads: watch::channel(BTreeMap::new()).1,
             queues: vec![probe(&queue)],
         };
         assert!(sources.ready());

@@ -1,9 +1,10 @@
 //! The blob cache: content addressed, reference counted, least-recently-used past a target size.
 //!
-//! Layout under `root` (`<local_dir>/blobs`), one entry per (sha256, extracted?):
+//! Layout under `root` (`<local_dir>/blobs`), one entry per (sha256, extracted?, owner), in
+//! the directory of its owner (`<root>` itself, or `<root>/u<uid>`: see [`Owner`]):
 //! ```text
-//! <root>/<sha256>/file    a plain blob (a directory, so installing it is one directory rename)
-//! <root>/<sha256>.x/      an archive extracted
+//! <owner dir>/<sha256>/file    a plain blob (a directory, so installing it is one directory rename)
+//! <owner dir>/<sha256>.x/      an archive extracted
 //! ```
 //! A miss fetches into `tmp` (`<local_dir>/tmp`), stages the entry there (`cache-<uuid>`:
 //! the file moved in, or the archive extracted), fsyncs the staged tree, renames it into `root`
@@ -13,7 +14,9 @@
 //! - An entry name in `root` is only ever a complete, fsynced entry: it appears and disappears
 //!   with one rename each. Anything else found there by [`BlobCache::open`] is a leftover of a
 //!   crash and is removed, as are `cache-*` staging dirs in `tmp`.
-//! - One download per blob version however many slots want it: an entry present is a hit.
+//! - One download per blob version and owner however many slots want it: an entry present is
+//!   a hit. Entries are shared only between workers of one user ([`Owner`]); a user's entry is
+//!   downloaded and verified for that user, never copied from another user's directory.
 //!   `ensure` takes `&mut self`, and the caller runs every `ensure` on one queue, so two calls
 //!   for the same id never overlap and never download twice.
 //! - [`BlobCache::cleanup`] never removes an entry with a reference. References live in memory
@@ -28,6 +31,11 @@ use std::time::{Duration, SystemTime};
 
 use super::BlobError;
 use super::meta::BlobMeta;
+use super::owner::{self, Owner};
+use disk::{entry_path, open_dir_nofollow, remove_any, scan_entry, stage_entry, sync_dir};
+
+#[path = "cache_disk.rs"]
+mod disk;
 use crate::model::blob_meta::is_sha256_hex;
 
 /// Prefix of everything the cache stages or deletes in `tmp`; `open` sweeps it.
@@ -37,17 +45,18 @@ const EXTRACTED_SUFFIX: &str = ".x";
 /// Name of the content file inside a plain entry.
 const PLAIN_FILE: &str = "file";
 
-/// Which entry: one blob content, as a plain file or extracted.
+/// Which entry: one blob content, as a plain file or extracted, for the workers of one owner.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct EntryId {
     pub sha256: String,
     pub extracted: bool,
+    pub owner: Owner,
 }
 
 impl EntryId {
-    /// The entry for `meta`'s content; its digest becomes a path component, so it must be
-    /// exactly the form we expect.
-    pub(crate) fn of(meta: &BlobMeta, extracted: bool) -> Result<EntryId, CacheError> {
+    /// The entry for `meta`'s content for `owner`'s workers; its digest becomes a path
+    /// component, so it must be exactly the form we expect.
+    pub(crate) fn of(meta: &BlobMeta, extracted: bool, owner: Owner) -> Result<EntryId, CacheError> {
         if !is_sha256_hex(&meta.sha256) {
             return Err(CacheError::BadDigest {
                 key: meta.key.clone(),
@@ -55,20 +64,30 @@ impl EntryId {
                 sha256: meta.sha256.clone(),
             });
         }
-        Ok(EntryId { sha256: meta.sha256.clone(), extracted })
+        Ok(EntryId { sha256: meta.sha256.clone(), extracted, owner })
+    }
+
+    /// Whether `other` is the same content (whoever owns it).
+    pub(crate) fn same_content(&self, other: &EntryId) -> bool {
+        self.sha256 == other.sha256 && self.extracted == other.extracted
     }
 
     fn dir_name(&self) -> String {
         if self.extracted { format!("{}{EXTRACTED_SUFFIX}", self.sha256) } else { self.sha256.clone() }
     }
 
-    /// The inverse of `dir_name`; `None` for a name the cache never writes.
-    fn parse(name: &str) -> Option<EntryId> {
+    /// The entry's directory under `root`.
+    fn dir(&self, root: &Path) -> PathBuf {
+        self.owner.dir(root).join(self.dir_name())
+    }
+
+    /// The inverse of `dir_name` in `owner`'s directory; `None` for a name the cache never writes.
+    fn parse(name: &str, owner: Owner) -> Option<EntryId> {
         let (sha, extracted) = match name.strip_suffix(EXTRACTED_SUFFIX) {
             Some(sha) => (sha, true),
             None => (name, false),
         };
-        is_sha256_hex(sha).then(|| EntryId { sha256: sha.to_owned(), extracted })
+        is_sha256_hex(sha).then(|| EntryId { sha256: sha.to_owned(), extracted, owner })
     }
 }
 
@@ -165,9 +184,13 @@ pub struct BlobCache {
 
 impl BlobCache {
     /// Opens (creating) `root` and `tmp`, rebuilds the entries from disk without references and
-    /// removes crash leftovers: unknown or incomplete names in `root`, staging dirs in `tmp`.
+    /// removes crash leftovers: unknown or incomplete names in `root` and in the users'
+    /// directories, staging dirs in `tmp`. The root and every user's directory get their modes
+    /// and owners again ([`Owner`]); entries of a cache without users' directories (an older
+    /// release's) are the agent's.
     pub fn open(root: &Path, tmp: &Path) -> io::Result<BlobCache> {
         std::fs::create_dir_all(root)?;
+        owner::prepare_root(root)?;
         std::fs::create_dir_all(tmp)?;
         for dirent in std::fs::read_dir(tmp)? {
             let dirent = dirent?;
@@ -179,22 +202,17 @@ impl BlobCache {
         for dirent in std::fs::read_dir(root)? {
             let dirent = dirent?;
             let path = dirent.path();
-            let id = dirent.file_name().to_str().and_then(EntryId::parse);
-            let meta = std::fs::symlink_metadata(&path)?;
-            // A plain entry is a dir holding a regular `file`; an extracted one a dir.
-            let complete = |id: &EntryId| {
-                meta.is_dir()
-                    && (id.extracted || std::fs::symlink_metadata(path.join(PLAIN_FILE)).is_ok_and(|m| m.is_file()))
-            };
-            match id {
-                Some(id) if complete(&id) => {
-                    let last_used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    found.push((last_used, id.clone(), entry_path(&path, id.extracted), tree_bytes(&path)?));
+            match dirent.file_name().to_str().and_then(Owner::parse_dir) {
+                Some(user) if std::fs::symlink_metadata(&path)?.is_dir() => {
+                    user.prepare_dir(root).map_err(|e| {
+                        io::Error::new(e.kind(), format!("cannot give {} its owner and mode: {e}", path.display()))
+                    })?;
+                    for dirent in std::fs::read_dir(&path)? {
+                        scan_entry(&dirent?, user, &mut found)?;
+                    }
+                    sync_dir(&path)?;
                 }
-                _ => {
-                    tracing::warn!(path = %path.display(), "removing incomplete or unknown blob cache entry");
-                    remove_any(&path);
-                }
+                _ => scan_entry(&dirent, Owner::Agent, &mut found)?,
             }
         }
         // Number them in LRU order so `seq` stays a valid tie-breaker.
@@ -219,6 +237,7 @@ impl BlobCache {
     /// Returns the path of `meta`'s content (the file, or with `extract` the unpacked directory),
     /// fetching and installing it on a miss. A hit touches the entry and reads nothing.
     ///
+    /// The entry is the agent's own ([`Owner::Agent`]: for workers that run as the agent's user).
     /// Holds `&mut self` across the download: for a cache shared between tasks, use
     /// [`BlobCache::stage`] outside the lock and [`BlobCache::install`] under it.
     pub async fn ensure(
@@ -228,12 +247,12 @@ impl BlobCache {
         timeout: Duration,
         retries: u32,
     ) -> Result<PathBuf, CacheError> {
-        let id = EntryId::of(meta, extract)?;
+        let id = EntryId::of(meta, extract, Owner::Agent)?;
         if let Some(path) = self.hit(&id) {
             return Ok(path);
         }
         self.count_miss();
-        let staged = BlobCache::stage(meta, extract, &self.tmp, timeout, retries).await?;
+        let staged = BlobCache::stage(meta, extract, Owner::Agent, &self.tmp, timeout, retries).await?;
         self.install(staged)
     }
 
@@ -257,17 +276,18 @@ impl BlobCache {
     }
 
     /// The slow half of a miss, without the cache: fetch `meta` into `tmp` (verified), stage the
-    /// entry there (moved in, or extracted) and fsync it. Counted as a miss by `install`.
+    /// entry for `owner` there (moved in, or extracted) and fsync it. Counted as a miss by `install`.
     ///
     /// If the future is dropped mid-way, a staging dir may stay in `tmp` until the next open.
     pub(crate) async fn stage(
         meta: &BlobMeta,
         extract: bool,
+        owner: Owner,
         tmp: &Path,
         timeout: Duration,
         retries: u32,
     ) -> Result<Staged, CacheError> {
-        let id = EntryId::of(meta, extract)?;
+        let id = EntryId::of(meta, extract, owner)?;
         let kind = match (extract, meta.archive()) {
             (false, _) => None,
             (true, Some(kind)) => Some(kind),
@@ -278,7 +298,7 @@ impl BlobCache {
         let dir = staging.clone();
         // Extraction and the fsync of every file are blocking filesystem work.
         let bytes = tokio::task::spawn_blocking(move || {
-            let result = stage_entry(&fetched, kind, &staging);
+            let result = stage_entry(&fetched, kind, &staging, matches!(owner, Owner::User(_)));
             // Whatever happened, neither the download nor a failed staging dir may stay behind.
             let _ = std::fs::remove_file(&fetched);
             if result.is_err() {
@@ -304,12 +324,21 @@ impl BlobCache {
             staged.discard();
             return Ok(self.touch(&id));
         }
-        let final_dir = self.root.join(id.dir_name());
+        // A user's directory gets its owner and mode (again) before the entry appears in it.
+        let parent = match id.owner.prepare_dir(&self.root) {
+            Ok(parent) => parent,
+            Err(e) => {
+                staged.discard();
+                let path = id.owner.dir(&self.root);
+                return Err(CacheError::Io { what: "cannot prepare the owner's directory", path, source: e });
+            }
+        };
+        let final_dir = id.dir(&self.root);
         if let Err(e) = std::fs::rename(&staged.dir, &final_dir) {
             staged.discard();
             return Err(CacheError::Io { what: "cannot install entry", path: final_dir, source: e });
         }
-        sync_dir(&self.root).map_err(io_err("cannot fsync", &self.root))?;
+        sync_dir(&parent).map_err(io_err("cannot fsync", &parent))?;
         let path = entry_path(&final_dir, id.extracted);
         let seq = self.bump();
         let (wanted, linked) = (BTreeSet::new(), BTreeSet::new());
@@ -317,7 +346,7 @@ impl BlobCache {
             Entry { path: path.clone(), bytes: staged.bytes, last_used: SystemTime::now(), seq, wanted, linked };
         self.entries.insert(id.clone(), entry);
         tracing::info!(key = %staged.key, version = staged.version, sha256 = %id.sha256, extract = id.extracted,
-            bytes = staged.bytes, "blob installed in cache");
+            owner = ?id.owner, bytes = staged.bytes, "blob installed in cache");
         Ok(path)
     }
 
@@ -352,11 +381,15 @@ impl BlobCache {
         Ok(())
     }
 
-    /// The entry whose content `path` (a link target) is, if it lies in this cache.
+    /// The entry whose content `path` (a link target) is, if it lies in this cache; its owner
+    /// is the directory it lies in.
     pub(crate) fn entry_of(&self, path: &Path) -> Option<EntryId> {
-        let rest = path.strip_prefix(&self.root).ok()?;
-        let first = rest.components().next()?.as_os_str().to_str()?;
-        EntryId::parse(first)
+        let mut names = path.strip_prefix(&self.root).ok()?.components().map(|c| c.as_os_str().to_str());
+        let first = names.next()??;
+        match Owner::parse_dir(first) {
+            Some(user) => EntryId::parse(names.next()??, user),
+            None => EntryId::parse(first, Owner::Agent),
+        }
     }
 
     /// Adds a reference so `cleanup` keeps the entry; false (and nothing done) if it is unknown.
@@ -380,9 +413,11 @@ impl BlobCache {
     }
 
     /// While the total is above `target_bytes`, removes unreferenced entries, least recently
-    /// used first. Referenced entries are never removed, so the total may stay above target.
-    /// Returns the ids removed.
-    pub(crate) fn cleanup(&mut self, target_bytes: u64) -> Vec<EntryId> {
+    /// used first; and every unreferenced entry whose owner is not `usable` (no worker can be
+    /// given it under the current `run_as_user`, [`Owner::usable`]) whatever the size.
+    /// Referenced entries are never removed, so the total may stay above target. Returns the
+    /// ids removed.
+    pub(crate) fn cleanup(&mut self, target_bytes: u64, usable: impl Fn(Owner) -> bool) -> Vec<EntryId> {
         let mut candidates: Vec<_> = self
             .entries
             .iter()
@@ -392,11 +427,12 @@ impl BlobCache {
         candidates.sort();
         let mut total = self.total_bytes();
         let mut removed = Vec::new();
+        let mut parents = BTreeSet::new();
         for (_, _, id) in candidates {
-            if total <= target_bytes {
-                break;
+            if total <= target_bytes && usable(id.owner) {
+                continue;
             }
-            let dir = self.root.join(id.dir_name());
+            let dir = id.dir(&self.root);
             let doomed = self.tmp.join(format!("{TMP_PREFIX}{}", uuid::Uuid::new_v4()));
             // Rename first: the entry vanishes in one step, and a crash mid-delete leaves only a
             // staging leftover in tmp, never a half-deleted entry that looks complete.
@@ -407,14 +443,15 @@ impl BlobCache {
             remove_any(&doomed);
             let entry = self.entries.remove(&id).expect("candidate comes from entries");
             total -= entry.bytes;
-            tracing::info!(sha256 = %id.sha256, extracted = id.extracted, bytes = entry.bytes,
+            tracing::info!(sha256 = %id.sha256, extracted = id.extracted, owner = ?id.owner, bytes = entry.bytes,
                 "blob cache entry removed");
+            parents.insert(id.owner.dir(&self.root));
             removed.push(id);
         }
-        if !removed.is_empty()
-            && let Err(e) = sync_dir(&self.root)
-        {
-            tracing::warn!(path = %self.root.display(), error = %e, "cannot fsync blob cache dir");
+        for parent in parents {
+            if let Err(e) = sync_dir(&parent) {
+                tracing::warn!(path = %parent.display(), error = %e, "cannot fsync blob cache dir");
+            }
         }
         removed
     }
@@ -446,8 +483,8 @@ impl BlobCache {
         let entry = self.entries.get_mut(id).expect("touch of a present entry");
         entry.last_used = now;
         entry.seq = seq;
-        let dir = self.root.join(id.dir_name());
-        if let Err(e) = std::fs::File::open(&dir).and_then(|f| f.set_modified(now)) {
+        let dir = id.dir(&self.root);
+        if let Err(e) = open_dir_nofollow(&dir).and_then(|f| f.set_modified(now)) {
             tracing::debug!(path = %dir.display(), error = %e, "cannot record blob use time");
         }
         entry.path.clone()
@@ -456,76 +493,6 @@ impl BlobCache {
     fn bump(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
-    }
-}
-
-/// Where a caller finds the content of the entry whose directory is `dir`.
-fn entry_path(dir: &Path, extracted: bool) -> PathBuf {
-    if extracted { dir.to_owned() } else { dir.join(PLAIN_FILE) }
-}
-
-/// Stages `fetched` into `staging` (moved in, or extracted) and fsyncs it. Returns its size.
-fn stage_entry(fetched: &Path, kind: Option<super::Archive>, staging: &Path) -> Result<u64, CacheError> {
-    match kind {
-        Some(kind) => super::extract(fetched, kind, staging)?,
-        None => {
-            std::fs::create_dir(staging).map_err(io_err("cannot create staging dir", staging))?;
-            let file = staging.join(PLAIN_FILE);
-            // Same filesystem (both in tmp), so a rename; fetch already fsynced the content.
-            std::fs::rename(fetched, &file).map_err(io_err("cannot move download to", &file))?;
-        }
-    }
-    // The entry dir's mtime is its persisted last use (an archive may have set an old one).
-    if let Err(e) = std::fs::File::open(staging).and_then(|f| f.set_modified(SystemTime::now())) {
-        tracing::debug!(path = %staging.display(), error = %e, "cannot record blob use time");
-    }
-    sync_tree(staging).map_err(io_err("cannot fsync", staging))?;
-    tree_bytes(staging).map_err(io_err("cannot measure", staging))
-}
-
-/// Sum of file (and symlink) lengths under `path`, not following links.
-fn tree_bytes(path: &Path) -> io::Result<u64> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if !meta.is_dir() {
-        return Ok(meta.len());
-    }
-    let mut total = 0;
-    for dirent in std::fs::read_dir(path)? {
-        total += tree_bytes(&dirent?.path())?;
-    }
-    Ok(total)
-}
-
-/// Fsyncs every regular file and directory under `path` (extract does not), so the entry is
-/// durable before its name is.
-fn sync_tree(path: &Path) -> io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for dirent in std::fs::read_dir(path)? {
-            sync_tree(&dirent?.path())?;
-        }
-        sync_dir(path)
-    } else if meta.is_file() {
-        std::fs::File::open(path)?.sync_all()
-    } else {
-        // A symlink's target string is in its directory entry, which the dir fsync covers.
-        Ok(())
-    }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Best-effort removal of a file or tree; a failure leaves something the next open sweeps.
-fn remove_any(path: &Path) {
-    let result = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => return,
-    };
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "cannot remove blob cache leftover");
     }
 }
 

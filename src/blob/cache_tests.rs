@@ -54,7 +54,7 @@ impl Fixture {
 }
 
 fn id(meta: &BlobMeta, extracted: bool) -> EntryId {
-    EntryId { sha256: meta.sha256.clone(), extracted }
+    EntryId { sha256: meta.sha256.clone(), extracted, owner: Owner::Agent }
 }
 
 /// A tar.gz holding `files` (path, content), in memory.
@@ -163,13 +163,13 @@ async fn cleanup_removes_lru_unreferenced_first_and_never_a_referenced_one() {
     assert_eq!(cache.total_bytes(), 16);
 
     // 16 -> 8: b goes, c is skipped although older, d goes.
-    assert_eq!(cache.cleanup(8), vec![id(&b, false), id(&d, false)]);
+    assert_eq!(cache.cleanup(8, |_| true), vec![id(&b, false), id(&d, false)]);
     assert_eq!(cache.total_bytes(), 8);
     assert!(!fx.root.join(&b.sha256).exists());
     assert!(cache.path(&id(&c, false)).is_some_and(Path::exists));
 
     // Below any target, only the unreferenced one can go.
-    assert_eq!(cache.cleanup(0), vec![id(&a, false)]);
+    assert_eq!(cache.cleanup(0, |_| true), vec![id(&a, false)]);
     assert_eq!(cache.stats(), CacheStats { entries: 1, bytes: 4, hits: 1, misses: 4, referenced: 1 });
     assert_eq!(Fixture::names(&fx.root), vec![c.sha256.clone()]);
     assert!(Fixture::names(&fx.tmp).is_empty(), "removed entries are deleted, not parked");
@@ -185,10 +185,10 @@ async fn release_makes_an_entry_collectable() {
     cache.add_ref(&id(&meta, false), slot1.clone());
     cache.add_ref(&id(&meta, false), slot2.clone());
     cache.release(&slot1);
-    assert!(cache.cleanup(0).is_empty(), "slot2 still holds it");
+    assert!(cache.cleanup(0, |_| true).is_empty(), "slot2 still holds it");
     assert_eq!(cache.stats().referenced, 1);
     cache.release(&slot2);
-    assert_eq!(cache.cleanup(0), vec![id(&meta, false)]);
+    assert_eq!(cache.cleanup(0, |_| true), vec![id(&meta, false)]);
     assert_eq!(cache.stats().entries, 0);
 }
 
@@ -227,5 +227,94 @@ async fn open_rebuilds_entries_from_disk_and_removes_leftovers() {
     std::fs::remove_file(fx.src.join("plain")).unwrap();
     let path = cache.ensure(&plain, false, TIMEOUT, 0).await.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), b"plain bytes");
-    assert_eq!(cache.cleanup(before - 1), vec![id(&older, false)]);
+    assert_eq!(cache.cleanup(before - 1, |_| true), vec![id(&older, false)]);
+}
+
+/// Stages and installs `meta` for `owner` (what the blob sync does for a user's job).
+async fn install_for(cache: &mut BlobCache, fx: &Fixture, meta: &BlobMeta, extract: bool, owner: Owner) -> PathBuf {
+    let staged = BlobCache::stage(meta, extract, owner, &fx.tmp, TIMEOUT, 0).await.unwrap();
+    cache.install(staged).unwrap()
+}
+
+#[tokio::test]
+async fn entries_are_kept_per_owner_each_user_in_a_directory_of_its_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Our own uid as "the user", so that this runs without root; the integration test
+    // (`tests/blobs.rs`) proves the same with two real users and a worker of each.
+    let me = nix::unistd::getuid().as_raw();
+    let fx = Fixture::new();
+    let code = fx.blob("code.tar.gz", &tar_gz(&[("run.sh", b"echo hi")]), Some("tar.gz"));
+    let mut cache = fx.open();
+    let shared = cache.ensure(&code, true, TIMEOUT, 0).await.unwrap();
+    let mine = install_for(&mut cache, &fx, &code, true, Owner::User(me)).await;
+
+    // The same content twice: the agent's entry in the root, the user's under `u<uid>`.
+    let user_dir = fx.root.join(format!("u{me}"));
+    assert_eq!(shared, fx.root.join(format!("{}.x", code.sha256)));
+    assert_eq!(mine, user_dir.join(format!("{}.x", code.sha256)));
+    assert_eq!(std::fs::read(mine.join("run.sh")).unwrap(), b"echo hi");
+    let owned = |p: &Path| std::fs::metadata(p).map(|m| (m.uid(), m.mode() & 0o7777)).unwrap();
+    assert_eq!(owned(&fx.root), (me, 0o711), "the root can be passed through, not listed");
+    assert_eq!(owned(&user_dir), (me, 0o500), "only its user may enter, and not change it");
+    let user_id = EntryId { owner: Owner::User(me), ..id(&code, true) };
+    assert_eq!(cache.entry_of(&mine), Some(user_id.clone()));
+    assert_eq!(cache.entry_of(&shared.join("run.sh")), Some(id(&code, true)));
+    assert!(user_id.same_content(&id(&code, true)) && user_id != id(&code, true));
+    assert_eq!(cache.stats().entries, 2);
+    drop(cache);
+
+    // A user who opened its directory, and left something in it, has both undone at open; an
+    // older release's entry in the root is the agent's.
+    std::fs::set_permissions(&user_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(user_dir.join("planted"), b"x").unwrap();
+    let mut cache = fx.open();
+    assert_eq!(owned(&user_dir), (me, 0o500));
+    assert!(!user_dir.join("planted").exists());
+    assert_eq!(cache.path(&user_id), Some(mine.as_path()));
+    assert_eq!(cache.path(&id(&code, true)), Some(shared.as_path()));
+    // Under run_as_user an unreferenced entry of the agent goes whatever the size (no worker
+    // can be given it any more: an older release's shared entry, after an upgrade); a user's
+    // stays while there is room. The other way round without run_as_user, references kept.
+    assert_eq!(cache.cleanup(u64::MAX, |o| o.usable(true)), vec![id(&code, true)]);
+    assert!(!shared.exists() && mine.exists());
+    cache.add_ref(&user_id, (6700, "t".into()));
+    assert_eq!(cache.cleanup(u64::MAX, |o| o.usable(false)), vec![]);
+    cache.release(&(6700, "t".into()));
+    assert_eq!(cache.cleanup(u64::MAX, |o| o.usable(false)), vec![user_id]);
+    assert!(!mine.exists() && user_dir.is_dir());
+}
+
+#[tokio::test]
+async fn a_users_entry_is_readable_whatever_modes_the_archive_had() {
+    use std::os::unix::fs::PermissionsExt;
+    let me = nix::unistd::getuid().as_raw();
+    let fx = Fixture::new();
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, mode) in [("secret.conf", 0o600), ("bin/run", 0o700), ("locked/inner", 0o000)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(mode);
+        header.set_cksum();
+        builder.append_data(&mut header, name, &b"x"[..]).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o700);
+    header.set_size(0);
+    header.set_cksum();
+    builder.append_data(&mut header, "locked", &[][..]).unwrap();
+    let archive = builder.into_inner().unwrap().finish().unwrap();
+    let code = fx.blob("modes.tar.gz", &archive, Some("tar.gz"));
+    let mut cache = fx.open();
+    let mode = |p: PathBuf| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    // The agent's own entry keeps the archive's modes (its workers run as the agent's user).
+    let shared = cache.ensure(&code, true, TIMEOUT, 0).await.unwrap();
+    assert_eq!((mode(shared.join("secret.conf")), mode(shared.join("bin/run"))), (0o600, 0o700));
+    // A user's: readable, runnable where the archive said so, never writable by others.
+    let mine = install_for(&mut cache, &fx, &code, true, Owner::User(me)).await;
+    assert_eq!(mode(mine.join("secret.conf")), 0o644);
+    assert_eq!(mode(mine.join("bin/run")), 0o755);
+    assert_eq!((mode(mine.join("locked")), mode(mine.join("locked/inner"))), (0o755, 0o444));
+    assert_eq!(mode(mine.clone()) & 0o555, 0o555);
 }

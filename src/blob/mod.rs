@@ -17,6 +17,7 @@ mod cache;
 mod extract;
 mod fetch;
 mod meta;
+mod owner;
 mod view;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub(crate) use extract::extract;
 pub use fetch::fetch;
 pub(crate) use meta::Archive;
 pub use meta::BlobMeta;
+pub(crate) use owner::Owner;
 pub(crate) use view::{BlobStatus, BlobUse, BlobView};
 
 /// What can go wrong between a BlobMeta payload and an unpacked blob.

@@ -18,6 +18,10 @@
 //!   The set of files is fixed at start: a port the topology gets later is not picked up.
 //! - Output stops quietly (exit 0) when stdout is closed: on EPIPE, or, while the logs are
 //!   idle, when `poll` reports an error on stdout (a pipe whose reader went away).
+//! - `--diag` is about the diagnostics runs' files instead (`<slot dir>/diag/`, see
+//!   [`crate::diagnostics`]): alone it lists them, oldest first, over every slot directory the
+//!   target names (for a port, under every topology that used it); with a command name it
+//!   prints that command's newest run whole, with a file name that file.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -49,6 +53,109 @@ pub(crate) fn logs(config_path: &Path, target: &str, follow: bool, lines: u64) -
         Ok(()) | Err(Stop::StdoutClosed) => Ok(ExitCode::Clean),
         Err(Stop::Failed(e)) => Err(e),
     }
+}
+
+/// `gale logs TARGET --diag [NAME|FILE]`: list the diagnostics runs' files, or print one.
+pub(crate) fn diag(config_path: &Path, target: &str, which: &str) -> Result<ExitCode, CliError> {
+    let target = Target::parse(target)?;
+    let config = load_config(config_path)?;
+    let root = config.supervisor.log_dir.join("workers");
+    let mut files = Vec::new();
+    for (topology, port, dir) in slot_dirs(&root, &target)? {
+        let listed = crate::diagnostics::list(&dir.join(crate::worker::logfile::DIAG_DIR))
+            .map_err(|e| CliError::new(ExitCode::Failure, format!("cannot read {}/diag: {e}", dir.display())))?;
+        files.extend(listed.into_iter().map(|f| (topology.clone(), port, f)));
+    }
+    files.sort_by_key(|(_, _, f)| (f.stamp.clone(), f.suffix == crate::diagnostics::OUT_FILE_SUFFIX));
+    let what = match &target {
+        Target::Port(port) => format!("port {port}"),
+        Target::Topology(topology) => format!("topology {topology}"),
+    };
+    let none = |m: String| CliError::new(ExitCode::Failure, format!("{m} under {}", root.display()));
+    if files.is_empty() {
+        return Err(none(format!("no diagnostics run for {what}")));
+    }
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let written = if which.is_empty() {
+        list_diag(&files, &mut out)
+    } else {
+        let chosen =
+            files.iter().rev().find(|(_, _, f)| f.path.file_name().is_some_and(|n| n == which)).or_else(|| {
+                files.iter().rev().find(|(_, _, f)| f.name == which && f.suffix == crate::diagnostics::OUTPUT_SUFFIX)
+            });
+        let Some((_, _, file)) = chosen else {
+            return Err(none(format!("no diagnostics run `{which}` (a command name or a file name) for {what}")));
+        };
+        print_diag(&files, file, &mut out)
+    };
+    match written.and_then(|()| out.flush().map_err(write_err)) {
+        Ok(()) | Err(Stop::StdoutClosed) => Ok(ExitCode::Clean),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// (topology, port, directory) of every slot directory `target` names under `root`.
+fn slot_dirs(root: &Path, target: &Target) -> Result<Vec<(String, u16, PathBuf)>, CliError> {
+    let mut dirs = Vec::new();
+    match target {
+        Target::Topology(topology) => {
+            for (name, dir) in list_dir(&root.join(topology))? {
+                if let Ok(port) = name.parse::<u16>() {
+                    dirs.push((topology.clone(), port, dir));
+                }
+            }
+        }
+        Target::Port(port) => {
+            for (topology, dir) in list_dir(root)? {
+                dirs.push((topology, *port, dir.join(port.to_string())));
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+type Listed = (String, u16, crate::diagnostics::DiagFile);
+
+fn list_diag(files: &[Listed], out: &mut impl Write) -> Result<(), Stop> {
+    writeln!(
+        out,
+        "{:<24}  {:<5}  {:<20}  {:<16}  {:>10}  FILE",
+        "STARTED (UTC)", "PORT", "TOPOLOGY", "COMMAND", "BYTES"
+    )
+    .map_err(write_err)?;
+    for (topology, port, f) in files {
+        let s = &f.stamp;
+        // 20261207T181500.123Z → 2026-12-07T18:15:00.123Z
+        let started = match (s.get(..4), s.get(4..6), s.get(6..11), s.get(11..13), s.get(13..)) {
+            (Some(y), Some(m), Some(dh), Some(mi), Some(rest)) => format!("{y}-{m}-{dh}:{mi}:{rest}"),
+            _ => s.clone(),
+        };
+        writeln!(
+            out,
+            "{started:<24}  {port:<5}  {topology:<20}  {:<16}  {:>10}  {}",
+            f.name,
+            f.bytes,
+            f.path.display()
+        )
+        .map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// Prints `file` whole; says on stderr where the same run's `{out}` file is.
+fn print_diag(files: &[Listed], file: &crate::diagnostics::DiagFile, out: &mut impl Write) -> Result<(), Stop> {
+    let mut source = File::open(&file.path).map_err(read_err(&file.path))?;
+    io::copy(&mut source, out).map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe => Stop::StdoutClosed,
+        _ => Stop::Failed(CliError::new(ExitCode::Failure, format!("cannot print {}: {e}", file.path.display()))),
+    })?;
+    let same_run =
+        |f: &crate::diagnostics::DiagFile| f.stamp == file.stamp && f.name == file.name && f.path != file.path;
+    if let Some((_, _, other)) = files.iter().find(|(_, _, f)| same_run(f)) {
+        notice(&format!("the same run also left {} ({} bytes)", other.path.display(), other.bytes));
+    }
+    Ok(())
 }
 
 /// What the command line asked for.

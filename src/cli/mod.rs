@@ -46,6 +46,9 @@ pub(crate) enum Command {
         /// Print the last N lines of each log
         #[arg(short = 'n', long, value_name = "N", default_value_t = 10)]
         lines: u64,
+        /// The diagnostics runs' files instead: without a value, list them; with a command name, print its newest run whole; with a file name, print that file
+        #[arg(long, value_name = "NAME|FILE", num_args = 0..=1, default_missing_value = "", conflicts_with = "follow")]
+        diag: Option<String>,
     },
     /// The local state store
     #[command(subcommand)]
@@ -97,6 +100,14 @@ pub(crate) enum WorkerCommand {
     Restart { port: u16 },
     /// Forget PORT's earlier failures and end its backoff now
     ResetBackoff { port: u16 },
+    /// Send signal SIG (QUIT, USR1, SIGUSR2, …) to the process group of the worker on PORT
+    Signal {
+        port: u16,
+        #[arg(value_name = "SIG")]
+        signal: String,
+    },
+    /// Run diagnostics command NAME ([diagnostics.commands]) against the worker on PORT; wait for it and say where its output is (`gale logs PORT --diag NAME` prints it)
+    Diag { port: u16, name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,7 +199,8 @@ pub fn main(args: Args) -> ExitCode {
     let result = match &args.command {
         Command::Run => daemon::run(&config_path(&args)),
         Command::CheckConfig => check_config(&config_path(&args)),
-        Command::Logs { target, follow, lines } => logs::logs(&config_path(&args), target, *follow, *lines),
+        Command::Logs { target, follow, lines, diag: None } => logs::logs(&config_path(&args), target, *follow, *lines),
+        Command::Logs { target, diag: Some(which), .. } => logs::diag(&config_path(&args), target, which),
         Command::State(StateCommand::Dump) => state::dump(&config_path(&args)),
         Command::State(StateCommand::ResetId { id, stop_workers, hand_over }) => {
             let leftovers = match (stop_workers, hand_over) {
@@ -218,6 +230,14 @@ pub fn main(args: Args) -> ExitCode {
         Command::Worker(WorkerCommand::ResetBackoff { port }) => {
             ops::operate(&config_path(&args), crate::model::action::Operation::ResetBackoff { port: *port })
         }
+        Command::Worker(WorkerCommand::Signal { port, signal }) => ops::operate(
+            &config_path(&args),
+            crate::model::action::Operation::SignalWorker { port: *port, signal: signal.clone() },
+        ),
+        Command::Worker(WorkerCommand::Diag { port, name }) => ops::operate(
+            &config_path(&args),
+            crate::model::action::Operation::Diag { port: *port, name: name.clone(), wait: true },
+        ),
         Command::Drain { wait } => {
             ops::operate(&config_path(&args), crate::model::action::Operation::Drain { wait: *wait })
         }

@@ -1,6 +1,7 @@
 //! This host's agent, for people and scripts: `gale status [--json]` (read from the admin
 //! endpoint), and the mutations through the control socket: `gale worker restart|reset-backoff
-//! PORT`, `gale drain [--wait]`, `gale undrain`.
+//! PORT`, `gale worker signal PORT SIG`, `gale worker diag PORT NAME`, `gale drain [--wait]`,
+//! `gale undrain`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -201,6 +202,27 @@ pub(crate) fn render(status: &Status, now_ms: u64) -> String {
     for slot in &status.slots {
         let _ = writeln!(out, "{}", row(slot, now_ms));
     }
+    out.push_str(&bad_payloads(status, now_ms));
+    out
+}
+
+/// The `BAD PAYLOAD` section; nothing while every payload is usable.
+fn bad_payloads(status: &Status, now_ms: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if status.bad_payloads.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<11} {:<24} {:>8}  NODE: REASON (unused until fixed or deleted)",
+        "BAD PAYLOAD", "NAME", "FOR"
+    );
+    for bad in &status.bad_payloads {
+        let age = duration(now_ms.saturating_sub(bad.since_ms));
+        let _ = writeln!(out, "{:<11} {:<24} {age:>8}  {}: {}", bad.kind.as_str(), bad.name, bad.path, bad.reason);
+    }
     out
 }
 
@@ -219,7 +241,8 @@ fn row(slot: &SlotStatus, now_ms: u64) -> String {
         notes.push(format!("next try in {}", duration(until.saturating_sub(now_ms))));
     }
     notes.extend(slot.waiting_for.iter().cloned());
-    if let Some(e) = &slot.error {
+    // A blob's failure is both what the slot waits for and its error: once is enough.
+    if let Some(e) = slot.error.as_ref().filter(|e| !notes.iter().any(|n| n.contains(e.as_str()))) {
         notes.push(e.clone());
     }
     format!(

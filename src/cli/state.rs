@@ -140,7 +140,7 @@ fn hand_over(
     old: &str,
     new: &str,
 ) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>, CliError> {
-    let (old_parent, new_parent) = (format!("gale-{old}"), format!("gale-{new}"));
+    let (old_parent, new_parent) = (crate::isolation::parent_name(old), crate::isolation::parent_name(new));
     let mut parents: Vec<CgroupDir> = Vec::new();
     for record in running {
         let found = isolation::worker_parents(record.process.pid, &record.worker_id, &[&old_parent, &new_parent])
@@ -162,7 +162,7 @@ fn hand_over(
 /// still there, then each worker's cgroup killed and removed (what left its group dies too),
 /// and the emptied parent removed. Returns what was done, one line each.
 fn stop_workers(running: &[&WorkerRecord], old: &str, grace: Duration) -> Result<Vec<String>, CliError> {
-    let parent_name = format!("gale-{old}");
+    let parent_name = crate::isolation::parent_name(old);
     // The cgroups are found while the workers still run: /proc/<pid>/cgroup goes with them.
     let mut cgroups = Vec::new();
     let mut parents: Vec<CgroupDir> = Vec::new();

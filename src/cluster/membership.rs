@@ -405,7 +405,10 @@ impl Membership {
     fn build_info(&self) -> SupervisorInfo {
         let report = self.report.borrow();
         let (workers, used) = report.workers_with_usage();
-        let mut used_slots: Vec<u16> = report.workers.iter().map(|w| w.port).collect();
+        // An entry of an empty slot only says why an assignment cannot run there (SPEC §3.1
+        // `error`): nothing uses that slot.
+        let mut used_slots: Vec<u16> =
+            report.workers.iter().filter(|w| w.state != model::SlotStateName::Empty).map(|w| w.port).collect();
         used_slots.sort_unstable();
         used_slots.dedup();
         SupervisorInfo {

@@ -35,6 +35,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub logs: LogsConfig,
     pub admin: AdminConfig,
+    pub diagnostics: DiagnosticsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +151,19 @@ pub enum LogFormat {
 pub struct AdminConfig {
     /// `None` when `listen = ""` (disabled).
     pub listen: Option<SocketAddr>,
+}
+
+/// `[diagnostics]`: commands an operator runs against a worker on demand (`gale worker diag`,
+/// the `diag` action); see [`crate::diagnostics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagnosticsConfig {
+    /// Each run is killed (with its process group) after this long.
+    pub timeout: Duration,
+    /// Cap on what one run keeps: its output, and the `{out}` file, each.
+    pub max_output_mb: u64,
+    /// Name → argv template (placeholders not expanded), checked by
+    /// [`crate::diagnostics::check_command`].
+    pub commands: BTreeMap<String, Vec<String>>,
 }
 
 impl Config {

@@ -38,6 +38,7 @@ pub(super) struct RawConfig {
     pub health: Option<Spanned<RawHealth>>,
     pub logs: Option<Spanned<RawLogs>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub diagnostics: Option<Spanned<RawDiagnostics>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,8 +139,17 @@ pub(super) struct RawAdmin {
     pub listen: Option<Str>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDiagnostics {
+    pub timeout_secs: Option<Int>,
+    pub max_output_mb: Option<Int>,
+    /// Name → argv: free-form names, checked in validation.
+    pub commands: Option<Spanned<BTreeMap<Str, Spanned<Vec<Str>>>>>,
+}
+
 /// The valid keys of the table at dotted `path` ("" is the top level), or `None` for a table
-/// whose keys are free-form (`supervisor.labels`) or that the schema has no table at.
+/// whose keys are free-form (`supervisor.labels`, `diagnostics.commands`) or that the schema has no table at.
 pub(super) fn known_keys(path: &str) -> Option<&'static [&'static str]> {
     Some(match path {
         "" => field_names::<RawConfig>(),
@@ -153,6 +163,7 @@ pub(super) fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "health" => field_names::<RawHealth>(),
         "logs" => field_names::<RawLogs>(),
         "admin" => field_names::<RawAdmin>(),
+        "diagnostics" => field_names::<RawDiagnostics>(),
         _ => return None,
     })
 }
@@ -305,8 +316,7 @@ fn shape_problem(path: &str, value: &DeValue<'_>) -> Option<String> {
 /// empty key (`[""]` once gave "gale.toml:1: : unknown section") or an ambiguous one. Every
 /// key of the schema is bare, so lookups by path are unaffected.
 fn join(prefix: &str, key: &str) -> String {
-    let bare = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let key = if bare { key.to_owned() } else { super::render::quote(key) };
+    let key = super::render::key(key);
     if prefix.is_empty() { key } else { format!("{prefix}.{key}") }
 }
 

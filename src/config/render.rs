@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{
-    AdminConfig, BlobConfig, Config, HealthConfig, LogFormat, LogsConfig, OnHealthFailure, OnSessionLoss,
-    RestartConfig, SupervisorConfig, WorkerConfig, ZookeeperConfig,
+    AdminConfig, BlobConfig, Config, DiagnosticsConfig, HealthConfig, LogFormat, LogsConfig, OnHealthFailure,
+    OnSessionLoss, RestartConfig, SupervisorConfig, WorkerConfig, ZookeeperConfig,
 };
 
 /// The words of each enum-valued key, shared by parsing and [`Config::to_toml`]; the first
@@ -43,6 +43,7 @@ impl Config {
             health(&self.health),
             logs(&self.logs),
             admin(&self.admin),
+            diagnostics(&self.diagnostics),
         ];
         format!(
             "# effective configuration of {file} (defaults filled in)\n{}",
@@ -239,6 +240,35 @@ fn admin(a: &AdminConfig) -> String {
 listen = {listen}
 "
     )
+}
+
+/// Last, because its commands are a sub-table: keys written after `[diagnostics.commands]`
+/// would belong to it.
+fn diagnostics(d: &DiagnosticsConfig) -> String {
+    let mut out = format!(
+        "
+[diagnostics]
+timeout_secs = {timeout_secs}
+max_output_mb = {max_output_mb}
+",
+        timeout_secs = secs(d.timeout),
+        max_output_mb = d.max_output_mb,
+    );
+    if d.commands.is_empty() {
+        out.push_str("# commands = (none: `gale worker diag` has nothing to run)\n");
+    } else {
+        out.push_str("\n[diagnostics.commands]\n");
+        for (name, argv) in &d.commands {
+            let _ = writeln!(out, "{} = {}", key(name), strings(argv));
+        }
+    }
+    out
+}
+
+/// A table key as written: bare when TOML allows it, else quoted.
+pub(super) fn key(k: &str) -> String {
+    let bare = !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare { k.to_owned() } else { quote(k) }
 }
 
 /// A TOML basic string: `"` and `\` escaped, control characters as `\uXXXX`.

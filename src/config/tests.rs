@@ -122,6 +122,11 @@ fn defaults() -> Config {
             level: "info".into(),
         },
         admin: AdminConfig { listen: Some(SocketAddr::from(([127, 0, 0, 1], 8780))) },
+        diagnostics: DiagnosticsConfig {
+            timeout: Duration::from_secs(30),
+            max_output_mb: 16,
+            commands: BTreeMap::new(),
+        },
     }
 }
 
@@ -145,11 +150,12 @@ fn only_servers_is_required_and_every_default_is_spec_s() {
 
 #[test]
 fn the_schema_is_read_from_the_serde_structs() {
-    assert_eq!(known_keys("").unwrap().len(), 8);
+    assert_eq!(known_keys("").unwrap().len(), 9);
     assert!(known_keys("zookeeper").unwrap().contains(&"session_timeout_ms"));
     assert_eq!(known_keys("supervisor.capacity").unwrap(), ["cpu_percent", "memory_mb"]);
     assert_eq!(known_keys("supervisor.labels"), None, "labels are free-form");
-    assert_eq!(schema().len(), 44);
+    assert_eq!(known_keys("diagnostics.commands"), None, "command names are free-form");
+    assert_eq!(schema().len(), 47);
 }
 
 #[test]
@@ -248,6 +254,14 @@ level = "gale=debug,info"
 
 [admin]
 listen = ""
+
+[diagnostics]
+timeout_secs = 600
+max_output_mb = 1
+
+[diagnostics.commands]
+jstack = ["/usr/bin/jstack", "-l", "{pid}"]
+"heap.v2" = ["/usr/bin/jmap", "-dump:format=b,file={out}", "{pid}"]
 "#;
     // The empty label name is the one thing here that is invalid; drop it.
     let text = text.replace(", \"\" = \"\"", "");
@@ -263,6 +277,36 @@ listen = ""
     assert_ne!(config.zookeeper.servers, d.zookeeper.servers);
     assert_ne!(config.supervisor.capacity, d.supervisor.capacity);
     assert_ne!(config.logs.format, d.logs.format);
+    assert_eq!(config.diagnostics.commands["heap.v2"][1], "-dump:format=b,file={out}");
+    assert!(written.contains("\n\"heap.v2\" = [\"/usr/bin/jmap\", "), "{written}");
+}
+
+#[test]
+fn diagnostics_commands_are_named_absolute_argv_with_known_placeholders() {
+    let c = accepts("diagnostics.commands", "status = [\"/bin/cat\", \"/proc/{pid}/status\"]");
+    assert_eq!(c.diagnostics.commands["status"], ["/bin/cat", "/proc/{pid}/status"]);
+    let c = accepts("diagnostics", "commands = { gdb = [\"/usr/bin/gdb\", \"-batch\", \"-p\", \"{pid}\"] }");
+    assert_eq!(c.diagnostics.commands["gdb"].len(), 4);
+    let line = |body: &str| parse_err(&format!("{MIN}[diagnostics.commands]\n{body}\n"));
+    assert_error(
+        &line("jstack = [\"jstack\", \"{pid}\"]"),
+        "diagnostics.commands.jstack",
+        4,
+        "`jstack` must be an absolute path",
+    );
+    assert_error(&line("x = []"), "diagnostics.commands.x", 4, "must not be empty");
+    assert_error(
+        &line("gdb = [\"/usr/bin/gdb\", \"-p\", \"{ppid}\"]"),
+        "diagnostics.commands.gdb",
+        4,
+        "unknown placeholder `{ppid}` in `{ppid}`: known are {pid}, {worker_dir}, {out}",
+    );
+    assert_error(&line("\"-x\" = [\"/bin/true\"]"), "diagnostics.commands.-x", 4, "must start with a letter or digit");
+    assert_error(&line("\"a/b\" = [\"/bin/true\"]"), "diagnostics.commands.\"a/b\"", 4, "has `/`");
+    assert_error(&line("x = \"/bin/true\""), "diagnostics.commands.x", 4, "expected an array");
+    rejects("diagnostics", "timeout_secs = 601", "must be at most 600, got 601");
+    rejects("diagnostics", "max_output_mb = 0", "must be greater than 0");
+    rejects("diagnostics", "comands = {}", "did you mean `commands`?");
 }
 
 #[test]
@@ -473,7 +517,7 @@ fn root_must_be_an_absolute_path_of_identifiers() {
 fn every_duration_must_be_positive_and_at_most_a_year() {
     let durations =
         schema().into_iter().filter(|(_, key)| key.ends_with("_ms") || key.ends_with("_secs")).collect::<Vec<_>>();
-    assert_eq!(durations.len(), 18, "{durations:?}");
+    assert_eq!(durations.len(), 19, "{durations:?}");
     for (section, key) in durations {
         rejects(section, &format!("{key} = 0"), "must be greater than 0, got 0");
         rejects(section, &format!("{key} = -5"), "must be greater than 0, got -5");

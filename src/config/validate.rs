@@ -26,8 +26,8 @@ use toml::Spanned;
 use super::raw::{self, Int, RawConfig, ReadError, Str};
 use super::render::{HEALTH_FAILURE, LOG_FORMAT, SESSION_LOSS};
 use super::{
-    AdminConfig, BlobConfig, Capacity, Config, HealthConfig, LogsConfig, RestartConfig, SupervisorConfig, WorkerConfig,
-    ZkAuth, ZookeeperConfig,
+    AdminConfig, BlobConfig, Capacity, Config, DiagnosticsConfig, HealthConfig, LogsConfig, RestartConfig,
+    SupervisorConfig, WorkerConfig, ZkAuth, ZookeeperConfig,
 };
 
 /// Longest accepted duration. Nothing gale waits for is measured in years, and a bound keeps
@@ -175,6 +175,7 @@ fn config(at: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         health: health(at.section("health"), raw.health)?,
         logs: logs(at.section("logs"), raw.logs)?,
         admin: admin(at.section("admin"), raw.admin)?,
+        diagnostics: diagnostics(at.section("diagnostics"), raw.diagnostics)?,
     })
 }
 
@@ -436,6 +437,27 @@ fn admin(sec: Section<'_>, raw: Option<Spanned<raw::RawAdmin>>) -> Result<AdminC
         })?),
     };
     Ok(AdminConfig { listen })
+}
+
+fn diagnostics(sec: Section<'_>, raw: Option<Spanned<raw::RawDiagnostics>>) -> Result<DiagnosticsConfig, ConfigError> {
+    let (d, _) = contents(raw);
+    let mut commands = BTreeMap::new();
+    for (name, argv) in d.commands.map(Spanned::into_inner).unwrap_or_default() {
+        let key = format!("commands.{}", super::render::key(name.get_ref()));
+        if let Err(e) = crate::ident::validate("diagnostics command name", name.get_ref()) {
+            return Err(sec.err(&key, &name.span(), e.to_string()));
+        }
+        let span = argv.span();
+        let argv: Vec<String> = argv.into_inner().into_iter().map(Spanned::into_inner).collect();
+        crate::diagnostics::check_command(&argv).map_err(|m| sec.err(&key, &span, m))?;
+        commands.insert(name.into_inner(), argv);
+    }
+    Ok(DiagnosticsConfig {
+        // At most 600: `gale worker diag` waits for the run through the control socket.
+        timeout: sec.int("timeout_secs", &d.timeout_secs, 30, 1, 600).map(Duration::from_secs)?,
+        max_output_mb: sec.int("max_output_mb", &d.max_output_mb, 16, 1, MAX_MB)?,
+        commands,
+    })
 }
 
 const U32: i64 = u32::MAX as i64;

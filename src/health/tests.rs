@@ -312,7 +312,7 @@ async fn the_heads_keep_the_first_non_blank_lines_of_each_stream_and_are_not_ser
 #[test]
 fn the_agents_systemd_variables_are_not_inherited() {
     let command = process::command(Path::new("/bin/true"), Path::new("/"));
-    let removed: Vec<_> = command.as_std().get_envs().filter(|(_, value)| value.is_none()).map(|(k, _)| k).collect();
+    let removed: Vec<_> = command.get_envs().filter(|(_, value)| value.is_none()).map(|(k, _)| k).collect();
     for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS"] {
         assert!(removed.iter().any(|k| *k == name), "{name} not removed: {removed:?}");
     }

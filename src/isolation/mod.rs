@@ -3,9 +3,9 @@
 //!
 //! [`detect`] runs once at agent start and picks the [`Mechanism`] (reported as "cgroup v2",
 //! "cgroup v1" or "rlimits"). [`WorkerCgroup`] is one worker's cgroup: created with its limits
-//! before the spawn, joined by the child between `fork` and `exec` (so not one instruction of
-//! the worker runs outside it), listed, killed and removed; found again by worker id after an
-//! agent restart ([`WorkerCgroup::adopt`]); leftovers are removed by [`sweep_orphans`].
+//! before the spawn, entered by the worker's process before its first instruction (see
+//! "How a worker enters its cgroup"), listed, killed and removed; found again by worker id
+//! after an agent restart ([`WorkerCgroup::adopt`]); leftovers are removed by [`sweep_orphans`].
 //! `handover.rs` finds a worker's cgroups from its `/proc/<pid>/cgroup` and renames the
 //! workers' parent, for `gale state reset-id` (which runs without an agent).
 //!
@@ -48,11 +48,24 @@
 //!   pids limit is not applied (`RLIMIT_NPROC` counts every process of the *user*, not of the
 //!   worker); [`Mechanism::unenforceable`] names what is left out.
 //!
+//! How a worker enters its cgroup ([`WorkerCgroup::birth`]), so that not one instruction of the
+//! worker runs outside it:
+//! - **born in it** on cgroup v2 when the kernel has `clone3` with `CLONE_INTO_CGROUP`
+//!   (Linux ≥ 5.7): the child is created inside the worker's cgroup (`crate::sys::clone3`), so
+//!   it never runs in the agent's cgroup and no migration is paid: no move of its charges, no
+//!   wait on the cgroup locks (on v1, a move waits an RCU grace period: `docs/benchmarks.md`).
+//!   Whether the kernel can is probed once per process ([`clone_into_cgroup`]) and logged at
+//!   start ("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)").
+//! - **joined between `fork` and `exec`** otherwise (cgroup v1, or a kernel or seccomp filter
+//!   without it: `ENOSYS`, `E2BIG`, `EINVAL`): the child writes `0` to the `cgroup.procs` files
+//!   opened by the parent before it execs ([`WorkerCgroup::prepare`]); with rlimits it sets
+//!   `RLIMIT_AS` there instead. The fallback's reason is logged at start.
+//!
 //! Invariants:
 //! - A process is signalled only when it is a member of the worker's cgroup (checked through a
 //!   pidfd opened before the check, so a recycled pid cannot be hit; STYLE habit 7).
 //! - A worker cgroup is created empty or not at all: a failed limit write removes the directory.
-//! - Only `sys.rs` has `unsafe`: the pre-exec join and `setrlimit` live there.
+//! - Only `src/sys/` has `unsafe`: clone3 into the cgroup, the pre-exec join and `setrlimit`.
 //!
 //! Every call here is blocking and bounded (kill and remove retry for about two seconds at
 //! most): call them from `spawn_blocking` in async code.
@@ -68,13 +81,21 @@ mod tests;
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use tracing::info;
 
 pub(crate) use handover::{rename_parents, undo_renames, worker_parents};
 pub(crate) use procfs::Hierarchy;
 pub(crate) use usage::{Sample, sample};
-pub(crate) use worker::{WorkerCgroup, sweep_orphans};
+pub(crate) use worker::{Birth, WorkerCgroup, sweep_orphans};
+
+/// The name of the workers' parent cgroup of the agent with supervisor id `supervisor_id`:
+/// the start-up sweep of cgroups no record names must never reach another agent's workers on
+/// the same host.
+pub(crate) fn parent_name(supervisor_id: &str) -> String {
+    format!("gale-{supervisor_id}")
+}
 
 /// The limits of one worker (SPEC §3.2 `memory_mb`, `cpu_percent`; a pids limit per §7).
 /// `None` leaves that resource unlimited.
@@ -395,4 +416,37 @@ fn worker_ids(mechanism: &Mechanism) -> Result<BTreeSet<String>, IsolationError>
         }
     }
     Ok(ids)
+}
+
+/// Whether this kernel starts a process inside a chosen cgroup v2 (`clone3` with
+/// `CLONE_INTO_CGROUP`, Linux ≥ 5.7); else why not. Probed once per process (the probe starts
+/// no process), so every worker of an agent enters its cgroup the same way.
+pub(crate) fn clone_into_cgroup() -> Result<(), &'static str> {
+    static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
+    let probed = PROBED.get_or_init(|| {
+        crate::sys::clone3::probe_clone_into_cgroup().map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ENOSYS) => format!("clone3 is not available (Linux < 5.3, or a seccomp filter): {e}"),
+            Some(nix::libc::E2BIG | nix::libc::EINVAL) => {
+                format!("clone3 does not know CLONE_INTO_CGROUP (Linux < 5.7): {e}")
+            }
+            _ => format!("clone3 with CLONE_INTO_CGROUP failed: {e}"),
+        })
+    });
+    probed.as_ref().map(|_| ()).map_err(String::as_str)
+}
+
+/// Logs, once at start, how workers will enter their cgroup under `mechanism` (module docs).
+pub(crate) fn log_birth(mechanism: &Mechanism) {
+    let reason = match mechanism {
+        Mechanism::CgroupV2 { .. } => match clone_into_cgroup() {
+            Ok(()) => {
+                info!("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)");
+                return;
+            }
+            Err(reason) => reason,
+        },
+        Mechanism::CgroupV1 { .. } => "CLONE_INTO_CGROUP needs cgroup v2",
+        Mechanism::Rlimits => return,
+    };
+    info!(reason, "isolation: workers join their cgroup between fork and exec");
 }

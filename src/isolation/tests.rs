@@ -62,6 +62,23 @@ fn spawn_in(cgroup: &WorkerCgroup, argv: &[&str]) -> Child {
     command.spawn().unwrap()
 }
 
+/// A worker of `cg` running `command`, its dirs and log under `root`.
+fn worker_spec(cg: &WorkerCgroup, root: &Path, command: &[&str]) -> crate::worker::LaunchSpec {
+    crate::worker::LaunchSpec {
+        topology_id: "t1".into(),
+        worker_id: cg.worker_id().to_owned(),
+        port: 6700,
+        supervisor_id: "s1".into(),
+        command: command.iter().map(|a| a.to_string()).collect(),
+        env: BTreeMap::new(),
+        worker_dir: root.join("worker"),
+        log_file: root.join("worker.log"),
+        blob_dir: root.join("blobs"),
+        blobs: BTreeMap::new(),
+        run_as: None,
+    }
+}
+
 /// Polls `probe` every 10 ms for up to `secs` seconds.
 fn eventually<T>(what: &str, secs: u64, mut probe: impl FnMut() -> Option<T>) -> T {
     for _ in 0..secs * 100 {
@@ -149,22 +166,11 @@ async fn a_grandchild_left_behind_is_listed_and_killed_with_the_cgroup() {
     // the switch to another user.
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let spec = crate::worker::LaunchSpec {
-        topology_id: "t1".into(),
-        worker_id: cg.worker_id().to_owned(),
-        port: 6700,
-        supervisor_id: "s1".into(),
-        command: vec!["/bin/sh".into(), "-c".into(), "sleep 1000 & echo $!; exit 0".into()],
-        env: BTreeMap::new(),
-        worker_dir: root.path().join("worker"),
-        log_file: root.path().join("worker.log"),
-        blob_dir: root.path().join("blobs"),
-        blobs: BTreeMap::new(),
-        run_as: Some(crate::worker::users::RunAs { name: "nobody".into(), uid: 65534, gid: 65534, groups: vec![] }),
-    };
+    let mut spec = worker_spec(&cg, root.path(), &["/bin/sh", "-c", "sleep 1000 & echo $!; exit 0"]);
+    spec.run_as = Some(crate::worker::users::RunAs { name: "nobody".into(), uid: 65534, gid: 65534, groups: vec![] });
     let mut spawned = crate::worker::launch::spawn_in(&spec, &cg).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(5), spawned.child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
+    let status = tokio::time::timeout(Duration::from_secs(5), spawned.exit.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code, Some(0));
     let grandchild: u32 = std::fs::read_to_string(&spec.log_file).unwrap().trim().parse().unwrap();
     assert!(is_running(grandchild));
     let status = std::fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap();
@@ -255,15 +261,74 @@ fn sweep_removes_a_stray_cgroup_and_keeps_the_others() {
     kept.remove().unwrap();
 }
 
-#[test]
-fn a_worker_that_cannot_join_its_cgroup_does_not_start() {
-    let Some(fx) = Fixture::new("a_worker_that_cannot_join_its_cgroup_does_not_start") else { return };
+#[tokio::test]
+async fn a_worker_is_born_in_its_cgroup_on_v2_and_joins_it_before_exec_on_v1() {
+    let Some(fx) = Fixture::new("a_worker_is_born_in_its_cgroup_on_v2_and_joins_it_before_exec_on_v1") else { return };
     let cg = fx.create(Limits::default());
+    // Decided once per process: clone3 on cgroup v2 (Linux ≥ 5.7); v1 cannot.
+    match (&fx.mechanism, cg.birth().unwrap()) {
+        (Mechanism::CgroupV2 { .. }, Birth::IntoCgroup(_)) | (Mechanism::CgroupV1 { .. }, Birth::JoinBeforeExec) => {}
+        (mechanism, birth) => {
+            panic!("{mechanism}: workers enter their cgroup by {birth:?}; clone3: {:?}", clone_into_cgroup())
+        }
+    }
+    // The worker's first act (the first program it execs) reads where it is. On v2 the
+    // clone3 route has no join step at all: only being born there puts it there.
+    let root = tempfile::tempdir().unwrap();
+    let spec = worker_spec(&cg, root.path(), &["/bin/cat", "/proc/self/cgroup"]);
+    let mut spawned = crate::worker::launch::spawn_in(&spec, &cg).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(5), spawned.exit.wait()).await.unwrap().unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    let seen = std::fs::read_to_string(&spec.log_file).unwrap();
+    println!("{}: the worker's /proc/self/cgroup:\n{seen}", fx.mechanism);
+    for parent in fx.mechanism.parents() {
+        let own = parent.child(cg.worker_id());
+        assert_eq!(procfs::cgroup_path(&seen, own.hierarchy), Some(own.cgroup.as_str()), "{seen}");
+    }
+    cg.remove().unwrap();
+}
+
+#[test]
+fn the_clone3_probe_agrees_with_the_kernel_version() {
+    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let filtered = status.lines().any(|l| l.starts_with("Seccomp:") && l.trim_end() != "Seccomp:\t0");
+    let probed = clone_into_cgroup();
+    println!("Linux {release}, seccomp filter: {filtered}, clone3 CLONE_INTO_CGROUP: {probed:?}");
+    assert_eq!(probed, clone_into_cgroup(), "decided once");
+    if version < (5, 7) {
+        assert!(probed.is_err(), "Linux {release} has no CLONE_INTO_CGROUP");
+    } else if !filtered {
+        assert_eq!(probed, Ok(()), "Linux {release} has CLONE_INTO_CGROUP and no filter hides it");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_enter_its_cgroup_does_not_start() {
+    let Some(fx) = Fixture::new("a_worker_that_cannot_enter_its_cgroup_does_not_start") else { return };
+    let cg = fx.create(Limits::default());
+    let birth = cg.birth().unwrap();
     let mut command = Command::new("/bin/true");
     cg.prepare(&mut command).unwrap();
     WorkerCgroup::adopt(&fx.mechanism, cg.worker_id()).unwrap().remove().unwrap();
     let err = command.spawn().unwrap_err();
-    println!("spawn into a removed cgroup: {err}");
+    println!("spawn joining a removed cgroup: {err}");
+    if let Birth::IntoCgroup(dir) = birth {
+        let root = tempfile::tempdir().unwrap();
+        let spec = worker_spec(&cg, root.path(), &["/bin/true"]);
+        let route = crate::worker::launch::Route::Clone3(Some(std::os::fd::AsFd::as_fd(&dir)));
+        let err = crate::worker::launch::spawn_by(&spec, route).unwrap_err();
+        println!("spawn born in a removed cgroup: {err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(
+            matches!(
+                err,
+                crate::worker::launch::LaunchError::Io { step: crate::worker::launch::LaunchStep::CloneIntoCgroup, .. }
+            ),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! One worker's cgroup: create with limits, join before exec, list, kill, OOM check, remove;
-//! adopt after an agent restart; sweep what no record claims.
+//! One worker's cgroup: create with limits, be born in it or join it before exec, list, kill,
+//! OOM check, remove; adopt after an agent restart; sweep what no record claims.
 //!
 //! With [`Mechanism::Rlimits`] a [`WorkerCgroup`] holds no directory: it only carries the
 //! `RLIMIT_AS` to set before exec, lists no processes and kills nothing
@@ -31,6 +31,16 @@ const KILL_PAUSE: Duration = Duration::from_millis(10);
 /// `rmdir` of a cgroup whose last members are still exiting fails with EBUSY for a moment.
 const RMDIR_ROUNDS: u32 = 100;
 const RMDIR_PAUSE: Duration = Duration::from_millis(20);
+
+/// How a worker's process enters its cgroup ([`WorkerCgroup::birth`]).
+#[derive(Debug)]
+pub(crate) enum Birth {
+    /// Created inside it: `clone3` with `CLONE_INTO_CGROUP` and this open cgroup v2 directory.
+    IntoCgroup(OwnedFd),
+    /// Forked where the agent is, then joined (or its rlimits set) before `exec`:
+    /// [`WorkerCgroup::prepare`] on the std `Command`.
+    JoinBeforeExec,
+}
 
 /// One worker's cgroup (or, with rlimits, the limits to apply at exec). See the module docs.
 #[derive(Debug)]
@@ -140,6 +150,20 @@ impl WorkerCgroup {
     #[cfg(test)]
     pub(crate) fn dirs(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|d| d.path.as_path())
+    }
+
+    /// How the worker's process enters this cgroup (module docs of `isolation`): born in it
+    /// when this is a cgroup v2 directory and the kernel can ([`super::clone_into_cgroup`]),
+    /// with the directory opened here; otherwise joined before exec ([`Self::prepare`]).
+    pub(crate) fn birth(&self) -> Result<Birth, IsolationError> {
+        match self.dirs.as_slice() {
+            [dir] if dir.hierarchy == Hierarchy::Unified && super::clone_into_cgroup().is_ok() => {
+                // std opens with O_CLOEXEC: the worker never inherits it.
+                let file = std::fs::File::open(&dir.path).map_err(io_error("open", &dir.path))?;
+                Ok(Birth::IntoCgroup(file.into()))
+            }
+            _ => Ok(Birth::JoinBeforeExec),
+        }
     }
 
     /// Arranges for the child of `command` to join this cgroup before `exec` (or, with

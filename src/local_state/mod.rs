@@ -82,7 +82,7 @@ pub(crate) mod stored;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use dump::dump;
+pub(crate) use dump::{dump, format_unix_ms};
 pub use error::StateError;
 pub use keys::{
     Drained, EarlierSessionIds, Key, LastSessionId, LocalAssignmentsKey, SessionOwner, SupervisorId, Workers,

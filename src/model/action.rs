@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::decode;
+use super::{PayloadError, decode};
 
 /// A request for a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,14 @@ pub(crate) enum Operation {
     },
     /// Undo `Drain`: workers are launched again.
     Undrain,
+    /// Run diagnostics command `name` (`[diagnostics.commands]`) against the worker on
+    /// `port`; `wait`: answer once the run has ended, not once it has started.
+    Diag {
+        port: u16,
+        name: String,
+        #[serde(default)]
+        wait: bool,
+    },
 }
 
 impl Operation {
@@ -35,6 +43,7 @@ impl Operation {
             Operation::SignalWorker { .. } => "signal_worker",
             Operation::Drain { .. } => "drain",
             Operation::Undrain => "undrain",
+            Operation::Diag { .. } => "diag",
         }
     }
 }
@@ -45,22 +54,46 @@ struct Action {
     action: String,
     port: Option<u16>,
     signal: Option<String>,
+    /// `diag`: the command's name.
+    name: Option<String>,
+}
+
+/// Why an action node is not applied. The two kinds are handled differently (SPEC §3, §3.4).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ActionError {
+    /// The payload does not parse, or has an unknown schema: it stays, reported, until it is
+    /// fixed or deleted (an unknown schema may be for a newer agent).
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// A well-formed action this agent cannot do (an unknown action, a missing field):
+    /// reported and deleted.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The action payload as an operation, or what is wrong with it.
-pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, String> {
-    let action: Action = decode(path, data).map_err(|e| e.to_string())?;
-    let port = || action.port.ok_or_else(|| format!("{path}: action `{}` needs a `port`", action.action));
+pub(crate) fn operation(path: &str, data: &[u8]) -> Result<Operation, ActionError> {
+    let action: Action = decode(path, data)?;
+    let invalid = |why: String| ActionError::Invalid(format!("{path}: {why}"));
+    let port = || action.port.ok_or_else(|| invalid(format!("action `{}` needs a `port`", action.action)));
     Ok(match action.action.as_str() {
         "restart_worker" => Operation::RestartWorker { port: port()? },
         "reset_backoff" => Operation::ResetBackoff { port: port()? },
         "signal_worker" => Operation::SignalWorker {
             port: port()?,
-            signal: action.signal.clone().ok_or_else(|| format!("{path}: signal_worker needs a `signal`"))?,
+            signal: action.signal.clone().ok_or_else(|| invalid("signal_worker needs a `signal`".into()))?,
         },
         "drain" => Operation::Drain { wait: false },
         "undrain" => Operation::Undrain,
-        other => return Err(format!("{path}: unknown action `{other}`")),
+        "diag" => Operation::Diag {
+            port: port()?,
+            name: action
+                .name
+                .clone()
+                .ok_or_else(|| invalid("diag needs a `name` (of [diagnostics.commands])".into()))?,
+            wait: false,
+        },
+        other => return Err(invalid(format!("unknown action `{other}`"))),
     })
 }
 
@@ -72,23 +105,31 @@ mod tests {
     fn payloads_become_operations_or_named_errors() {
         let p = "/gale/actions/s/a1";
         assert_eq!(
-            operation(p, br#"{"schema":1,"action":"restart_worker","port":6700}"#),
-            Ok(Operation::RestartWorker { port: 6700 })
+            operation(p, br#"{"schema":1,"action":"restart_worker","port":6700}"#).unwrap(),
+            Operation::RestartWorker { port: 6700 }
         );
         assert_eq!(
-            operation(p, br#"{"schema":1,"action":"signal_worker","port":6700,"signal":"QUIT"}"#),
-            Ok(Operation::SignalWorker { port: 6700, signal: "QUIT".into() })
+            operation(p, br#"{"schema":1,"action":"signal_worker","port":6700,"signal":"QUIT"}"#).unwrap(),
+            Operation::SignalWorker { port: 6700, signal: "QUIT".into() }
         );
-        assert_eq!(operation(p, br#"{"schema":1,"action":"drain"}"#), Ok(Operation::Drain { wait: false }));
+        assert_eq!(operation(p, br#"{"schema":1,"action":"drain"}"#).unwrap(), Operation::Drain { wait: false });
+        assert_eq!(
+            operation(p, br#"{"schema":1,"action":"diag","port":6700,"name":"jstack"}"#).unwrap(),
+            Operation::Diag { port: 6700, name: "jstack".into(), wait: false }
+        );
+        // (payload, error, a bad payload (kept) rather than an invalid action (deleted))
         let bad = [
-            (&br#"{"schema":1,"action":"reboot"}"#[..], "unknown action `reboot`"),
-            (br#"{"schema":1,"action":"restart_worker"}"#, "needs a `port`"),
-            (br#"{"schema":2,"action":"drain"}"#, "unknown schema 2"),
-            (br#"not json"#, "not a valid payload"),
-            (br#"{"schema":1,"action":"restart_worker","port":70000}"#, "not a valid payload"),
+            (&br#"{"schema":1,"action":"reboot"}"#[..], "unknown action `reboot`", false),
+            (br#"{"schema":1,"action":"restart_worker"}"#, "needs a `port`", false),
+            (br#"{"schema":1,"action":"diag","port":6700}"#, "diag needs a `name`", false),
+            (br#"{"schema":2,"action":"drain"}"#, "unknown schema 2", true),
+            (br#"not json"#, "not a valid payload", true),
+            (br#"{"schema":1,"action":"restart_worker","port":70000}"#, "not a valid payload", true),
         ];
-        for (data, want) in bad {
+        for (data, want, payload) in bad {
             let err = operation(p, data).unwrap_err();
+            assert_eq!(matches!(err, ActionError::Payload(_)), payload, "{err}");
+            let err = err.to_string();
             assert!(err.contains(want) && err.contains(p), "{err}");
         }
     }
@@ -105,7 +146,7 @@ mod tests {
         use crate::proptest_support::{bounded, cases};
 
         const PATH: &str = "/gale/actions/s1/a0000000007";
-        const ACTIONS: &[&str] = &["restart_worker", "reset_backoff", "signal_worker", "drain", "undrain"];
+        const ACTIONS: &[&str] = &["restart_worker", "reset_backoff", "signal_worker", "drain", "undrain", "diag"];
 
         fn weird() -> impl Strategy<Value = Value> {
             prop_oneof![
@@ -143,6 +184,10 @@ mod tests {
                 1 => select(&["reboot", "RESTART_WORKER", " drain", "drain ", "signal-worker", ""][..])
                     .prop_map(Value::from),
             ];
+            let name = prop_oneof![
+                select(&["jstack", "heap", "", "../x"][..]).prop_map(Value::from),
+                any::<String>().prop_map(Value::from)
+            ];
             let signal = prop_oneof![
                 select(&["QUIT", "USR1", "SIGTERM", "kill", "", "NOPE"][..]).prop_map(Value::from),
                 any::<String>().prop_map(Value::from)
@@ -152,11 +197,14 @@ mod tests {
                 field(action),
                 field(any::<u16>().prop_map(Value::from)),
                 field(signal),
+                field(name),
                 prop::collection::vec(("[a-z_]{1,10}", weird()), 0..2),
             )
-                .prop_map(|(schema, action, port, signal, extra)| {
+                .prop_map(|(schema, action, port, signal, name, extra)| {
                     let mut map: Map<String, Value> = extra.into_iter().collect();
-                    for (key, value) in [("schema", schema), ("action", action), ("port", port), ("signal", signal)] {
+                    let fields =
+                        [("schema", schema), ("action", action), ("port", port), ("signal", signal), ("name", name)];
+                    for (key, value) in fields {
                         match value {
                             Some(v) => map.insert(key.to_owned(), v),
                             None => map.remove(key),
@@ -167,7 +215,7 @@ mod tests {
         }
 
         fn decode(data: Vec<u8>) -> Result<Operation, String> {
-            bounded("operation", move || operation(PATH, &data))
+            bounded("operation", move || operation(PATH, &data).map_err(|e| e.to_string()))
         }
 
         proptest! {
@@ -190,6 +238,11 @@ mod tests {
                             Operation::SignalWorker { port: p, signal } => {
                                 prop_assert_eq!(Some(u64::from(p)), port);
                                 prop_assert_eq!(Some(signal.as_str()), v["signal"].as_str());
+                            }
+                            Operation::Diag { port: p, name, wait } => {
+                                prop_assert_eq!(Some(u64::from(p)), port);
+                                prop_assert_eq!(Some(name.as_str()), v["name"].as_str());
+                                prop_assert!(!wait);
                             }
                             Operation::Drain { wait } => prop_assert!(!wait),
                             Operation::Undrain => {}

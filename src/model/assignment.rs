@@ -291,6 +291,22 @@ impl Assignment {
     }
 }
 
+/// The placements of a payload that [`Assignment::decode`] refused, as far as they can be
+/// read: the well-formed `workers` entries of a schema-1 JSON object. Used only to say on which
+/// slots a broken assignment would run (SPEC §3.1 `error`), never to run anything; a payload
+/// of another schema means something this agent does not know, so it places nothing.
+pub(crate) fn placements_of_invalid(bytes: &[u8]) -> Vec<WorkerPlacement> {
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Vec::new();
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else { return Vec::new() };
+    if value.get("schema").and_then(serde_json::Value::as_u64) != Some(u64::from(SCHEMA)) {
+        return Vec::new();
+    }
+    let workers = value.get("workers").and_then(serde_json::Value::as_array);
+    workers.into_iter().flatten().filter_map(|w| WorkerPlacement::deserialize(w).ok()).collect()
+}
+
 /// `<name>` when `path` is `…/assignments/<name>`.
 fn node_name(path: &str) -> Option<&str> {
     let (parent, name) = path.rsplit_once('/')?;

@@ -85,15 +85,22 @@ pub(crate) fn expand(command: &[String], p: &Placeholders) -> Result<Vec<String>
 }
 
 fn expand_arg(arg: &str, p: &Placeholders) -> Result<String, ExpandError> {
+    substitute(arg, |name| placeholder_value(name, arg, p))
+}
+
+/// `arg` with every placeholder replaced by `value(name)`, the first refusal being the error.
+/// Same rule as validation ([`placeholder_name`]): other braces are literal. Values are
+/// inserted verbatim and never rescanned. Launch commands and diagnostics commands
+/// (`crate::diagnostics`, with placeholders of their own) both expand through this.
+pub(crate) fn substitute<E>(arg: &str, mut value: impl FnMut(&str) -> Result<String, E>) -> Result<String, E> {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
-    // Same rule as validation ([`placeholder_name`]): other braces are literal.
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
         match placeholder_name(after) {
             Some(name) => {
-                out.push_str(&placeholder_value(name, arg, p)?);
+                out.push_str(&value(name)?);
                 rest = &after[name.len() + 1..];
             }
             None => {

@@ -147,6 +147,17 @@ impl SlotJob {
     }
 }
 
+/// An assignment that places a worker on this port but cannot run there: its payload is
+/// invalid, so the slot gets no job from it (or keeps the last good one). Reported as the
+/// slot's `error` (SPEC §3.1); it never changes what the slot does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unrunnable {
+    pub topology_id: String,
+    pub error: String,
+    /// Since when its payload is unusable (unix ms): the `since_ms` of an empty slot's entry.
+    pub since_ms: u64,
+}
+
 /// The node's job timeouts (`[worker]`): the defaults of a job that sets none, and the cap of
 /// what an assignment may ask for (SPEC §3.2). Live-reloadable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,7 +443,35 @@ impl Slot {
         self.state.job()
     }
 
-    /// The SPEC §3.1 `workers[]` entry; `None` when the slot is empty.
+    /// What SPEC §3.1 `workers[]` says about this port: [`Slot::to_worker_info`], with the
+    /// reason of an assignment that cannot run here in `error` (the slot's own error first)
+    /// when it is the slot's topology. An empty slot has an entry only for such an
+    /// assignment: state `empty`, no worker, its topology and the reason.
+    pub(crate) fn report(&self, unrunnable: Option<&Unrunnable>) -> Option<WorkerInfo> {
+        let Some(mut info) = self.to_worker_info() else {
+            let u = unrunnable?;
+            return Some(WorkerInfo {
+                port: self.port,
+                topology_id: u.topology_id.clone(),
+                worker_id: String::new(),
+                pid: None,
+                state: SlotStateName::Empty,
+                since_ms: u.since_ms,
+                restarts: 0,
+                last_exit: None,
+                error: Some(u.error.clone()),
+                usage: None,
+            });
+        };
+        if info.error.is_none()
+            && let Some(u) = unrunnable.filter(|u| u.topology_id == info.topology_id)
+        {
+            info.error = Some(u.error.clone());
+        }
+        Some(info)
+    }
+
+    /// The SPEC §3.1 `workers[]` entry of what the slot runs; `None` when the slot is empty.
     pub(crate) fn to_worker_info(&self) -> Option<WorkerInfo> {
         let job = self.job()?;
         let worker = self.worker();

@@ -19,10 +19,12 @@
 //!   costs 1 read per period whatever T is (it used to be 1 + T).
 //!
 //! Per topology, the last version that was valid is kept. A topology whose new payload is
-//! broken is reported (log, status) and keeps its last good version, so its running workers
-//! are left as they are; other topologies are not affected. Then the placements for this
-//! supervisor become the per-port jobs, which are persisted (`local-assignments`) and
-//! published to the process side.
+//! broken is reported (log; `/status` and the `gale_bad_payloads` metric through
+//! [`BadPayloads`]) and keeps its last good version, so its running workers are left as they
+//! are; other topologies are not affected. Then the placements for this supervisor become the
+//! per-port jobs, which are persisted (`local-assignments`) and published to the process side,
+//! with the slots a broken payload places a worker on ([`AssignmentView::unrunnable`]: the
+//! slot's `error` in SupervisorInfo and status, SPEC §3.1).
 //!
 //! Invariant: nothing is published before the first successful (full) pass, so a start with
 //! ZooKeeper unreachable never reads as "nothing assigned" and never stops a worker.
@@ -33,10 +35,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::bad_payloads::BadPayloads;
 use super::records::{LocalAssignments, PortJob};
+use crate::admin::PayloadKind;
 use crate::cluster::zk::{NodeStat, ZkClient, ZkError};
 use crate::local_state::{LocalAssignmentsKey, LocalState};
-use crate::model::assignment::Assignment;
+use crate::model::assignment::{Assignment, placements_of_invalid};
+use crate::model::unix_ms;
+use crate::slot::Unrunnable;
 
 /// The result of a successful pass, as the process side sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +54,9 @@ pub(crate) struct AssignmentView {
     pub jobs: LocalAssignments,
     /// Problems to report: topology id (or node name) -> what is wrong.
     pub problems: BTreeMap<String, String>,
+    /// Ports of this host where an assigned worker cannot run because its assignment's
+    /// payload is broken (see [`AssignmentSync::unrunnable`]).
+    pub unrunnable: BTreeMap<u16, Unrunnable>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +76,8 @@ struct Cached {
     good: Option<Arc<Assignment>>,
     /// Why the current payload is not used, if it is not.
     problem: Option<String>,
+    /// This host's slots the unusable payload places a worker on, as far as it can be read.
+    placed: Vec<u16>,
 }
 
 /// What the watch reported since the last pass.
@@ -132,6 +143,8 @@ pub(crate) struct AssignmentSync {
     state: Arc<Mutex<LocalState>>,
     persisted: Option<LocalAssignments>,
     publish: watch::Sender<Option<Arc<AssignmentView>>>,
+    /// Where the broken payloads are reported (this sync owns the `assignment` kind).
+    bad: BadPayloads,
     /// Problems already logged, so each is logged once (again when it changes).
     reported: BTreeMap<String, String>,
     /// Successful syncs so far (see [`AssignmentView::generation`]).
@@ -169,6 +182,7 @@ impl AssignmentSync {
         state: Arc<Mutex<LocalState>>,
         persisted: LocalAssignments,
         publish: watch::Sender<Option<Arc<AssignmentView>>>,
+        bad: BadPayloads,
     ) -> AssignmentSync {
         let changes =
             AssignmentChanges { dir: format!("{root}/assignments"), pending: Arc::new(Mutex::new(Pending::default())) };
@@ -180,6 +194,7 @@ impl AssignmentSync {
             state,
             persisted: Some(persisted),
             publish,
+            bad,
             reported: BTreeMap::new(),
             ensured_in: None,
             generation: 0,
@@ -325,12 +340,17 @@ impl AssignmentSync {
                 if previous.is_some() {
                     info!(topology = %name, zxid = stat.mzxid, "assignment changed");
                 }
-                Cached { zxid: stat.mzxid, good: Some(Arc::new(assignment)), problem: None }
+                Cached { zxid: stat.mzxid, good: Some(Arc::new(assignment)), problem: None, placed: Vec::new() }
             }
             Err(e) => {
                 warn!(topology = %name, error = %e, kept_previous = previous.is_some(),
                     "ignoring an invalid assignment; its workers are left as they are");
-                Cached { zxid: stat.mzxid, good: previous, problem: Some(e.to_string()) }
+                let placed = placements_of_invalid(data)
+                    .into_iter()
+                    .filter(|w| w.supervisor_id == self.supervisor_id && self.slots.contains(&w.port))
+                    .map(|w| w.port)
+                    .collect();
+                Cached { zxid: stat.mzxid, good: previous, problem: Some(e.to_string()), placed }
             }
         };
         self.cache.insert(name.to_owned(), entry);
@@ -339,6 +359,9 @@ impl AssignmentSync {
     /// Reports problems, persists and publishes the jobs of the cached topologies. Returns
     /// whether the jobs differ from the last published ones.
     async fn publish_view(&mut self) -> Result<bool, SyncError> {
+        let dir = self.dir();
+        let bad = self.cache.iter().filter_map(|(name, c)| Some((format!("{dir}/{name}"), c.problem.clone()?)));
+        self.bad.replace(PayloadKind::Assignment, bad);
         let view = self.view();
         for (topology, problem) in &view.problems {
             if self.reported.get(topology) != Some(problem) {
@@ -414,7 +437,34 @@ impl AssignmentSync {
             }
             view.jobs.insert(port, job);
         }
+        view.unrunnable = self.unrunnable(&view.jobs);
         view
+    }
+
+    /// The slots whose assignment cannot run, and why (SPEC §3.1 `error`): a port that runs
+    /// the last good version of a topology whose payload turned bad, and a port that only
+    /// broken payloads place a worker on (the smallest topology id's reason).
+    fn unrunnable(&self, jobs: &LocalAssignments) -> BTreeMap<u16, Unrunnable> {
+        let since = |name: &str| self.bad.since_ms(&format!("{}/{name}", self.dir())).unwrap_or_else(unix_ms);
+        let mut out = BTreeMap::new();
+        for (port, job) in jobs {
+            if let Some(problem) = self.cache.get(&job.topology_id).and_then(|c| c.problem.as_ref()) {
+                let error = format!("new assignment not used, the previous one stays: {problem}");
+                let since_ms = since(&job.topology_id);
+                out.insert(*port, Unrunnable { topology_id: job.topology_id.clone(), error, since_ms });
+            }
+        }
+        for (name, cached) in &self.cache {
+            let Some(problem) = &cached.problem else { continue };
+            for port in cached.placed.iter().filter(|p| !jobs.contains_key(p)) {
+                out.entry(*port).or_insert_with(|| Unrunnable {
+                    topology_id: name.clone(),
+                    error: problem.clone(),
+                    since_ms: since(name),
+                });
+            }
+        }
+        out
     }
 }
 

@@ -10,8 +10,11 @@
 //! 2. for every blob key an assigned job uses, stat `/blobstore/<key>` and re-read only a node
 //!    whose data changed (no remote check at all for an unchanged version: the cache is
 //!    content addressed, a present entry is the verified content);
-//! 3. per (key, extract): the current version's content is local, downloading (one download
-//!    per content however many slots want it), failed, or has no usable BlobMeta;
+//! 3. per (key, extract, owner): the current version's content is local, downloading (one
+//!    download per content and owner however many slots want it), failed, or has no usable
+//!    BlobMeta. The owner is the user the job's workers run as (`links::blob_owner`): cache
+//!    entries are shared only between workers of one user, and a job whose user is refused
+//!    gets nothing fetched;
 //! 4. reference what each slot's assignment wants, clean the cache down to `cache_target_mb`
 //!    (never a referenced entry), and publish a [`BlobView`] for the process side.
 //!
@@ -33,10 +36,14 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::assignments::AssignmentView;
+use super::bad_payloads::BadPayloads;
+use super::links::blob_owner;
+use crate::admin::PayloadKind;
 use crate::blob::{
-    BlobCache, BlobMeta, BlobStatus, BlobUse, BlobView, CacheError, EntryId, RefOwner, SharedCache, Staged,
+    BlobCache, BlobMeta, BlobStatus, BlobUse, BlobView, CacheError, CacheStats, EntryId, RefOwner, SharedCache, Staged,
 };
 use crate::cluster::zk::{ZkClient, ZkError};
+use crate::worker::users::UserPolicy;
 
 /// First wait before a failed download is tried again; doubles per failure.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
@@ -50,6 +57,8 @@ pub(crate) struct BlobSyncConfig {
     pub cache_target_bytes: u64,
     pub download_timeout: Duration,
     pub download_retries: u32,
+    /// `worker.run_as_user` and its rules: whose cache entries each job reads.
+    pub users: UserPolicy,
 }
 
 #[derive(Debug)]
@@ -58,6 +67,14 @@ struct MetaEntry {
     zxid: Option<i64>,
     good: Option<BlobMeta>,
     problem: Option<String>,
+}
+
+impl MetaEntry {
+    /// The node exists and its payload cannot be used (a missing node is a problem too, but
+    /// not a bad payload).
+    fn bad_payload(&self) -> Option<&String> {
+        self.zxid.and(self.problem.as_ref())
+    }
 }
 
 #[derive(Debug)]
@@ -96,6 +113,9 @@ pub(crate) struct BlobSync {
     reported: BTreeMap<BlobUse, String>,
     /// Reloaded config (`[blob]` applies live).
     live: Option<watch::Receiver<Arc<crate::config::Config>>>,
+    /// Where the BlobMeta of this host's blobs that cannot be used are reported (this sync
+    /// owns the `blob` kind; blobs no assignment here uses are not read, so not reported).
+    bad: BadPayloads,
 }
 
 impl std::fmt::Debug for BlobSync {
@@ -120,6 +140,7 @@ impl BlobSync {
         assignments: watch::Receiver<Option<Arc<AssignmentView>>>,
         publish: watch::Sender<Arc<BlobView>>,
         wake: Arc<dyn Fn() + Send + Sync>,
+        bad: BadPayloads,
     ) -> BlobSync {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         BlobSync {
@@ -136,6 +157,7 @@ impl BlobSync {
             wanted: BTreeMap::new(),
             reported: BTreeMap::new(),
             live: None,
+            bad,
         }
     }
 
@@ -154,19 +176,20 @@ impl BlobSync {
         if let Some(live) = self.live.as_mut()
             && live.has_changed().unwrap_or(false)
         {
-            let blob = live.borrow_and_update().blob.clone();
-            self.config.cache_target_bytes = blob.cache_target_mb.saturating_mul(1024 * 1024);
-            self.config.download_timeout = blob.download_timeout;
-            self.config.download_retries = blob.download_retries;
+            let config = live.borrow_and_update().clone();
+            self.config.cache_target_bytes = config.blob.cache_target_mb.saturating_mul(1024 * 1024);
+            self.config.download_timeout = config.blob.download_timeout;
+            self.config.download_retries = config.blob.download_retries;
+            self.config.users = UserPolicy::from_config(&config.worker);
         }
         self.collect_done().await;
         let Some(view) = self.assignments.borrow().clone() else {
             // Before the first assignment sync nothing is known to be needed (or unneeded).
             return Ok(());
         };
-        let uses: BTreeSet<BlobUse> =
-            view.jobs.values().flat_map(|j| j.blobs.iter().map(|b| (b.key.clone(), b.extract))).collect();
-        let keys: BTreeSet<String> = uses.iter().map(|(k, _)| k.clone()).collect();
+        let job_uses = self.job_uses(&view);
+        let uses: BTreeSet<BlobUse> = job_uses.values().flatten().cloned().collect();
+        let keys: BTreeSet<String> = uses.iter().map(|u| u.key.clone()).collect();
         self.metas.retain(|k, _| keys.contains(k));
         let mut zk_result = Ok(());
         if let Some(client) = client {
@@ -177,6 +200,7 @@ impl BlobSync {
                 }
             }
         }
+        self.report_bad_metas();
         let now = Instant::now();
         let mut blobs = BTreeMap::new();
         for blob in uses {
@@ -186,15 +210,45 @@ impl BlobSync {
         self.failures.retain(|(blob, version), _| blobs.get(blob).is_some_and(|s| s.version == Some(*version)));
         self.report(&blobs);
         // References: each slot's assignment wants the current version of each of its blobs.
-        let mut wanted: BTreeMap<RefOwner, BTreeSet<EntryId>> = BTreeMap::new();
-        for (port, job) in &view.jobs {
-            let ids = job
-                .blobs
-                .iter()
-                .filter_map(|b| blobs.get(&(b.key.clone(), b.extract))?.ready.as_ref().map(|(id, _)| id.clone()));
-            wanted.entry((*port, job.topology_id.clone())).or_default().extend(ids);
-        }
-        let target = self.config.cache_target_bytes;
+        let wanted: BTreeMap<RefOwner, BTreeSet<EntryId>> = job_uses
+            .into_iter()
+            .map(|(owner, uses)| {
+                let ids = uses.iter().filter_map(|u| blobs.get(u)?.ready.as_ref().map(|(id, _)| id.clone()));
+                (owner, ids.collect())
+            })
+            .collect();
+        let stats = self.reference_and_clean(wanted).await;
+        self.publish.send_if_modified(|current| {
+            let next = BlobView { blobs, cache: stats };
+            if **current == next {
+                false
+            } else {
+                *current = Arc::new(next);
+                true
+            }
+        });
+        zk_result
+    }
+
+    /// What each slot's job reads: per (port, topology), every blob as the user its workers run
+    /// as uses it. A job whose user the rules refuse reads nothing: its launch is refused with
+    /// the reason, and nothing is fetched into a directory of that user.
+    fn job_uses(&self, view: &AssignmentView) -> BTreeMap<RefOwner, Vec<BlobUse>> {
+        let users = &self.config.users;
+        view.jobs
+            .iter()
+            .filter_map(|(port, job)| {
+                let owner = blob_owner(users, &job.topology_id, job.launch.user.as_deref()).ok()?;
+                let uses = job.blobs.iter().map(|b| BlobUse::of(b, owner)).collect();
+                Some(((*port, job.topology_id.clone()), uses))
+            })
+            .collect()
+    }
+
+    /// Sets the wanted references (counting each new use of a present entry as a hit) and
+    /// cleans the cache down to its target, under the cache lock off the async threads.
+    async fn reference_and_clean(&mut self, wanted: BTreeMap<RefOwner, BTreeSet<EntryId>>) -> CacheStats {
+        let (target, run_as_user) = (self.config.cache_target_bytes, self.config.users.enabled);
         let cache = self.cache.clone();
         let previous = std::mem::take(&mut self.wanted);
         let (wanted, stats) = tokio::task::spawn_blocking(move || {
@@ -208,24 +262,22 @@ impl BlobSync {
                 }
             }
             cache.set_wanted(&wanted);
-            if cache.total_bytes() > target {
-                cache.cleanup(target);
-            }
+            // Also every unused entry no worker can be given any more: after an upgrade, the
+            // older release's shared entries (readable by every user) once nothing links to them.
+            cache.cleanup(target, |owner| owner.usable(run_as_user));
             (wanted, cache.stats())
         })
         .await
         .expect("blob cache task panicked");
         self.wanted = wanted;
-        self.publish.send_if_modified(|current| {
-            let next = BlobView { blobs, cache: stats };
-            if **current == next {
-                false
-            } else {
-                *current = Arc::new(next);
-                true
-            }
-        });
-        zk_result
+        stats
+    }
+
+    /// Hands the BlobMeta read and found unusable (this sync's kind) to [`BadPayloads`].
+    fn report_bad_metas(&self) {
+        let dir = self.dir();
+        let bad = self.metas.iter().filter_map(|(key, m)| Some((format!("{dir}/{key}"), m.bad_payload()?.clone())));
+        self.bad.replace(PayloadKind::Blob, bad);
     }
 
     /// Re-reads `/blobstore/<key>` if its data changed since the last read.
@@ -265,15 +317,15 @@ impl BlobSync {
 
     /// The status of one blob use, starting its download if it is due.
     fn status(&mut self, blob: &BlobUse, now: Instant) -> BlobStatus {
-        let meta_entry = self.metas.get(&blob.0);
+        let meta_entry = self.metas.get(&blob.key);
         let Some(meta) = meta_entry.and_then(|m| m.good.clone()) else {
             let error = meta_entry
                 .and_then(|m| m.problem.clone())
-                .unwrap_or_else(|| format!("BlobMeta of `{}` not read yet", blob.0));
+                .unwrap_or_else(|| format!("BlobMeta of `{}` not read yet", blob.key));
             return BlobStatus { version: None, ready: None, error: Some(error), downloading: false };
         };
         let version = Some(meta.version);
-        let id = match EntryId::of(&meta, blob.1) {
+        let id = match EntryId::of(&meta, blob.extract, blob.owner) {
             Ok(id) => id,
             Err(e) => return BlobStatus { version, ready: None, error: Some(e.to_string()), downloading: false },
         };
@@ -294,14 +346,15 @@ impl BlobSync {
     }
 
     fn start_download(&mut self, blob: BlobUse, meta: BlobMeta, id: EntryId) {
-        info!(key = %meta.key, version = meta.version, extract = blob.1, url = %meta.url, "downloading blob");
+        info!(key = %meta.key, version = meta.version, extract = blob.extract, owner = ?blob.owner, url = %meta.url,
+            "downloading blob");
         self.cache.lock().unwrap().count_miss();
         let (tmp, timeout, retries) =
             (self.config.tmp.clone(), self.config.download_timeout, self.config.download_retries);
         let (tx, wake) = (self.done_tx.clone(), self.wake.clone());
         let task_id = id.clone();
         let task = tokio::spawn(async move {
-            let result = BlobCache::stage(&meta, blob.1, &tmp, timeout, retries).await;
+            let result = BlobCache::stage(&meta, blob.extract, blob.owner, &tmp, timeout, retries).await;
             let _ = tx.send(Done { id: task_id, blob, version: meta.version, result });
             wake();
         });
@@ -336,7 +389,7 @@ impl BlobSync {
                     let key = (blob, version);
                     let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
                     let delay = RETRY_FIRST.saturating_mul(1 << (count - 1).min(10)).min(RETRY_MAX);
-                    warn!(key = %key.0.0, version, error = %e, attempt = count, retry_in_s = delay.as_secs(),
+                    warn!(key = %key.0.key, version, error = %e, attempt = count, retry_in_s = delay.as_secs(),
                         "blob download failed; nothing of it is used");
                     let retry_at = Instant::now() + delay;
                     self.failures.insert(key, Failure { count, retry_at, error: e.to_string() });
@@ -355,11 +408,13 @@ impl BlobSync {
             match &status.error {
                 Some(error) if self.reported.get(blob) != Some(error) => {
                     // Failures are logged where they happen; this names what waits on them.
-                    info!(key = %blob.0, extract = blob.1, problem = %error, "blob not available");
+                    info!(key = %blob.key, extract = blob.extract, owner = ?blob.owner, problem = %error,
+                        "blob not available");
                     self.reported.insert(blob.clone(), error.clone());
                 }
                 None if self.reported.remove(blob).is_some() => {
-                    info!(key = %blob.0, extract = blob.1, version = status.version, "blob available again");
+                    info!(key = %blob.key, extract = blob.extract, owner = ?blob.owner, version = status.version,
+                        "blob available again");
                 }
                 _ => {}
             }

@@ -12,6 +12,12 @@
 //! assignment. A relaunch after a crash so can always fall back to the version the previous
 //! worker had while a newer one is still downloading or failed.
 //!
+//! Privacy between users: every lookup names the [`Owner`] of the entries a worker may read,
+//! the user it runs as ([`blob_owner`], the launch's own rule), so a worker is only linked to
+//! entries in its own user's cache directory (`crate::blob` owner module). The one exception is
+//! an older release's shared entry that this slot's adopted worker already used, readable by
+//! anyone: a relaunch may fall back to it, as before, rather than wait for a download.
+//!
 //! The executor owns this; every call runs on the `sync-processes` queue.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,9 +27,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::blob::BlobView;
-use crate::blob::{EntryId, SharedCache};
+use crate::blob::{BlobUse, BlobView, EntryId, Owner, SharedCache};
 use crate::slot::SlotJob;
+use crate::worker::users::UserPolicy;
 
 /// What one slot's latest worker links to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +49,24 @@ struct Linked {
 }
 
 impl Linked {
-    /// Whether the current `version` of content `id` differs from this link.
+    /// Whether the current `version` of content `id` differs from this link. The same content in
+    /// another owner's entry (an adopted worker's shared entry from an older release) is no update.
     fn outdated_by(&self, id: &EntryId, version: Option<u64>) -> bool {
-        self.id != *id || (self.version.is_some() && version.is_some() && self.version != version)
+        !self.id.same_content(id) || (self.version.is_some() && version.is_some() && self.version != version)
     }
+
+    /// Whether a worker of `owner` may be linked to this entry again: one of its own user's, or
+    /// an older release's shared one (readable by anyone, [`Owner::Agent`]).
+    fn readable_by(&self, owner: Owner) -> bool {
+        self.id.owner == owner || self.id.owner == Owner::Agent
+    }
+}
+
+/// Whose cache entries a worker of `topology` asking for `user` reads: the user it runs as under
+/// `users` (SPEC §7), [`Owner::Agent`] when workers run as the agent's user. The launch's rule
+/// itself ([`UserPolicy::resolve`]); an `Err` is why such a worker is refused.
+pub(crate) fn blob_owner(users: &UserPolicy, topology: &str, user: Option<&str>) -> Result<Owner, String> {
+    Ok(Owner::of_uid(users.resolve(topology, user)?.map(|run_as| run_as.uid)))
 }
 
 /// The result of checking a running worker's links against the current blob versions.
@@ -83,21 +103,27 @@ impl BlobLinks {
         self.view.borrow().clone()
     }
 
-    /// Where each blob of `job` on `port` comes from for a launch now: the current version if
-    /// local, else the version this slot's previous worker of the same topology linked to.
-    fn resolve(&self, port: u16, job: &SlotJob) -> Result<BTreeMap<String, (Linked, PathBuf)>, Option<String>> {
+    /// Where each blob of `job` on `port` comes from for a launch of a worker of `owner` now: the
+    /// current version if local, else the version this slot's previous worker of the same
+    /// topology linked to (if that worker's user may read it).
+    fn resolve(
+        &self,
+        port: u16,
+        job: &SlotJob,
+        owner: Owner,
+    ) -> Result<BTreeMap<String, (Linked, PathBuf)>, Option<String>> {
         let view = self.view.borrow().clone();
         let cache = self.cache.lock().unwrap();
         let held = self.held.get(&port).filter(|h| h.topology == job.topology_id);
         let mut out = BTreeMap::new();
         for blob in &job.blobs {
-            let status = view.blobs.get(&(blob.key.clone(), blob.extract));
+            let status = view.blobs.get(&BlobUse::of(blob, owner));
             let current = status.and_then(|s| {
                 let (id, path) = s.ready.as_ref().filter(|(id, _)| cache.contains(id))?;
                 Some((Linked { id: id.clone(), version: s.version }, path.clone()))
             });
             let fallback = || {
-                let linked = held?.links.get(&blob.name)?;
+                let linked = held?.links.get(&blob.name).filter(|l| l.readable_by(owner))?;
                 Some((linked.clone(), cache.path(&linked.id)?.to_owned()))
             };
             match current.or_else(fallback) {
@@ -110,22 +136,23 @@ impl BlobLinks {
         Ok(out)
     }
 
-    /// `Ok` when every blob of `job` can be linked now; else the error to show on the slot
-    /// (`None`: nothing wrong, a download is simply running).
-    pub(crate) fn ready(&self, port: u16, job: &SlotJob) -> Result<(), Option<String>> {
-        self.resolve(port, job).map(drop)
+    /// `Ok` when every blob of `job` can be linked now for a worker of `owner`; else the error to
+    /// show on the slot (`None`: nothing wrong, a download is simply running).
+    pub(crate) fn ready(&self, port: u16, job: &SlotJob, owner: Owner) -> Result<(), Option<String>> {
+        self.resolve(port, job, owner).map(drop)
     }
 
-    /// Links every blob of `job` into `<worker_dir>/blobs` for a new worker, referencing the
-    /// entries for this slot first (so cleanup cannot take one in between). Returns blob name →
-    /// link path, for `{blob:NAME}`.
+    /// Links every blob of `job` into `<worker_dir>/blobs` for a new worker of `owner`,
+    /// referencing the entries for this slot first (so cleanup cannot take one in between).
+    /// Returns blob name → link path, for `{blob:NAME}`.
     pub(crate) fn link(
         &mut self,
         port: u16,
         job: &SlotJob,
+        owner: Owner,
         worker_dir: &Path,
     ) -> Result<BTreeMap<String, PathBuf>, String> {
-        let resolved = self.resolve(port, job).map_err(|e| {
+        let resolved = self.resolve(port, job, owner).map_err(|e| {
             let names: Vec<&str> = job.blobs.iter().map(|b| b.name.as_str()).collect();
             e.unwrap_or_else(|| format!("blobs {} are not local yet", names.join(", ")))
         })?;
@@ -171,10 +198,10 @@ impl BlobLinks {
         self.held.insert(port, Held { topology: job.topology_id.clone(), links });
     }
 
-    /// For a live worker of `job` in `worker_dir`: switches the link of every blob without
-    /// `restart_on_update` whose current version is newer than the linked one, and tells
-    /// whether a blob with `restart_on_update` needs the worker restarted.
-    pub(crate) fn check(&mut self, port: u16, job: &SlotJob, worker_dir: &Path) -> LinkCheck {
+    /// For a live worker of `job` (running as `owner`) in `worker_dir`: switches the link of
+    /// every blob without `restart_on_update` whose current version is newer than the linked
+    /// one, and tells whether a blob with `restart_on_update` needs the worker restarted.
+    pub(crate) fn check(&mut self, port: u16, job: &SlotJob, owner: Owner, worker_dir: &Path) -> LinkCheck {
         let view = self.view.borrow().clone();
         let mut result = LinkCheck::default();
         let Some(held) = self.held.get(&port).filter(|h| h.topology == job.topology_id).cloned() else {
@@ -182,7 +209,7 @@ impl BlobLinks {
         };
         let mut links = held.links.clone();
         for blob in &job.blobs {
-            let Some(status) = view.blobs.get(&(blob.key.clone(), blob.extract)) else { continue };
+            let Some(status) = view.blobs.get(&BlobUse::of(blob, owner)) else { continue };
             let Some((id, target)) = status.ready.clone() else { continue };
             if links.get(&blob.name).is_some_and(|l| !l.outdated_by(&id, status.version)) {
                 continue;
@@ -239,4 +266,33 @@ fn replace_link(dir: &Path, name: &str, target: &Path) -> std::io::Result<()> {
     std::fs::rename(&temp, dir.join(name)).inspect_err(|_| {
         let _ = std::fs::remove_file(&temp);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linked(sha: char, owner: Owner, version: Option<u64>) -> Linked {
+        Linked { id: EntryId { sha256: sha.to_string().repeat(64), extracted: false, owner }, version }
+    }
+
+    #[test]
+    fn a_worker_is_linked_again_only_to_its_own_users_entries_or_an_old_shared_one() {
+        let (a, b) = (Owner::User(1001), Owner::User(1002));
+        assert!(linked('1', a, Some(1)).readable_by(a));
+        assert!(!linked('1', a, Some(1)).readable_by(b), "never another user's entry");
+        assert!(!linked('1', a, Some(1)).readable_by(Owner::Agent), "nor a user's for the agent's workers");
+        assert!(linked('1', Owner::Agent, None).readable_by(b), "an older release's shared entry");
+    }
+
+    #[test]
+    fn the_same_content_in_another_owners_entry_is_no_update() {
+        // An adopted worker on an older release's shared entry, and its user's own copy now.
+        let old = linked('1', Owner::Agent, None);
+        assert!(!old.outdated_by(&linked('1', Owner::User(1001), Some(1)).id, Some(1)));
+        assert!(old.outdated_by(&linked('2', Owner::User(1001), Some(2)).id, Some(2)), "other content");
+        let mine = linked('1', Owner::User(1001), Some(1));
+        assert!(mine.outdated_by(&mine.id, Some(2)), "a new version of the same bytes");
+        assert!(!mine.outdated_by(&mine.id, Some(1)));
+    }
 }

@@ -15,7 +15,7 @@
 //! | a health verdict | [`Daemon::on_health`] (metrics, SupervisorInfo, `on_failure = "exit"`) |
 //! | slots or the session changed | [`Daemon::on_slots_changed`], [`Daemon::on_zk_status`]: `STATUS=` |
 //! | the health-exit bound passed | the loop ends: exit 3 |
-//! | watchdog tick | `WATCHDOG=1` |
+//! | watchdog tick | [`Daemon::on_watchdog_tick`]: `WATCHDOG=1`; before `READY=1` also `EXTEND_TIMEOUT_USEC` |
 //! | SIGHUP, a save of the config file | [`Daemon::on_reload`] |
 
 use std::future::Future;
@@ -160,7 +160,7 @@ impl Daemon {
                 warn!("workers still running {bound}s after the health failure; exiting anyway");
                 return ControlFlow::Break(Err(RunError::HealthExit));
             }
-            Event::WatchdogTick => Systemd.watchdog(),
+            Event::WatchdogTick => self.on_watchdog_tick(),
             Event::Sighup => {
                 info!(config = %self.parts.running.path.display(), "SIGHUP: reloading the config");
                 self.on_reload();
@@ -182,6 +182,18 @@ impl Daemon {
             SessionEvent::Registered { .. } | SessionEvent::Reconnected => {
                 self.parts.assignment_changes.resync();
                 self.parts.sync_queue.request(SupervisorJob::Sync);
+            }
+        }
+    }
+
+    /// `WATCHDOG=1`. Until `READY=1` (ZooKeeper unreachable, recovery), also asks systemd to
+    /// extend the start timeout by a whole `WatchdogSec`: a start that waits for ZooKeeper is
+    /// never killed while this loop runs, and times out one interval after it stops.
+    fn on_watchdog_tick(&self) {
+        Systemd.watchdog();
+        if matches!(self.parts.lifecycle, Lifecycle::Starting | Lifecycle::Recovering) {
+            if let Some(interval) = &self.watchdog {
+                Systemd.extend_start(interval.period() * 2);
             }
         }
     }

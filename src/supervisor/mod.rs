@@ -20,6 +20,7 @@
 
 mod actions;
 pub(crate) mod assignments;
+pub(crate) mod bad_payloads;
 pub(crate) mod blobs;
 mod jobs;
 mod links;

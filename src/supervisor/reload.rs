@@ -2,9 +2,10 @@
 //!
 //! The new file is loaded and validated whole; an invalid one is rejected and the running
 //! config stays. Of a valid one, every changed key is either applied live (timeouts,
-//! intervals, restart policy, health, logs, labels, blob settings) or, for the keys that define
-//! what the agent IS (servers, root, session timeouts, auth, local_dir, log_dir, id, hostname,
-//! slots, admin.listen, logs.format), logged as needing a restart and left at its running value.
+//! intervals, restart policy, health, logs, labels, blob settings, diagnostics commands) or,
+//! for the keys that define what the agent IS (servers, root, session timeouts, auth,
+//! local_dir, log_dir, id, hostname, slots, admin.listen, logs.format), logged as needing a
+//! restart and left at its running value.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -244,7 +245,14 @@ mod tests {
         for key in ["zookeeper.servers", "zookeeper.auth.scheme", "admin.listen", "logs.format", "supervisor.id"] {
             assert!(!is_live(key), "{key}");
         }
-        for key in ["health.interval_secs", "restart.backoff_max_ms", "logs.level", "blob.cache_target_mb"] {
+        for key in [
+            "health.interval_secs",
+            "restart.backoff_max_ms",
+            "logs.level",
+            "blob.cache_target_mb",
+            "diagnostics.timeout_secs",
+            "diagnostics.commands.jstack",
+        ] {
             assert!(is_live(key), "{key}");
         }
     }

@@ -15,12 +15,14 @@
 //! The channels between the parts are made here, so this file is also where to look for who
 //! talks to whom.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::assignments::{AssignmentChanges, AssignmentSync, AssignmentView};
+use super::bad_payloads::BadPayloads;
 use super::blobs;
 use super::main_loop::{self, Daemon, Parts, Watches};
 use super::processes::{self, LocalDirCheck, ProcessConfig, Processes};
@@ -28,6 +30,7 @@ use super::records::LocalAssignments;
 use super::stop::Teardown;
 use super::{ProcessJob, SupervisorJob};
 use super::{RunError, actions, jobs, session_log, tasks};
+use crate::admin::BadPayload;
 use crate::admin::SlotStatus;
 use crate::admin::control::Request;
 use crate::blob::BlobView;
@@ -71,18 +74,13 @@ struct SyncEnds {
     task: tokio::task::JoinHandle<jobs::SupervisorSync>,
     changes: AssignmentChanges,
     synced: watch::Receiver<u64>,
+    /// What its three readers cannot use, for `/status` and the metric.
+    bad_payloads: watch::Receiver<BTreeMap<String, BadPayload>>,
 }
 
 /// Builds and starts the agent (see the module doc); the main loop takes it from here.
 pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError> {
-    let mut lifecycle = Lifecycle::Starting;
-    info!(state = %lifecycle, config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "lifecycle");
-    let local = open_local(&config).await?;
-    if local.previous == PreviousStop::Unclean {
-        let why = "no clean-shutdown marker: the previous agent did not stop cleanly";
-        lifecycle = main_loop::transition(lifecycle, Lifecycle::Recovering, why);
-    }
-    Systemd.status(lifecycle.as_str());
+    let (lifecycle, local) = begin(&config).await?;
 
     let (report_tx, report_rx) = watch::channel(NodeReport::new(lifecycle));
     let report = Arc::new(report_tx);
@@ -158,6 +156,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         health: health_rx.clone(),
         cache: blob_view_rx,
         drained: executor.drained.clone(),
+        bad_payloads: sync.bad_payloads,
         queues: vec![queue_probe(&sync.queue), queue_probe(&executor.queue)],
     };
     running_tasks.extend(start_servers(&config, sources, front_tx, shutdown).await?);
@@ -192,6 +191,20 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         membership_stopper,
     };
     Ok((daemon, teardown))
+}
+
+/// `starting`, the local dir opened, and `recovering` when the previous agent did not stop
+/// cleanly (told to systemd too).
+async fn begin(config: &Config) -> Result<(Lifecycle, Local), RunError> {
+    let mut lifecycle = Lifecycle::Starting;
+    info!(state = %lifecycle, config = %config.path.display(), version = env!("CARGO_PKG_VERSION"), "lifecycle");
+    let local = open_local(config).await?;
+    if local.previous == PreviousStop::Unclean {
+        let why = "no clean-shutdown marker: the previous agent did not stop cleanly";
+        lifecycle = main_loop::transition(lifecycle, Lifecycle::Recovering, why);
+    }
+    Systemd.status(lifecycle.as_str());
+    Ok((lifecycle, local))
 }
 
 /// Steps 1 of the start: the local dir, its state, who this agent is. The identity is checked
@@ -305,11 +318,12 @@ fn start_membership(
 /// The workers' parent cgroup is named after this agent: the start-up sweep of cgroups no
 /// record names must never reach another agent's workers on the same host.
 async fn detect_isolation(id: &str) -> Result<Mechanism, RunError> {
-    let cgroup_parent = format!("gale-{id}");
+    let cgroup_parent = crate::isolation::parent_name(id);
     let isolation = tokio::task::spawn_blocking(move || crate::isolation::detect(&cgroup_parent))
         .await
         .map_err(|e| RunError::Internal(e.to_string()))?;
     info!(mechanism = isolation.as_str(), "worker isolation");
+    crate::isolation::log_birth(&isolation);
     Ok(isolation)
 }
 
@@ -396,6 +410,8 @@ struct SyncInputs {
 /// Step 5: the `sync-supervisor` queue and its handler.
 fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: SyncInputs) -> SyncEnds {
     let (synced_tx, synced_rx) = watch::channel(0u64);
+    // Where all three readers report the payloads they cannot use.
+    let bad_payloads = BadPayloads::default();
     let queue = new_queue::<SupervisorJob>("sync-supervisor");
     let wake: Arc<dyn Fn() + Send + Sync> = {
         let q = queue.clone();
@@ -409,12 +425,15 @@ fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: Sy
         cache_target_bytes: config.blob.cache_target_mb.saturating_mul(1024 * 1024),
         download_timeout: config.blob.download_timeout,
         download_retries: config.blob.download_retries,
+        users: crate::worker::users::UserPolicy::from_config(&config.worker),
     };
-    let mut blob_sync = blobs::BlobSync::new(blob_config, inputs.cache, inputs.desired, inputs.blob_view, wake);
+    let mut blob_sync =
+        blobs::BlobSync::new(blob_config, inputs.cache, inputs.desired, inputs.blob_view, wake, bad_payloads.clone());
     blob_sync.follow_config(inputs.config);
     let root = &config.zookeeper.root;
     let (slots, state) = (&config.supervisor.slots, local.state.clone());
-    let assignments = AssignmentSync::new(root, &local.id, slots, state, inputs.assigned, inputs.desired_tx);
+    let assignments =
+        AssignmentSync::new(root, &local.id, slots, state, inputs.assigned, inputs.desired_tx, bad_payloads.clone());
     // What the `/assignments` watch and the session events tell the assignment sync.
     let changes = assignments.changes();
     let task = run_queue(
@@ -425,12 +444,12 @@ fn start_sync(config: &Config, local: &Local, zk: &MembershipHandles, inputs: Sy
             client: zk.client.clone(),
             assignments,
             blobs: blob_sync,
-            actions: actions::ActionSync::new(root, &local.id, inputs.operations),
+            actions: actions::ActionSync::new(root, &local.id, inputs.operations, bad_payloads.clone()),
             completed: synced_tx,
             timeout: 2 * crate::cluster::zk::OP_TIMEOUT,
         },
     );
-    SyncEnds { queue, task, changes, synced: synced_rx }
+    SyncEnds { queue, task, changes, synced: synced_rx, bad_payloads: bad_payloads.subscribe() }
 }
 
 /// Step 6: the read-only admin endpoint and the control socket. A port that cannot be bound

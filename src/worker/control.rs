@@ -10,9 +10,8 @@
 //! injects failures) on a paused clock, while [`RealProcessControl`] is tested against real
 //! processes in `worker/tests.rs` and the integration tests.
 //!
-//! `spawn` returns a [`LaunchedWorker`] rather than [`super::launch::Spawned`] because a fake
-//! cannot make a `tokio::process::Child`; the exit is handed over as an [`ExitWatch`], which
-//! is also what an adopted worker gets, so the executor waits for both the same way.
+//! The exit of a started worker is handed over as an [`ExitWatch`], which is also what an
+//! adopted worker and the fake's workers get, so the executor waits for all the same way.
 //!
 //! Invariant: `spawn` takes the worker's [`WorkerCgroup`]; there is no way through this seam
 //! to start a worker outside one.
@@ -31,6 +30,7 @@ use crate::proc_identity::{Liveness, ProcessIdentity};
 /// A worker that was just started through [`ProcessControl::spawn`].
 #[derive(Debug)]
 pub(crate) struct LaunchedWorker {
+    /// Read right after the spawn, while the child cannot have been reaped yet (we hold it).
     pub identity: ProcessIdentity,
     /// Await [`ExitWatch::wait`] to learn of its exit.
     pub exit: ExitWatch,
@@ -73,8 +73,7 @@ pub(crate) struct RealProcessControl;
 
 impl ProcessControl for RealProcessControl {
     fn spawn(&self, spec: &LaunchSpec, cgroup: &WorkerCgroup) -> Result<LaunchedWorker, LaunchError> {
-        let spawned = launch::spawn_in(spec, cgroup)?;
-        Ok(LaunchedWorker { identity: spawned.identity, exit: ExitWatch::child(spawned.child) })
+        launch::spawn_in(spec, cgroup)
     }
 
     fn signal_group(&self, identity: &ProcessIdentity, sig: Signal) -> io::Result<SignalOutcome> {

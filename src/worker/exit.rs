@@ -2,7 +2,9 @@
 //!
 //! Two cases, one answer ([`ExitWatch::wait`]):
 //! - a worker this agent started is its child: `tokio::process::Child::wait` reaps it and gives
-//!   the exit status ([`describe`] splits it into code and signal);
+//!   the exit status ([`describe`] splits it into code and signal); a worker born in its cgroup
+//!   by `clone3` (no `tokio::process::Child` exists for it) is waited on through the pidfd
+//!   clone3 returned, and reaped with `waitid(P_PIDFD)`;
 //! - a worker adopted after an agent restart is not our child, so its status is not ours to
 //!   read (its parent is init or a subreaper). [`wait_adopted`] waits on a pidfd, which the
 //!   kernel makes readable when the process exits, registered with tokio's reactor.
@@ -17,9 +19,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use std::os::fd::{AsFd, OwnedFd};
+
 use rustix::io::Errno;
-use rustix::process::{Pid, PidfdFlags, pidfd_open};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions, pidfd_open, pidfd_send_signal, waitid};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::proc_identity::{self, ProcessIdentity};
 
@@ -66,6 +71,9 @@ pub(crate) struct ExitWatch {
 #[derive(Debug)]
 enum Watched {
     Child(tokio::process::Child),
+    /// Our child started by clone3: its pidfd, readable once it exited. Dropped before the
+    /// exit, it stays a zombie until the agent exits (the watch tasks live that long).
+    Born(AsyncFd<OwnedFd>),
     Adopted(ProcessIdentity),
     #[cfg(test)]
     Fake(tokio::sync::oneshot::Receiver<ExitReport>),
@@ -76,6 +84,12 @@ impl ExitWatch {
     /// A worker this agent spawned.
     pub(crate) fn child(child: tokio::process::Child) -> ExitWatch {
         ExitWatch { inner: Watched::Child(child) }
+    }
+
+    /// A worker this agent started with clone3 ([`crate::sys::clone3::spawn`]): its pidfd.
+    /// Needs a tokio runtime.
+    pub(crate) fn born(pidfd: OwnedFd) -> io::Result<ExitWatch> {
+        Ok(ExitWatch { inner: Watched::Born(crate::sys::register_owned_fd(pidfd, Interest::READABLE)?) })
     }
 
     /// A worker found running at start (not our child).
@@ -92,6 +106,7 @@ impl ExitWatch {
     pub(crate) async fn wait(&mut self) -> io::Result<ExitReport> {
         let report = match &mut self.inner {
             Watched::Child(child) => ExitReport::from_status(child.wait().await?),
+            Watched::Born(pidfd) => wait_born(pidfd).await?,
             Watched::Adopted(identity) => {
                 wait_adopted(identity).await?;
                 ExitReport::UNKNOWN
@@ -102,6 +117,36 @@ impl ExitWatch {
         };
         self.inner = Watched::Exited(report);
         Ok(report)
+    }
+
+    /// SIGKILLs a worker that was just started, and reaps it if it was born by clone3 (a
+    /// `tokio::process::Child` is reaped by tokio once dropped). For a launch that cannot
+    /// go on.
+    pub(crate) fn kill_new(&mut self) {
+        if let Watched::Child(child) = &mut self.inner {
+            let _ = child.start_kill();
+        } else if let Watched::Born(pidfd) = &self.inner {
+            let _ = pidfd_send_signal(pidfd.get_ref(), rustix::process::Signal::KILL);
+            crate::sys::clone3::reap(pidfd.get_ref());
+            let signal = Some(nix::libc::SIGKILL);
+            self.inner = Watched::Exited(ExitReport { code: None, signal });
+        }
+    }
+}
+
+/// The exit of a child born by clone3: the pidfd turns readable, then `waitid` reaps it.
+/// Cancel-safe: nothing is consumed until `waitid` returns the status.
+async fn wait_born(pidfd: &AsyncFd<OwnedFd>) -> io::Result<ExitReport> {
+    loop {
+        let mut ready = pidfd.readable().await?;
+        match waitid(WaitId::PidFd(pidfd.get_ref().as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG) {
+            Ok(Some(status)) => {
+                return Ok(ExitReport { code: status.exit_status(), signal: status.terminating_signal() });
+            }
+            Ok(None) => ready.clear_ready(),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

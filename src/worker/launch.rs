@@ -8,6 +8,11 @@
 //! step work". Every failure names the topology, the port, the step and the path, because the
 //! operator reads it in `gale status` long after the fact.
 //!
+//! Two routes start the process ([`Route`]), chosen by [`WorkerCgroup::birth`]: std's
+//! `Command` (fork; the cgroup joined before exec) and clone3 (born in its cgroup v2:
+//! `super::born`). [`worker_command`] is the one description of what the worker gets; the
+//! clone3 route reads argv, cwd and environment back from it.
+//!
 //! Invariants:
 //! - The log is a plain file opened with `O_APPEND`, never a pipe to the agent: a worker must
 //!   keep running, and logging, while the agent is stopped or restarting (SPEC §4).
@@ -15,15 +20,19 @@
 //! - Placeholder values are inserted verbatim and never rescanned (see [`expand`]).
 
 use std::collections::BTreeMap;
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use super::control::LaunchedWorker;
+use super::exit::ExitWatch;
 use super::heartbeat::heartbeat_file;
 use crate::ident::{self, IdentError};
-use crate::isolation::{IsolationError, WorkerCgroup};
+use crate::isolation::{Birth, IsolationError, WorkerCgroup};
 use crate::model::placeholders::{ExpandError, Placeholders, expand};
 use crate::proc_identity::ProcessIdentity;
 
@@ -60,13 +69,14 @@ pub(crate) struct LaunchSpec {
     pub run_as: Option<super::users::RunAs>,
 }
 
-/// A worker that was just started.
-#[derive(Debug)]
-pub(crate) struct Spawned {
-    /// Read right after the spawn, while the child cannot have been reaped yet (we hold it).
-    pub identity: ProcessIdentity,
-    /// Await `child.wait()` to learn of the exit at once (see [`super::exit::describe`]).
-    pub child: tokio::process::Child,
+/// How [`spawn_by`] starts the worker's process ([`WorkerCgroup::birth`] chooses).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Route<'a> {
+    /// std's `Command`: the child joins the cgroup (or sets its rlimits) between fork and exec.
+    JoinBeforeExec(&'a WorkerCgroup),
+    /// `clone3`, born in the cgroup v2 directory given. `None` (where the agent is) only for
+    /// tests, which check the clone3 child's steps on hosts without cgroup v2.
+    Clone3(Option<BorrowedFd<'a>>),
 }
 
 /// The I/O step of [`spawn_in`] that failed.
@@ -75,6 +85,8 @@ pub(crate) enum LaunchStep {
     CreateWorkerDir,
     CreateLogDir,
     OpenLog,
+    /// clone3 made no process: the cgroup v2 the worker is to be born in refused it.
+    CloneIntoCgroup,
     Exec,
     ReadIdentity,
 }
@@ -85,6 +97,7 @@ impl std::fmt::Display for LaunchStep {
             LaunchStep::CreateWorkerDir => "create the worker directory",
             LaunchStep::CreateLogDir => "create the log directory",
             LaunchStep::OpenLog => "open the log file",
+            LaunchStep::CloneIntoCgroup => "start a process in its cgroup (clone3 CLONE_INTO_CGROUP) for",
             LaunchStep::Exec => "execute",
             LaunchStep::ReadIdentity => "read the start time of the new process from",
         })
@@ -120,20 +133,81 @@ pub(crate) fn remove_agent_only_env(command: &mut std::process::Command) {
 }
 
 /// Starts the worker described by `spec` inside `isolation` (its cgroup, or its rlimits),
-/// which the child joins between `fork` and `exec`. If the child cannot join, the spawn fails
-/// (step `Exec`, with the errno of the failed write): a worker never runs outside its cgroup,
-/// and there is no way to start one without a [`WorkerCgroup`]. Must run inside a tokio
-/// runtime (the child is a `tokio::process::Child`). Does not wait for anything but `exec`: a
-/// worker that exits at once is reported by its `child.wait()`, not here.
-pub(crate) fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Spawned, LaunchError> {
-    let (topology, port) = (&spec.topology_id, spec.port);
-    let io_err = |step, path: &Path, source| LaunchError::Io {
-        topology: topology.clone(),
-        port,
-        step,
-        path: path.to_owned(),
+/// which its process enters before its first instruction: born in it (clone3, cgroup v2) or
+/// joined between `fork` and `exec` (see [`crate::isolation`]). If it cannot enter, the spawn
+/// fails (step `Exec`, with the errno): a worker never runs outside its cgroup, and there is no
+/// way to start one without a [`WorkerCgroup`]. Must run inside a tokio runtime. Does not wait
+/// for anything but `exec`: a worker that exits at once is reported by its exit watch, not here.
+pub(crate) fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<LaunchedWorker, LaunchError> {
+    let birth = isolation.birth().map_err(|source| LaunchError::Isolation {
+        topology: spec.topology_id.clone(),
+        port: spec.port,
         source,
+    })?;
+    match &birth {
+        Birth::IntoCgroup(dir) => spawn_by(spec, Route::Clone3(Some(dir.as_fd()))),
+        Birth::JoinBeforeExec => spawn_by(spec, Route::JoinBeforeExec(isolation)),
+    }
+}
+
+/// [`spawn_in`] by the route given. Both routes give the worker the same argv, cwd, environment,
+/// stdio, session and user: one `Command` describes them ([`worker_command`]).
+pub(crate) fn spawn_by(spec: &LaunchSpec, route: Route<'_>) -> Result<LaunchedWorker, LaunchError> {
+    let argv = checked_argv(spec)?;
+    let exec_err = |source| io_error(spec, LaunchStep::Exec, Path::new(&argv[0]), source);
+    // std's `Command` hides such a string behind a placeholder (its spawn then fails like
+    // this); the clone3 route reads the strings back from it, so both refuse them here.
+    let strings = argv.iter().chain(spec.env.iter().flat_map(|(k, v)| [k, v]));
+    if strings.map(String::as_bytes).chain([spec.blob_dir.as_os_str().as_bytes()]).any(|s| s.contains(&0)) {
+        return Err(exec_err(io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data")));
+    }
+    let (log, log_for_stderr) = prepare_files(spec)?;
+    let command = worker_command(spec, &argv);
+    let (pid, mut exit) = match route {
+        Route::JoinBeforeExec(isolation) => {
+            let mut command = command;
+            command.stdin(Stdio::null()).stdout(log).stderr(log_for_stderr);
+            crate::sys::new_session_on_exec(&mut command);
+            // Before the user switch (hooks run in registration order), so the join is made
+            // with the agent's credentials whichever the kernel checks: the writer's, or (v2,
+            // Linux ≥ 5.16) the opener's. The worker's user could not write `cgroup.procs`.
+            isolation.prepare(&mut command).map_err(|source| LaunchError::Isolation {
+                topology: spec.topology_id.clone(),
+                port: spec.port,
+                source,
+            })?;
+            if let Some(user) = &spec.run_as {
+                crate::sys::switch_user_on_exec(&mut command, user.uid, user.gid, &user.groups);
+            }
+            // kill_on_drop stays false (the default): dropping the handle, or the agent
+            // stopping, must never stop a worker.
+            let child = tokio::process::Command::from(command).spawn().map_err(exec_err)?;
+            (child.id().expect("a child that was never awaited has a pid"), ExitWatch::child(child))
+        }
+        Route::Clone3(cgroup) => {
+            let stdio = [OwnedFd::from(log), OwnedFd::from(log_for_stderr)];
+            super::born::spawn(&command, stdio, spec.run_as.as_ref(), cgroup)
+                .map_err(|(step, source)| io_error(spec, step, Path::new(&argv[0]), source))?
+        }
     };
+    match ProcessIdentity::of(pid) {
+        Ok(identity) => Ok(LaunchedWorker { identity, exit }),
+        Err(source) => {
+            // A worker we cannot prove is ours could never be stopped safely (STYLE habit 7):
+            // kill it now, while its pid is still certainly this child's.
+            exit.kill_new();
+            Err(io_error(spec, LaunchStep::ReadIdentity, Path::new(&format!("/proc/{pid}/stat")), source))
+        }
+    }
+}
+
+fn io_error(spec: &LaunchSpec, step: LaunchStep, path: &Path, source: io::Error) -> LaunchError {
+    LaunchError::Io { topology: spec.topology_id.clone(), port: spec.port, step, path: path.to_owned(), source }
+}
+
+/// The ids checked, the argv template expanded.
+fn checked_argv(spec: &LaunchSpec) -> Result<Vec<String>, LaunchError> {
+    let (topology, port) = (&spec.topology_id, spec.port);
     // Ids become directory names; assignment validation already checked them, this keeps a
     // caller bug from ever turning into a path outside the local dir.
     for (kind, value) in [("topology id", topology), ("worker id", &spec.worker_id)] {
@@ -143,7 +217,7 @@ pub(crate) fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Sp
             source,
         })?;
     }
-    let argv = expand(
+    Ok(expand(
         &spec.command,
         &Placeholders {
             port,
@@ -153,74 +227,57 @@ pub(crate) fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<Sp
             worker_dir: spec.worker_dir.clone(),
             blobs: spec.blobs.clone(),
         },
-    )?;
+    )?)
+}
 
+/// The worker's directory and log directory (owned by its user), and its log opened twice
+/// (stdout, stderr).
+fn prepare_files(spec: &LaunchSpec) -> Result<(File, File), LaunchError> {
     let mut dirs = DirBuilder::new();
     dirs.recursive(true).mode(0o755);
-    dirs.create(&spec.worker_dir).map_err(|e| io_err(LaunchStep::CreateWorkerDir, &spec.worker_dir, e))?;
+    dirs.create(&spec.worker_dir).map_err(|e| io_error(spec, LaunchStep::CreateWorkerDir, &spec.worker_dir, e))?;
     if let Some(log_dir) = spec.log_file.parent() {
-        dirs.create(log_dir).map_err(|e| io_err(LaunchStep::CreateLogDir, log_dir, e))?;
+        dirs.create(log_dir).map_err(|e| io_error(spec, LaunchStep::CreateLogDir, log_dir, e))?;
     }
     if let Some(user) = &spec.run_as {
         // The worker writes its heartbeat and whatever it likes into its own dir, as its user.
         for dir in [spec.worker_dir.as_path(), spec.blob_dir.as_path()].into_iter().filter(|d| d.exists()) {
             std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
-                .map_err(|e| io_err(LaunchStep::CreateWorkerDir, dir, e))?;
+                .map_err(|e| io_error(spec, LaunchStep::CreateWorkerDir, dir, e))?;
         }
     }
     // std opens it with O_CLOEXEC: the only way the worker gets this descriptor is as its
-    // stdout and stderr below.
+    // stdout and stderr.
     let log = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
         .open(&spec.log_file)
-        .map_err(|e| io_err(LaunchStep::OpenLog, &spec.log_file, e))?;
-    let log_for_stderr = log.try_clone().map_err(|e| io_err(LaunchStep::OpenLog, &spec.log_file, e))?;
+        .map_err(|e| io_error(spec, LaunchStep::OpenLog, &spec.log_file, e))?;
+    let log_for_stderr = log.try_clone().map_err(|e| io_error(spec, LaunchStep::OpenLog, &spec.log_file, e))?;
+    Ok((log, log_for_stderr))
+}
 
+/// What the worker is given: argv, cwd and environment (the `GALE_*` variables last, so an
+/// assignment's `env` cannot override them; `USER` and `LOGNAME` of `run_as`).
+fn worker_command(spec: &LaunchSpec, argv: &[String]) -> std::process::Command {
     let mut command = std::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .current_dir(&spec.worker_dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_for_stderr)
         .envs(&spec.env)
-        .env("GALE_TOPOLOGY_ID", topology)
+        .env("GALE_TOPOLOGY_ID", &spec.topology_id)
         .env("GALE_WORKER_ID", &spec.worker_id)
-        .env("GALE_PORT", port.to_string())
+        .env("GALE_PORT", spec.port.to_string())
         .env("GALE_SUPERVISOR_ID", &spec.supervisor_id)
         .env("GALE_WORKER_DIR", &spec.worker_dir)
         .env("GALE_HEARTBEAT_FILE", heartbeat_file(&spec.worker_dir))
         .env("GALE_BLOB_DIR", &spec.blob_dir);
     remove_agent_only_env(&mut command);
-    crate::sys::new_session_on_exec(&mut command);
-    // Before the user switch (hooks run in registration order), so the join is made with the
-    // agent's credentials whichever the kernel checks: the writer's, or (v2, Linux ≥ 5.16) the
-    // opener's. The worker's user could not write `cgroup.procs` itself.
-    isolation.prepare(&mut command).map_err(|source| LaunchError::Isolation {
-        topology: topology.clone(),
-        port,
-        source,
-    })?;
     if let Some(user) = &spec.run_as {
         command.env("USER", &user.name).env("LOGNAME", &user.name);
-        crate::sys::switch_user_on_exec(&mut command, user.uid, user.gid, &user.groups);
     }
-    // kill_on_drop stays false (the default): dropping the handle, or the agent stopping,
-    // must never stop a worker.
-    let mut child =
-        tokio::process::Command::from(command).spawn().map_err(|e| io_err(LaunchStep::Exec, Path::new(&argv[0]), e))?;
-    let pid = child.id().expect("a child that was never awaited has a pid");
-    match ProcessIdentity::of(pid) {
-        Ok(identity) => Ok(Spawned { identity, child }),
-        Err(source) => {
-            // A worker we cannot prove is ours could never be stopped safely (STYLE habit 7):
-            // kill it now, while its pid is still certainly this child's.
-            let _ = child.start_kill();
-            Err(io_err(LaunchStep::ReadIdentity, Path::new(&format!("/proc/{pid}/stat")), source))
-        }
-    }
+    command
 }
 
 #[cfg(test)]

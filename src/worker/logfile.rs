@@ -20,6 +20,15 @@ pub(crate) fn worker_log_dir(log_dir: &Path, topology: &str, port: u16) -> PathB
     log_dir.join("workers").join(topology).join(port.to_string())
 }
 
+/// The directory, inside a slot's log directory, of its diagnostics runs' files.
+pub(crate) const DIAG_DIR: &str = "diag";
+
+/// `<log_dir>/workers/<topology>/<port>/diag`: where diagnostics runs on that slot's workers
+/// keep their output (see [`crate::diagnostics`]).
+pub(crate) fn diag_dir(log_dir: &Path, topology: &str, port: u16) -> PathBuf {
+    worker_log_dir(log_dir, topology, port).join(DIAG_DIR)
+}
+
 /// `<log_dir>/workers/<topology>/<port>/worker.log`.
 pub(crate) fn worker_log_path(log_dir: &Path, topology: &str, port: u16) -> PathBuf {
     worker_log_dir(log_dir, topology, port).join(WORKER_LOG_FILE)
@@ -36,5 +45,6 @@ mod tests {
             PathBuf::from("/var/log/gale/workers/wordcount/6700/worker.log")
         );
         assert_eq!(worker_log_dir(Path::new("/l"), "t", 1), PathBuf::from("/l/workers/t/1"));
+        assert_eq!(diag_dir(Path::new("/l"), "t", 1), PathBuf::from("/l/workers/t/1/diag"));
     }
 }

@@ -8,8 +8,9 @@
 //!    rotation), and rotates `worker.log` once it is larger than `max_bytes`:
 //!    `worker.log.N` → `worker.log.N+1` (the one that would pass `keep` is deleted), then
 //!    `worker.log` is **copied** to `worker.log.1` and **truncated** to 0;
-//! 2. adds up every `worker.log` and `worker.log.N` under the root and, while the total is over
-//!    `node_quota_bytes`, deletes the oldest rotated file (by mtime, across all topologies and
+//! 2. adds up every `worker.log`, `worker.log.N` and diagnostics run's file (`diag/*`, see
+//!    [`crate::diagnostics`]) under the root and, while the total is over `node_quota_bytes`,
+//!    deletes the oldest rotated or diagnostics file (by mtime, across all topologies and
 //!    ports).
 //!
 //! Why copy-then-truncate rather than rename: a worker's stdout and stderr are the log file
@@ -179,7 +180,7 @@ fn remove(path: &Path, why: &str, report: &mut SweepReport) -> bool {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => true,
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot delete a rotated worker log ({why})");
+            warn!(path = %path.display(), error = %e, "cannot delete an old worker log file ({why})");
             false
         }
     }
@@ -302,8 +303,13 @@ fn copy_truncate(active: &Path, rotated: &Path, after_copy: &mut dyn FnMut()) ->
 fn enforce_quota(slots: &[PathBuf], policy: &LogPolicy, report: &mut SweepReport) {
     let mut total = 0u64;
     // (mtime, index, size, path): oldest first; on equal mtimes the higher index is older.
+    // Diagnostics files are index 0.
     let mut rotated: Vec<(SystemTime, Reverse<u64>, u64, PathBuf)> = Vec::new();
     for dir in slots {
+        for (path, meta) in diag_files(dir) {
+            total = total.saturating_add(meta.len());
+            rotated.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), Reverse(0), meta.len(), path));
+        }
         let Ok(entries) = fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -334,7 +340,7 @@ fn enforce_quota(slots: &[PathBuf], policy: &LogPolicy, report: &mut SweepReport
             break;
         }
         if remove(&path, "node quota", report) {
-            info!(path = %path.display(), bytes = size, "deleted a rotated worker log (logs.node_quota_mb)");
+            info!(path = %path.display(), bytes = size, "deleted an old worker log file (logs.node_quota_mb)");
             total -= size;
         }
     }
@@ -347,6 +353,15 @@ fn enforce_quota(slots: &[PathBuf], policy: &LogPolicy, report: &mut SweepReport
             "worker logs are over logs.node_quota_mb with no rotated file left to delete; active logs are never cut"
         );
     }
+}
+
+/// The regular files (never a link) in a slot directory's `diag/`, with their metadata.
+fn diag_files(slot_dir: &Path) -> Vec<(PathBuf, fs::Metadata)> {
+    real_entries(&slot_dir.join(super::logfile::DIAG_DIR), |t| t.is_file())
+        .into_iter()
+        .filter_map(|path| Some((fs::symlink_metadata(&path).ok().filter(fs::Metadata::is_file)?, path)))
+        .map(|(meta, path)| (path, meta))
+        .collect()
 }
 
 #[cfg(test)]

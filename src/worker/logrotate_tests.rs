@@ -213,6 +213,38 @@ fn the_quota_deletes_the_oldest_rotated_files_across_slots_and_never_an_active_l
 }
 
 #[test]
+fn diagnostics_files_count_towards_the_quota_and_go_oldest_first_with_rotated_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = slot(tmp.path(), "alpha", 6700);
+    let diag = a.join("diag");
+    fs::create_dir_all(&diag).unwrap();
+    let outside = tmp.path().join("outside");
+    fs::write(&outside, [b'o'; 1000]).unwrap();
+    std::os::unix::fs::symlink(&outside, diag.join("20261207T000000.000Z-link.txt")).unwrap();
+    // 100 bytes each; ages in seconds.
+    let old_run = diag.join("20261207T181500.123Z-jstack.txt");
+    let heap = diag.join("20261207T181500.123Z-heap.out");
+    let new_run = diag.join("20261207T191500.000Z-jstack.txt");
+    for (path, age) in [
+        (a.join("worker.log"), 10),
+        (a.join("worker.log.1"), 500),
+        (old_run.clone(), 700),
+        (heap.clone(), 400),
+        (new_run.clone(), 5),
+    ] {
+        fs::write(&path, [b'.'; 100]).unwrap();
+        set_mtime(&path, age);
+    }
+    let report = sweep(tmp.path(), &policy(BIG, 5, BIG));
+    assert_eq!(report.total_bytes, 500, "the symlink is not counted");
+    let report = sweep(tmp.path(), &policy(BIG, 5, 250));
+    assert_eq!(report.deleted, vec![old_run, a.join("worker.log.1"), heap]);
+    assert_eq!((report.total_bytes, report.over_quota), (200, false));
+    assert!(new_run.exists());
+    assert_eq!(fs::read(&outside).unwrap().len(), 1000);
+}
+
+#[test]
 fn symlinks_are_never_followed_counted_or_touched() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("workers");

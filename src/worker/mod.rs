@@ -3,7 +3,8 @@
 //! The decisions (when to launch, when a worker is hung, when to escalate SIGTERM to SIGKILL)
 //! live in the pure slot state machine; this module only carries them out and reports back.
 //!
-//! - [`launch`]: expand the assignment's argv and start a worker per SPEC §4;
+//! - [`launch`]: expand the assignment's argv and start a worker per SPEC §4; `born`: the
+//!   route by which it is born in its cgroup (clone3, cgroup v2);
 //! - [`exit`]: learn of an exit at once, for our children (`wait`) and adopted workers (pidfd);
 //! - [`signal`]: signal a worker's process group, only after proving it is ours;
 //! - [`heartbeat`]: a worker's heartbeat file, its mtime and an inotify hint;
@@ -17,6 +18,7 @@
 //! signal and every adoption goes through pid + start time + boot id
 //! ([`crate::proc_identity::ProcessIdentity`]).
 
+mod born;
 pub(crate) mod control;
 pub(crate) mod exit;
 #[cfg(test)]

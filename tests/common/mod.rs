@@ -539,6 +539,22 @@ impl Drop for Reaper {
     }
 }
 
+/// The uid of local user `name`, created (no home, no login shell, uid ≥ 1000) if missing: the
+/// users that `run_as_user` tests run workers as. Needs root; tests that call it check first.
+pub fn test_user(name: &str) -> u32 {
+    if let Some(user) = nix::unistd::User::from_name(name).unwrap() {
+        return user.uid.as_raw();
+    }
+    let out = Command::new("useradd")
+        .args(["--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name])
+        .output()
+        .expect("useradd (passwd package) runs");
+    // Exit 9: created meanwhile by a concurrent test process; anything else is a failure.
+    assert!(out.status.success() || out.status.code() == Some(9), "useradd {name}: {}", text(&out.stderr));
+    let user = nix::unistd::User::from_name(name).unwrap().unwrap_or_else(|| panic!("user {name} after useradd"));
+    user.uid.as_raw()
+}
+
 pub fn pids_with_cwd_under(dir: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
@@ -684,6 +700,13 @@ impl TestAgent {
         std::fs::write(&self.config, f(text)).unwrap();
     }
 
+    /// Turns the admin endpoint on, on a free loopback port, and returns the port.
+    pub fn enable_admin(&self) -> u16 {
+        let admin = free_port();
+        self.edit(|text| text.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{admin}\"")));
+        admin
+    }
+
     pub fn path(&self) -> &Path {
         self.tmp.path()
     }
@@ -708,6 +731,27 @@ impl TestAgent {
     pub async fn wait_info(&self, zk: &zkc::Client, agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_info(zk, &self.info_path(), agent, what, Duration::from_secs(60), |i, _| pred(i)).await.0
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// The admin endpoint
+
+/// `GET url`: (status code, body); 0 when nothing answers.
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The value of the metric line `name` (exact, labels included), if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ------------------------------------------------------------------------------------------

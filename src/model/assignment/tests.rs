@@ -220,3 +220,19 @@ fn the_serialized_payload_must_fit_in_a_node() {
     };
     assert_names(&broken(fat), &["topology wordcount: payload:", "more than the 1048576"]);
 }
+
+#[test]
+fn the_placements_of_a_refused_payload_are_read_when_its_schema_is_known() {
+    let mut relative = serde_json::to_value(sample()).unwrap();
+    relative["launch"]["command"] = serde_json::json!(["bin/run"]);
+    relative["workers"][1] = serde_json::json!({"supervisor_id": "x", "port": "not a port"});
+    let bytes = serde_json::to_vec(&relative).unwrap();
+    assert!(Assignment::decode("/g/assignments/wordcount", &bytes).is_err());
+    let placed = placements_of_invalid(&bytes);
+    assert_eq!(placed, vec![sample().workers[0].clone(), sample().workers[2].clone()], "the well-formed ones");
+    // Not JSON, another schema, no workers: nothing is placed.
+    relative["schema"] = 2.into();
+    for bytes in [b"{not json".to_vec(), serde_json::to_vec(&relative).unwrap(), br#"{"schema":1}"#.to_vec()] {
+        assert!(placements_of_invalid(&bytes).is_empty());
+    }
+}

@@ -85,6 +85,30 @@ fn worker_info_is_the_spec_entry() {
 }
 
 #[test]
+fn an_assignment_that_cannot_run_is_reported_on_its_slot_and_nowhere_else() {
+    let broken = |topology: &str| Unrunnable {
+        topology_id: topology.into(),
+        error: format!("{topology} is broken"),
+        since_ms: 5,
+    };
+    let d = Driver::new();
+    assert_eq!(d.slot.report(None), None, "empty, nothing to say");
+    let info = d.slot.report(Some(&broken("b"))).unwrap();
+    assert_eq!((info.topology_id.as_str(), info.state, info.pid), ("b", N::Empty, None));
+    assert_eq!((info.worker_id.as_str(), info.since_ms, info.error.as_deref()), ("", 5, Some("b is broken")));
+
+    let d = Driver::running(&pj("a"));
+    assert_eq!(d.slot.report(None), d.slot.to_worker_info());
+    assert_eq!(d.slot.report(Some(&broken("a"))).unwrap().error.as_deref(), Some("a is broken"), "its own topology");
+    assert_eq!(d.slot.report(Some(&broken("b"))), d.slot.to_worker_info(), "another topology's problem");
+
+    // The slot's own error (why its worker cannot start) comes first.
+    let mut d = Driver::running(&pj("a"));
+    d.slot.error = Some("launch failed".into());
+    assert_eq!(d.slot.report(Some(&broken("a"))).unwrap().error.as_deref(), Some("launch failed"));
+}
+
+#[test]
 fn a_jobs_timeouts_are_its_own_or_the_nodes_capped_by_max_timeout() {
     let worker = WorkerConfig {
         start_timeout: Duration::from_secs(120),

@@ -92,7 +92,9 @@ impl Processes {
             e
         })?;
         // GALE_BLOB_DIR exists even when the job has no blobs (SPEC §4 promises the directory).
-        let blobs = self.links.link(port, job, &worker_dir).map_err(|e| {
+        // Linked only to cache entries of the user it runs as (blob privacy between users).
+        let owner = crate::blob::Owner::of_uid(run_as.as_ref().map(|r| r.uid));
+        let blobs = self.links.link(port, job, owner, &worker_dir).map_err(|e| {
             warn!(port, topology = %job.topology_id, error = %e, "cannot launch a worker");
             self.remove_worker_dir(worker_id);
             e
@@ -224,16 +226,24 @@ impl Processes {
     /// them when a blob says `restart_on_update`.
     pub(super) async fn check_blobs(&mut self, port: u16, now: Instant, wall: u64) {
         use crate::slot::SlotState as S;
+        let users = &self.config.users;
+        let owner = |job: &SlotJob| links::blob_owner(users, &job.topology_id, job.launch.user.as_deref());
         let input = match &self.slots[&port].state {
-            S::WaitingForBlobs { job } | S::WaitingForBlobUpdate { job } => match self.links.ready(port, job) {
-                Ok(()) => Input::BlobsReady(job.clone()),
-                Err(error) => Input::BlobProblem { job: job.clone(), error },
+            S::WaitingForBlobs { job } | S::WaitingForBlobUpdate { job } => match owner(job) {
+                // A refused user is the launch's to report, before anything is created; no
+                // blob is fetched for it.
+                Err(_) => Input::BlobsReady(job.clone()),
+                Ok(owner) => match self.links.ready(port, job, owner) {
+                    Ok(()) => Input::BlobsReady(job.clone()),
+                    Err(error) => Input::BlobProblem { job: job.clone(), error },
+                },
             },
             S::Running { job, worker, .. } | S::WaitingForWorkerStart { job, worker: Some(worker), .. }
                 if !job.blobs.is_empty() =>
             {
+                let Ok(owner) = owner(job) else { return };
                 let dir = worker::worker_dir(&self.config.local_dir, &worker.worker_id);
-                if !self.links.check(port, job, &dir).restart {
+                if !self.links.check(port, job, owner, &dir).restart {
                     return;
                 }
                 info!(port, topology = %job.topology_id, worker = %worker.worker_id,

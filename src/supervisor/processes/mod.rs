@@ -15,8 +15,9 @@
 //!
 //! By concern: this file holds the executor, its construction and one job's steps;
 //! [`launch`] starts a worker, `recover` adopts at start and cleans up after workers,
-//! [`policy`] holds the settings, the node restart budget and the session-loss policy, and
-//! [`operations`] the operator's operations and the drain/health holds.
+//! [`policy`] holds the settings, the node restart budget and the session-loss policy,
+//! [`operations`] the operator's operations and the drain/health holds, and [`diag`] the
+//! diagnostics runs started on workers.
 //!
 //! Invariants:
 //! - a worker is recorded in LocalState (`workers`) right after it is spawned, before the slot
@@ -25,6 +26,7 @@
 //! - before the first assignment sync, slots get no assignment input: workers found running
 //!   after a restart are adopted and kept, never stopped for lack of information.
 
+mod diag;
 mod exits;
 mod launch;
 mod operations;
@@ -182,7 +184,12 @@ impl Processes {
             lost: BTreeMap::new(),
             adopted: BTreeSet::new(),
             links: BlobLinks::new(local.cache, blob_view),
-            ops: operations::Ops { drained: local.drained, drain_waiters: Vec::new(), held_for_health: false },
+            ops: operations::Ops {
+                drained: local.drained,
+                drain_waiters: Vec::new(),
+                held_for_health: false,
+                diagnosing: diag::Diagnosing::default(),
+            },
             exit_seen: BTreeMap::new(),
             cgroups: BTreeMap::new(),
             cleanup: Cleanup::default(),
@@ -310,8 +317,18 @@ impl Processes {
         }
     }
 
+    /// What each slot reports (SupervisorInfo `workers[]`, `gale status`): the slot, and
+    /// the assignment of the latest view that cannot run on its port, if any. From the view as
+    /// read, not [`Processes::desired_now`]: a drained host still shows a broken assignment.
+    fn slot_reports(&self) -> BTreeMap<u16, Option<WorkerInfo>> {
+        let view = self.inputs.desired.borrow();
+        let unrunnable = |port: &u16| view.as_ref().and_then(|v| v.unrunnable.get(port));
+        self.slots.iter().map(|(port, slot)| (*port, slot.report(unrunnable(port)))).collect()
+    }
+
     fn publish(&self) {
-        let workers: Vec<WorkerInfo> = self.slots.values().filter_map(Slot::to_worker_info).collect();
+        let reports = self.slot_reports();
+        let workers: Vec<WorkerInfo> = reports.values().flatten().cloned().collect();
         self.outputs.report.send_if_modified(|r| {
             if r.workers == workers {
                 false
@@ -320,7 +337,7 @@ impl Processes {
                 true
             }
         });
-        let statuses = self.slot_statuses();
+        let statuses = self.slot_statuses(&reports);
         self.outputs.slots.send_if_modified(|current| {
             if *current == statuses {
                 false

@@ -1,10 +1,12 @@
-//! The executor's side of operator operations (control socket, ZooKeeper actions) and of the
+//! The executor's side of operator operations (control socket, ZooKeeper actions; the
+//! diagnostics runs are `diag.rs`) and of the
 //! holds that keep workers stopped: `gale drain` and failing health checks. Also the slot
 //! statuses it publishes for `gale status`.
 //!
 //! Operations are applied at the start of a `sync-processes` job, so they are ordered with
 //! every other input and touch the slots only from their owner.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use tokio::time::Instant;
@@ -13,9 +15,12 @@ use tracing::{info, warn};
 use super::Processes;
 use crate::admin::SlotStatus;
 use crate::admin::control::Reply;
+use crate::blob::BlobUse;
 use crate::local_state::Drained;
+use crate::model::WorkerInfo;
 use crate::model::action::Operation;
 use crate::slot::{Input, SlotState};
+use crate::supervisor::links;
 
 /// Operator state: the drain and health holds.
 #[derive(Debug)]
@@ -25,6 +30,8 @@ pub(super) struct Ops {
     pub(super) drain_waiters: Vec<tokio::sync::oneshot::Sender<crate::admin::control::Reply>>,
     /// The health verdict last acted on (for logging the change once).
     pub(super) held_for_health: bool,
+    /// Ports with a diagnostics run in progress.
+    pub(super) diagnosing: super::diag::Diagnosing,
 }
 
 impl Processes {
@@ -65,6 +72,11 @@ impl Processes {
                     Err(e) => e,
                 },
                 Operation::SignalWorker { port, signal } => self.signal_worker(port, &signal),
+                Operation::Diag { port, name, wait } => {
+                    // Answered by the run's task (or at once when refused).
+                    self.start_diag(port, &name, wait, reply);
+                    continue;
+                }
                 Operation::Drain { wait } => {
                     self.set_drained(true).await;
                     let running = self.running_workers();
@@ -147,15 +159,16 @@ impl Processes {
         }
     }
 
-    /// Every slot, for `gale status`.
-    pub(super) fn slot_statuses(&self) -> Vec<SlotStatus> {
+    /// Every slot, for `gale status`; its topology and error as in `reports`
+    /// ([`Processes::slot_reports`]), so status and SupervisorInfo agree.
+    pub(super) fn slot_statuses(&self, reports: &BTreeMap<u16, Option<WorkerInfo>>) -> Vec<SlotStatus> {
         let now = Instant::now();
         let wall = crate::model::unix_ms();
         let view = self.links.view();
         self.slots
             .values()
             .map(|slot| {
-                let job = slot.job();
+                let report = reports.get(&slot.port).and_then(Option::as_ref);
                 let worker = slot.worker();
                 let backoff_until_ms = match &slot.state {
                     SlotState::Backoff { until, .. } => {
@@ -164,42 +177,46 @@ impl Processes {
                     _ => None,
                 };
                 let waiting_for = match &slot.state {
-                    SlotState::WaitingForBlobs { job } | SlotState::WaitingForBlobUpdate { job } => job
-                        .blobs
-                        .iter()
-                        .filter_map(|b| {
-                            let status = view.blobs.get(&(b.key.clone(), b.extract));
-                            match status {
-                                Some(s) if s.ready.is_some() => None,
-                                Some(s) if s.downloading => Some(format!(
-                                    "blob `{}`{}: downloading",
-                                    b.key,
-                                    s.version.map(|v| format!(" version {v}")).unwrap_or_default()
-                                )),
-                                Some(s) => Some(format!(
-                                    "blob `{}`: {}",
-                                    b.key,
-                                    s.error.clone().unwrap_or_else(|| "not local".into())
-                                )),
-                                None => Some(format!("blob `{}`: not looked up yet", b.key)),
-                            }
-                        })
-                        .collect(),
+                    SlotState::WaitingForBlobs { job } | SlotState::WaitingForBlobUpdate { job } => {
+                        let users = &self.config.users;
+                        // The user's entries; a refused user's slot shows the refusal instead.
+                        let owner = links::blob_owner(users, &job.topology_id, job.launch.user.as_deref()).ok();
+                        job.blobs
+                            .iter()
+                            .filter_map(|b| {
+                                let status = owner.and_then(|owner| view.blobs.get(&BlobUse::of(b, owner)));
+                                match status {
+                                    Some(s) if s.ready.is_some() => None,
+                                    Some(s) if s.downloading => Some(format!(
+                                        "blob `{}`{}: downloading",
+                                        b.key,
+                                        s.version.map(|v| format!(" version {v}")).unwrap_or_default()
+                                    )),
+                                    Some(s) => Some(format!(
+                                        "blob `{}`: {}",
+                                        b.key,
+                                        s.error.clone().unwrap_or_else(|| "not local".into())
+                                    )),
+                                    None => Some(format!("blob `{}`: not looked up yet", b.key)),
+                                }
+                            })
+                            .collect()
+                    }
                     _ => Vec::new(),
                 };
                 SlotStatus {
                     port: slot.port,
                     state: slot.state_name(),
-                    topology_id: job.map(|j| j.topology_id.clone()),
+                    topology_id: report.map(|r| r.topology_id.clone()),
                     worker_id: worker.map(|w| w.worker_id.clone()),
                     pid: worker.map(|w| w.pid),
-                    since_ms: slot.state_since_ms,
+                    since_ms: report.map_or(slot.state_since_ms, |r| r.since_ms),
                     running_since_ms: matches!(slot.state, SlotState::Running { .. }).then_some(slot.state_since_ms),
                     restarts: slot.restarts,
                     last_exit: slot.last_exit.clone(),
                     backoff_until_ms,
                     waiting_for,
-                    error: slot.error.clone(),
+                    error: report.and_then(|r| r.error.clone()),
                     // Joined at read time from the use sampler's report (admin::Sources).
                     usage: None,
                 }

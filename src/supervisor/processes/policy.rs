@@ -34,6 +34,8 @@ pub(crate) struct ProcessConfig {
     pub users: worker::users::UserPolicy,
     /// How worker limits are enforced here (detected once at start).
     pub isolation: crate::isolation::Mechanism,
+    /// `[diagnostics]`: the commands `gale worker diag` and the `diag` action run.
+    pub diagnostics: crate::config::DiagnosticsConfig,
 }
 
 impl ProcessConfig {
@@ -56,6 +58,7 @@ impl ProcessConfig {
                 .then_some(config.zookeeper.stop_workers_after),
             users: worker::users::UserPolicy::from_config(&config.worker),
             isolation,
+            diagnostics: config.diagnostics.clone(),
         }
     }
 }
@@ -87,8 +90,9 @@ impl RestartBudget {
 }
 
 impl Processes {
-    /// A config reload: new timeouts, restart policy, users and session-loss policy, for every
-    /// step from now on (a running backoff or grace period keeps the deadline it was given).
+    /// A config reload: new timeouts, restart policy, users, session-loss policy and
+    /// diagnostics commands, for every step from now on (a running backoff or grace period
+    /// keeps the deadline it was given; a running diagnostics run, its settings).
     /// The keys that need a restart (`local_dir`, `log_dir`, `slots`) come out unchanged:
     /// `reload::merge` keeps the running values of those.
     pub(super) fn reconfigure(&mut self, config: &Config) {

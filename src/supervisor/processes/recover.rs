@@ -101,7 +101,9 @@ impl Processes {
         self.adopted.insert(id.clone());
         let dir = self.worker_dir(&id);
         self.links.adopt(port, &job, &dir);
-        if let Some(cgroup) = crate::isolation::WorkerCgroup::adopt(&self.config.isolation, &id) {
+        let cgroup = crate::isolation::WorkerCgroup::adopt(&self.config.isolation, &id)
+            .or_else(|| self.cgroup_elsewhere(record.process.pid, &id));
+        if let Some(cgroup) = cgroup {
             self.cgroups.insert(id.clone(), cgroup);
         }
         self.feed(port, Input::Adopt { worker: w, job: job.clone() }, now, wall).await;
@@ -123,6 +125,25 @@ impl Processes {
         if heartbeat {
             self.watch_heartbeat(&id);
         }
+    }
+
+    /// The cgroup of an adopted worker that is not under this agent's workers' parent: one an
+    /// earlier build launched where it put that parent then (on cgroup v2 under systemd,
+    /// beside the unit in `system.slice`, before it moved to the cgroup root). Found from the
+    /// worker's `/proc/<pid>/cgroup`, so the worker is still stopped and killed as a whole; its
+    /// next launch is under the current parent.
+    fn cgroup_elsewhere(&self, pid: u32, worker_id: &str) -> Option<crate::isolation::WorkerCgroup> {
+        if self.config.isolation == crate::isolation::Mechanism::Rlimits {
+            return None;
+        }
+        let name = crate::isolation::parent_name(&self.config.supervisor_id);
+        let parents = crate::isolation::worker_parents(pid, worker_id, &[&name]).ok()?;
+        let cgroup = crate::isolation::WorkerCgroup::under(&parents, worker_id);
+        if !cgroup.tracks_processes() {
+            return None;
+        }
+        info!(pid, worker = worker_id, "adopted worker's cgroup found where an earlier build put it");
+        Some(cgroup)
     }
 
     /// A task that reports an adopted worker's exit (a pidfd for the real control).

@@ -1,7 +1,8 @@
 //! The executor's rules, each proven through the [`FakeProcessControl`] seam on a paused tokio
 //! clock: restarts and backoff, the node restart budget, the session-loss policy both ways,
-//! adoption at start (live, gone, pid reused), the OOM relabel, stop escalation, and that a
-//! reload gives the settings a start gives. A real `LocalState` and blob cache live in a
+//! adoption at start (live, gone, pid reused), the OOM relabel, stop escalation, that a
+//! reload gives the settings a start gives, and what a diagnostics run is about (or why
+//! none). A real `LocalState` and blob cache live in a
 //! tempdir; no process is started (the real edge is tested with real processes in
 //! `worker/tests.rs` and `tests/workers.rs`).
 
@@ -145,7 +146,7 @@ impl Harness {
     fn assign(&mut self, jobs: &[(u16, &str)]) {
         self.generation += 1;
         let jobs: LocalAssignments = jobs.iter().map(|(port, t)| (*port, port_job(t))).collect();
-        let view = AssignmentView { generation: self.generation, jobs, problems: BTreeMap::new() };
+        let view = AssignmentView { generation: self.generation, jobs, ..AssignmentView::default() };
         self.desired.send_replace(Some(Arc::new(view)));
     }
 
@@ -419,4 +420,33 @@ async fn a_reload_gives_the_settings_a_start_gives() {
     h.job().await;
     assert_eq!(h.p.config, start);
     assert_eq!(h.p.budget.per_min, 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_diagnostics_run_is_about_the_proven_worker_of_a_slot_with_a_configured_command() {
+    let mut h = Harness::new(
+        "[diagnostics]\ntimeout_secs = 7\nmax_output_mb = 2\n[diagnostics.commands]\nst = [\"/bin/cat\", \"/proc/{pid}/status\"]\n",
+    );
+    h.assign(&[(A, "a")]);
+    h.job().await;
+    let (pid, worker) = (h.pid(A), h.worker_id(A));
+    let request = h.p.diag_request(A, "st").unwrap();
+    assert_eq!((request.name.as_str(), request.argv.len()), ("st", 2));
+    assert_eq!((request.values.pid, request.values.port, request.values.topology_id.as_str()), (pid, A, "a"));
+    assert_eq!(request.values.worker_dir, h.p.worker_dir(&worker));
+    assert_eq!(request.diag_dir, h._keep.0.path().join("log/workers/a/6700/diag"));
+    assert_eq!((request.timeout, request.max_bytes, request.run_as), (Duration::from_secs(7), 2 << 20, None));
+
+    let refused = |h: &Harness, port, name| h.p.diag_request(port, name).unwrap_err();
+    assert_eq!(refused(&h, A, "jstack"), "no diagnostics command `jstack` in [diagnostics.commands] (configured: st)");
+    assert_eq!(refused(&h, B, "st"), "no worker runs there");
+    assert_eq!(refused(&h, 6999, "st"), "not one of this agent's slots");
+    // The process is gone but its exit is not handled yet: its pid proves nothing any more.
+    h.fake.exit(pid, CRASH);
+    assert_eq!(refused(&h, A, "st"), format!("worker pid {pid} is not provably the recorded process any more"));
+
+    // With none configured, the refusal says so.
+    h.p.config.diagnostics.commands.clear();
+    let err = refused(&h, A, "st");
+    assert!(err.contains("no diagnostics command `st`") && err.contains("none is configured"), "{err}");
 }

@@ -1,15 +1,19 @@
 //! The one place where the crate needs `unsafe`: code that runs in a forked child between
-//! `fork` and `exec`, and handing a descriptor to tokio's reactor.
+//! `fork` and `exec`, starting a worker with `clone3` ([`clone3`]: born in its cgroup), and
+//! handing a descriptor to tokio's reactor.
 //!
-//! The rest of the crate is `#![deny(unsafe_code)]` (Cargo.toml lints); this module allows it
-//! so that the unsafe surface is one function that can be read in a minute. Everything else
-//! that touches the kernel goes through safe wrappers (`nix`, `rustix`, `tokio`).
+//! The rest of the crate is `#![deny(unsafe_code)]` (Cargo.toml lints); this module and its
+//! child allow it so that the unsafe surface is a few functions that can be read in minutes.
+//! Everything else that touches the kernel goes through safe wrappers (`nix`, `rustix`,
+//! `tokio`).
 //!
-//! Invariant: the closure handed to `pre_exec` only makes async-signal-safe system calls. It
-//! allocates nothing, takes no lock and touches no state shared with the parent, because after
-//! `fork` in a multi-threaded process only the forking thread exists and any lock another
-//! thread held stays held forever.
+//! Invariant: the closures handed to `pre_exec`, and the child side of [`clone3::spawn`], only
+//! make async-signal-safe system calls. They allocate nothing, take no lock and touch no state
+//! shared with the parent, because after `fork` in a multi-threaded process only the forking
+//! thread exists and any lock another thread held stays held forever.
 #![allow(unsafe_code)]
+
+pub(crate) mod clone3;
 
 use std::io;
 use std::os::fd::OwnedFd;
