@@ -330,7 +330,9 @@ async fn sigkill_of_the_agent_at_random_points_loses_nothing_and_never_doubles_a
     let n = Narrator::new("sigkill", seed);
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let t = TestAgent::new("f", "sigkill");
+    // Not "sigkill": upgrade.rs's takeover test had that id, and this test counts every process
+    // with its GALE_SUPERVISOR_ID as its own (found by the VM stage: "2 workers on port 6700").
+    let t = TestAgent::new("f", "random-sigkills");
     t.edit(|text| {
         let slots: Vec<String> = PORTS.iter().map(u16::to_string).collect();
         let text = text.replace("slots = [6700, 6701]", &format!("slots = [{}]", slots.join(", ")));

@@ -18,6 +18,7 @@
 mod common;
 
 mod agent;
+mod agent_restarts;
 mod bad_payloads;
 mod blob_cli;
 mod blobs;

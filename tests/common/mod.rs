@@ -93,6 +93,24 @@ impl ZkServer {
         }
     }
 
+    /// A standalone server someone else started on loopback at `address` (`127.0.0.1:<port>`),
+    /// checked to serve; never stopped by the tests.
+    pub fn external(address: &str) -> ZkServer {
+        let port = address
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("GALE_TEST_ZOOKEEPER={address}: expected 127.0.0.1:<port>"));
+        let server = ZkServer {
+            dir: PathBuf::new(),
+            port,
+            cfg: PathBuf::new(),
+            main_class: "org.apache.zookeeper.server.ZooKeeperServerMain",
+            watchdog: None,
+        };
+        assert_eq!(zk_mode(port).as_deref(), Some("standalone"), "GALE_TEST_ZOOKEEPER={address} does not serve");
+        server
+    }
+
     /// Starts (or restarts, on the same data dir and port) the server process.
     pub fn start(&mut self) {
         let data = self.dir.join("data");
@@ -220,9 +238,15 @@ impl Ensemble {
 }
 
 /// The server shared by all tests of the test binary (every module of `tests/tests.rs`).
+/// `GALE_TEST_ZOOKEEPER=127.0.0.1:<port>` names one already serving instead (the VM stage,
+/// `scripts/vm/cgroup2-guest.sh`, starts one for both of its runs: a JVM starting under TCG
+/// can take longer than [`ZkServer::wait_serving`] waits).
 pub fn shared_zk() -> &'static ZkServer {
     static ZK: OnceLock<(tempfile::TempDir, ZkServer)> = OnceLock::new();
     let (_, server) = ZK.get_or_init(|| {
+        if let Ok(address) = std::env::var("GALE_TEST_ZOOKEEPER") {
+            return (tempfile::tempdir().unwrap(), ZkServer::external(&address));
+        }
         let dir = tempfile::Builder::new().prefix("gale-zk-").tempdir().unwrap();
         let server = ZkServer::standalone(dir.path());
         server.wait_serving();
@@ -659,6 +683,17 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn new(prefix: &str, name: &str) -> TestAgent {
+        // Two tests with one id share the workers' parent cgroup `gale-<id>` (each agent's
+        // start-up sweep may kill the other's workers) and `GALE_SUPERVISOR_ID`, by which some
+        // tests count their workers: refuse the second one.
+        static IDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let mut ids = IDS.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !ids.iter().any(|n| n == name),
+            "two tests make a TestAgent named {name:?} (id sup-{name}): rename one"
+        );
+        ids.push(name.to_owned());
+        drop(ids);
         let tmp = tempfile::Builder::new().prefix(&format!("gale-{prefix}-{name}-")).tempdir().unwrap();
         let root = format!("/{prefix}-{name}");
         let id = format!("sup-{name}");
