@@ -14,9 +14,8 @@
 # 1500, GALE_BENCH_CYCLES to 40 and GALE_BENCH_LOOP_SECS to 0 (no tight-loop phase).
 #
 # Inside, the bench runs as a systemd service would: in /system.slice/bench-peers.service,
-# with memory, cpu and pids enabled in / and /system.slice, so gale's workers land in
-# /system.slice/gale-<id>/<worker> (the layout of src/isolation/mod.rs under a unit without
-# DelegateSubgroup=). TMPDIR is a tmpfs inside the VM (9p files of the host break temp files).
+# with memory, cpu and pids enabled in / and /system.slice, so gale's workers land at the
+# cgroup root, /gale-<id>/<worker> (the layout of src/isolation/mod.rs under a unit). TMPDIR is a tmpfs inside the VM (9p files of the host break temp files).
 #
 # Needs: qemu-system-x86 and a Debian kernel image (apt), virtme-ng (pip), runit for runsv,
 # java + zookeeper (scripts/install-deps.sh), gcc. Fails naming what is missing; never skips.
