@@ -449,4 +449,26 @@ async fn the_previous_release_blob_cache_is_kept_for_its_workers_and_users_get_t
     wait_for("the unused shared entry removed", LONG, || (!names().contains(&shas[0])).then_some(()));
     assert!(names().contains(&shas[1]), "still linked by the adopted worker of {}", users[1]);
     assert_eq!(running_pid(&info, REMOVED.1), Some(pids[1]));
+
+    // Stopped by this build: the adopted worker's cgroup, where the previous release put it,
+    // goes with it, and so does that release's workers' parent once empty (under a unit on
+    // cgroup v2 it was beside the unit, in system.slice; the VM stage runs this there).
+    let unified = |pid: u32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim_start_matches('/').to_owned();
+        Path::new("/sys/fs/cgroup").join(path)
+    };
+    let (old_cgroup, new_cgroup) = (unified(pids[1]), unified(relaunched));
+    for (topology, _) in topologies {
+        delete(&zk, &case.assignment(topology)).await;
+    }
+    case.wait_info(&zk, &new, "both workers stopped", |i| i["workers"].as_array().is_some_and(|w| w.is_empty())).await;
+    if old_cgroup != Path::new("/sys/fs/cgroup") {
+        // Only a former parent goes; this build's own stays for its next workers.
+        let former = old_cgroup.parent() != new_cgroup.parent();
+        wait_for("the adopted worker's cgroup (and a former parent) removed", LONG, || {
+            let left = old_cgroup.exists() || (former && old_cgroup.parent().unwrap().exists());
+            (!left).then_some(())
+        });
+    }
 }
