@@ -9,6 +9,8 @@
 #   vm_boot OUT SECS RWDIR -- CMD...      boots CMD in a 2-CPU, 2 GB guest with RWDIR writable,
 #                                         the console in OUT/console.log; returns vng's status
 #                                         (124 when SECS ran out)
+#   vm_apt_install WHO PACKAGE...         installs Debian packages (none given: nothing to do),
+#                                         with sudo when not root; WHO names the caller
 #   vm_check_results FILE NAME            reads FILE, the guest's result lines (below); fails
 #                                         naming the first failed step, or a guest that never
 #                                         started or never finished
@@ -19,6 +21,18 @@
 #   done                                                   (the guest reached its end)
 
 VM_VIRTME_NG_VERSION=1.42
+
+vm_apt_install() {
+  local who=$1
+  shift
+  [ $# -gt 0 ] || return 0
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "$who: installing $*" >&2
+  $sudo apt-get update -o DPkg::Lock::Timeout=600 -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+    --no-install-recommends "$@" >&2
+}
 
 vm_fail() {
   echo "vm: $*" >&2

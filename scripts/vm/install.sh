@@ -11,14 +11,7 @@ need=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 || need+=(linux-image-amd64)
 [ -x /bin/busybox ] || need+=(busybox-static)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "vm/install: installing ${need[*]}" >&2
-  $SUDO apt-get update -o DPkg::Lock::Timeout=600 -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
-    --no-install-recommends "${need[@]}" >&2
-fi
+vm_apt_install vm/install ${need[@]+"${need[@]}"}
 
 if ! (vm_find_vng) 2>/dev/null; then
   echo "vm/install: installing virtme-ng $VM_VIRTME_NG_VERSION from PyPI (pip --user)" >&2

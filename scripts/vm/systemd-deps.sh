@@ -5,6 +5,8 @@
 # e2fsprogs (mke2fs -d: a disk image from a directory, no loop mount). Idempotent: does nothing
 # when everything is there.
 set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/vm/common.sh
 
 need=()
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
@@ -15,11 +17,4 @@ command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 # A kernel with its initrd (the initrd loads virtio_blk and ext4 for the guest's root disk).
 compgen -G '/boot/initrd.img-*-amd64' >/dev/null || need+=(linux-image-amd64)
 
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "vm/systemd-deps: installing ${need[*]}" >&2
-  $SUDO apt-get update -o DPkg::Lock::Timeout=600 -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
-    --no-install-recommends "${need[@]}" >&2
-fi
+vm_apt_install vm/systemd-deps ${need[@]+"${need[@]}"}
