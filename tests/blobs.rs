@@ -552,7 +552,7 @@ done"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cannot_read_the_blobs_of_another_user_and_both_survive_an_agent_restart() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: running workers as other users needs root");
         return;
@@ -564,10 +564,7 @@ async fn a_worker_cannot_read_the_blobs_of_another_user_and_both_survive_an_agen
             "{text}\n[worker]\nrun_as_user = true\nallowed_users = [\"gale-blob-a\", \"gale-blob-b\"]\nmin_uid = 1000\n"
         )
     });
-    // The workers, as their users, must reach their dirs under the local dir.
-    for dir in [case.path().to_owned(), case.path().join("agent")] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    case.open_to_worker_users();
     let reaper = case.reaper();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let store = case.path().join("store");

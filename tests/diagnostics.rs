@@ -3,7 +3,7 @@
 //! --diag`, the timeout, the output cap, the log quota, a reload; and `gale worker signal`.
 //! Real binary, real ZooKeeper, real worker processes.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -208,10 +208,8 @@ async fn signal_and_diagnostics_reach_a_worker_of_another_user_as_that_user() {
     let extra = "[worker]\nrun_as_user = true\nallowed_users = [\"nobody\"]\n\n[diagnostics.commands]\n\
                  id = [\"/bin/sh\", \"-c\", \"id -u; id -u > {out}\"]\n";
     let (case, _) = agent_with("user", extra);
-    // Workers and their diagnostics run as nobody: the dirs on the way must be searchable.
-    for dir in [case.path().to_owned(), case.path().join("agent")] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // Workers and their diagnostics run as nobody.
+    case.open_to_worker_users();
     let reaper = case.reaper();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let script = "trap 'echo got-USR1' USR1; echo ready; while :; do sleep 0.1; done";

@@ -344,7 +344,7 @@ const READER_SH: &str = "echo \"start pid=$$\"; \
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_previous_release_blob_cache_is_kept_for_its_workers_and_users_get_their_own() {
     use sha2::{Digest, Sha256};
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipped: running workers as other users needs root");
         return;
@@ -361,9 +361,7 @@ async fn the_previous_release_blob_cache_is_kept_for_its_workers_and_users_get_t
     });
     check_config(previous_release(), &case.config);
     check_config(Path::new(env!("CARGO_BIN_EXE_gale")), &case.config);
-    for dir in [case.path().to_owned(), case.path().join("agent")] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    case.open_to_worker_users();
     let reaper = case.reaper();
     let zk = zk_client(&shared_zk().connect_string()).await;
     let store = case.path().join("store");

@@ -726,6 +726,15 @@ impl TestAgent {
         format!("{}/supervisors/{}", self.root, self.id)
     }
 
+    /// Makes the test's dir and the agent's dir searchable by everyone: workers that run as
+    /// other users (`run_as_user`) must reach their own dirs under the local dir.
+    pub fn open_to_worker_users(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [self.path().to_owned(), self.path().join("agent")] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
     pub fn reaper(&self) -> Reaper {
         Reaper::new(self.local().join("workers"))
     }
