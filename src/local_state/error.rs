@@ -17,9 +17,8 @@ pub enum WriteStep {
     WriteTemp,
     SyncTemp,
     Rename,
-    SyncDirAfterRename,
     CreateMarker,
-    SyncDirAfterMarker,
+    SyncDir,
 }
 
 impl std::fmt::Display for WriteStep {
@@ -29,7 +28,7 @@ impl std::fmt::Display for WriteStep {
             WriteStep::WriteTemp => "write the temporary file",
             WriteStep::SyncTemp => "fsync the temporary file",
             WriteStep::Rename => "rename the temporary file to",
-            WriteStep::SyncDirAfterRename | WriteStep::SyncDirAfterMarker => "fsync the directory",
+            WriteStep::SyncDir => "fsync the directory",
             WriteStep::CreateMarker => "create the marker",
         })
     }

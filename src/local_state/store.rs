@@ -5,6 +5,7 @@
 //! directory (including corrupt versions and torn leftovers), so a new write always becomes the
 //! newest version, even when the newest one on disk is unreadable.
 
+use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -26,6 +27,13 @@ pub(crate) const KEEP_VERSIONS: usize = 4;
 #[derive(Debug)]
 pub struct LocalState {
     dir: PathBuf,
+    /// The directory, opened once, for its fsyncs (`None` until the first write of a store
+    /// opened read-only).
+    dir_file: Option<File>,
+    /// The versions with files in the directory and whether each has its marker: read once at
+    /// open, then kept up to date by this store's own writes and prunes (the agent holds the
+    /// local dir's lock, so nothing else writes here), so a write lists nothing.
+    on_disk: BTreeMap<u64, bool>,
     /// Newest version read or written; `None` for a fresh store.
     version: Option<u64>,
     /// Highest version name seen in the directory or attempted by us; the next write goes past it.
@@ -83,6 +91,8 @@ impl LocalState {
         let (listing, version, entries) = Self::read_newest(dir)?;
         Ok(Some(LocalState {
             dir: dir.to_owned(),
+            dir_file: None,
+            on_disk: on_disk(&listing),
             version,
             highest_seen: listing.keys().next_back().copied(),
             entries,
@@ -144,8 +154,11 @@ impl LocalState {
             }
         }
         debug!(dir = %dir.display(), ?version, keys = entries.len(), "opened local state");
+        let dir_file = File::open(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?;
         Ok(LocalState {
             dir: dir.to_owned(),
+            dir_file: Some(dir_file),
+            on_disk: on_disk(&scan::scan(dir).map_err(|source| StateError::ReadDir { dir: dir.to_owned(), source })?),
             version,
             highest_seen: listing.keys().next_back().copied(),
             entries,
@@ -184,16 +197,23 @@ impl LocalState {
         // Even a failed attempt may leave a file behind if cleanup fails too; never reuse its name.
         self.highest_seen = Some(version);
         if let Err(e) = self.write_version(version, &bytes) {
-            self.remove_version_files(version);
+            if !self.remove_version_files(version) {
+                self.on_disk.insert(version, false);
+            }
             return Err(e);
         }
+        self.on_disk.insert(version, true);
         self.entries = batch.entries;
         self.version = Some(version);
-        self.prune(version);
+        self.prune();
         Ok(version)
     }
 
-    fn write_version(&self, version: u64, bytes: &[u8]) -> Result<(), StateError> {
+    /// SPEC §5's protocol: temp file, fsync, rename, marker, fsync of the directory. One
+    /// directory fsync covers the rename and the marker: a crash that keeps the marker but not
+    /// the rename leaves a version whose data file is missing, which reading skips (it takes the
+    /// newest version that checks out), as it skips a torn one.
+    fn write_version(&mut self, version: u64, bytes: &[u8]) -> Result<(), StateError> {
         let dir = &self.dir;
         let (temp, data, marker) = (temp_path(dir, version), data_path(dir, version), marker_path(dir, version));
         let mut file = self.step(WriteStep::CreateTemp, &temp, version, || {
@@ -203,11 +223,14 @@ impl LocalState {
         self.step(WriteStep::SyncTemp, &temp, version, || file.sync_all())?;
         drop(file);
         self.step(WriteStep::Rename, &data, version, || fs::rename(&temp, &data))?;
-        self.step(WriteStep::SyncDirAfterRename, dir, version, || sync_dir(dir))?;
         self.step(WriteStep::CreateMarker, &marker, version, || {
             OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&marker).map(drop)
         })?;
-        self.step(WriteStep::SyncDirAfterMarker, dir, version, || sync_dir(dir))
+        if self.dir_file.is_none() {
+            self.dir_file = Some(self.step(WriteStep::SyncDir, dir, version, || File::open(dir))?);
+        }
+        let dir_file = self.dir_file.as_ref().expect("opened above");
+        self.step(WriteStep::SyncDir, &self.dir, version, || dir_file.sync_all())
     }
 
     /// Runs one step of the write protocol, attaching its context to a failure.
@@ -231,37 +254,38 @@ impl LocalState {
     }
 
     /// Deletes every version older than the newest [`KEEP_VERSIONS`] markers. Runs only after
-    /// `newest` is durable; failures are logged, not returned, since the write itself succeeded.
-    fn prune(&self, newest: u64) {
-        let listing = match scan::scan(&self.dir) {
-            Ok(listing) => listing,
-            Err(e) => {
-                warn!(dir = %self.dir.display(), error = %e, "cannot list the local state directory to prune old versions");
-                return;
-            }
-        };
-        let mut markers = listing.iter().rev().filter(|(_, f)| f.marker).map(|(&v, _)| v);
+    /// the newest is durable; failures are logged, not returned, since the write itself
+    /// succeeded, and a version that could not be removed is tried again at the next prune.
+    fn prune(&mut self) {
+        let mut markers = self.on_disk.iter().rev().filter(|(_, marker)| **marker).map(|(&v, _)| v);
         let Some(oldest_kept) = markers.nth(KEEP_VERSIONS - 1) else {
             return;
         };
-        for (&version, _) in listing.range(..oldest_kept) {
-            debug!(version, newest, "pruning old local state version");
-            self.remove_version_files(version);
+        let old: Vec<u64> = self.on_disk.range(..oldest_kept).map(|(&v, _)| v).collect();
+        for version in old {
+            debug!(version, "pruning old local state version");
+            if self.remove_version_files(version) {
+                self.on_disk.remove(&version);
+            }
         }
     }
 
     /// Removes a version's files, marker first: a crash midway then leaves a data file without
-    /// marker (a leftover `open` cleans up), never a marker pointing at nothing.
-    fn remove_version_files(&self, version: u64) {
+    /// marker (a leftover `open` cleans up), never a marker pointing at nothing. False if a
+    /// file is still there.
+    fn remove_version_files(&self, version: u64) -> bool {
+        let mut removed = true;
         for path in [marker_path(&self.dir, version), data_path(&self.dir, version), temp_path(&self.dir, version)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    warn!(path = %path.display(), error = %e, "cannot remove local state file")
+                    warn!(path = %path.display(), error = %e, "cannot remove local state file");
+                    removed = false;
                 }
             }
         }
+        removed
     }
 
     #[cfg(test)]
@@ -323,8 +347,9 @@ fn system_now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// The versions of `listing` and whether each has its marker.
+fn on_disk(listing: &scan::Listing) -> BTreeMap<u64, bool> {
+    listing.iter().map(|(&v, files)| (v, files.marker)).collect()
 }
 
 fn remove_leftover(path: &Path) {

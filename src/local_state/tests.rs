@@ -285,9 +285,8 @@ fn failed_write_at_any_step_keeps_memory_and_disk_as_before() {
         WriteStep::WriteTemp,
         WriteStep::SyncTemp,
         WriteStep::Rename,
-        WriteStep::SyncDirAfterRename,
         WriteStep::CreateMarker,
-        WriteStep::SyncDirAfterMarker,
+        WriteStep::SyncDir,
     ];
     for step in steps {
         let tmp = tempfile::tempdir().unwrap();
