@@ -272,8 +272,13 @@ impl WorkerCgroup {
     /// found there (and killed). On error the directories that remain are found again by
     /// [`WorkerCgroup::adopt`] or [`sweep_orphans`].
     pub(crate) fn remove(self) -> Result<Vec<u32>, IsolationError> {
-        let killed = self.kill_all()?;
-        self.remove_dirs()?;
+        let killed = if self.remove_if_empty() {
+            Vec::new()
+        } else {
+            let killed = self.kill_all()?;
+            self.remove_dirs()?;
+            killed
+        };
         if self.former_parent {
             for parent in self.dirs.iter().filter_map(|d| d.path.parent()) {
                 // Fails while other workers of the old layout are still in it: the last one's
@@ -392,6 +397,22 @@ impl WorkerCgroup {
     }
 
     /// rmdir every directory, deepest first, retrying while the last members finish exiting.
+    /// The common case after a worker exited and left nothing behind: one `rmdir` per
+    /// directory, which the kernel refuses (`EBUSY`) while a process or a child cgroup is in
+    /// it, so an empty cgroup goes without listing anything (the listings cost a restart more
+    /// than the rest of the removal). False if any directory is still there.
+    fn remove_if_empty(&self) -> bool {
+        let mut all_gone = true;
+        for dir in &self.dirs {
+            match std::fs::remove_dir(&dir.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(_) => all_gone = false,
+            }
+        }
+        all_gone
+    }
+
     fn remove_dirs(&self) -> Result<(), IsolationError> {
         for dir in &self.dirs {
             let mut tree = Vec::new();

@@ -240,7 +240,7 @@ impl Processes {
             return;
         }
         let path = self.worker_dir(worker_id);
-        if let Err(e) = std::fs::remove_dir_all(&path)
+        if let Err(e) = remove_worker_tree(&path)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             warn!(path = %path.display(), error = %e, "cannot remove a worker dir");
@@ -256,5 +256,44 @@ impl Processes {
             .map_err(|e| e.to_string())?;
         self.records_dirty = false;
         Ok(())
+    }
+}
+
+/// Removes a worker's directory. One whose blob dir is empty (a job without blobs) and that
+/// holds nothing else goes with two `rmdir`s; anything else (blob links, a heartbeat file,
+/// what the worker wrote) takes the full walk.
+fn remove_worker_tree(path: &std::path::Path) -> std::io::Result<()> {
+    let blobs = crate::supervisor::links::blob_dir(path);
+    let quick = std::fs::remove_dir(&blobs).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(e),
+    });
+    match quick.and_then(|()| std::fs::remove_dir(path)) {
+        Ok(()) => Ok(()),
+        Err(_) => std::fs::remove_dir_all(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_worker_tree;
+
+    #[test]
+    fn a_worker_dir_goes_whatever_it_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bare = tmp.path().join("bare");
+        std::fs::create_dir_all(bare.join("blobs")).unwrap();
+        let full = tmp.path().join("full");
+        std::fs::create_dir_all(full.join("blobs")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", full.join("blobs/conf")).unwrap();
+        std::fs::write(full.join("heartbeat"), "x").unwrap();
+        let no_blobs = tmp.path().join("no-blobs");
+        std::fs::create_dir_all(no_blobs.join("out")).unwrap();
+        for dir in [&bare, &full, &no_blobs] {
+            remove_worker_tree(dir).unwrap();
+            assert!(!dir.exists(), "{}", dir.display());
+        }
+        assert_eq!(remove_worker_tree(&bare).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert!(std::path::Path::new("/etc/hostname").exists(), "a link's target is never followed");
     }
 }
