@@ -128,6 +128,32 @@ struct CpuMeter {
     last: BTreeMap<u32, u64>,
     ticks_base: (u64, u64),
     ticks_last: (u64, u64),
+    /// `(when, ns on CPU so far)` at every sample, for [`idle_ns_per_s`].
+    history: Vec<(i128, u64)>,
+}
+
+/// How long before a worker's start or exit mark, and after it, the supervisor may be busy
+/// with that restart: a 100 ms sample interval that touches this span around any mark is not
+/// idle.
+const BUSY_BEFORE_MS: i128 = 20;
+const BUSY_AFTER_MS: i128 = 300;
+
+/// The supervisor's CPU per second of wall time while no restart happens: over the sample
+/// intervals (of `history`) that no worker start or exit mark comes near. `None` if there
+/// was no such interval (worker lifetime too short).
+fn idle_ns_per_s(history: &[(i128, u64)], marks: &[Mark]) -> Option<f64> {
+    let busy = |from: i128, to: i128| {
+        marks.iter().any(|m| m.ns + BUSY_AFTER_MS * 1_000_000 >= from && m.ns - BUSY_BEFORE_MS * 1_000_000 <= to)
+    };
+    let (mut cpu, mut wall) = (0u64, 0i128);
+    for pair in history.windows(2) {
+        let ((t0, c0), (t1, c1)) = (pair[0], pair[1]);
+        if !busy(t0, t1) {
+            cpu += c1.saturating_sub(c0);
+            wall += t1 - t0;
+        }
+    }
+    (wall > 0).then(|| cpu as f64 / (wall as f64 / 1e9))
 }
 
 impl CpuMeter {
@@ -139,10 +165,13 @@ impl CpuMeter {
             last: BTreeMap::new(),
             ticks_base: (0, 0),
             ticks_last: (0, 0),
+            history: Vec::new(),
         };
         meter.sample();
         meter.base = meter.last.clone();
         meter.ticks_base = meter.ticks_last;
+        meter.history.clear();
+        meter.history.push((now_ns(), 0));
         meter
     }
 
@@ -185,6 +214,8 @@ impl CpuMeter {
                 self.last.insert(tid, ns);
             }
         }
+        let spent = self.ns();
+        self.history.push((now_ns(), spent));
     }
 
     fn ns(&self) -> u64 {
@@ -720,6 +751,8 @@ struct Measured {
     cpu_ns: u64,
     /// (utime, stime) ticks in the window.
     ticks: (u64, u64),
+    /// CPU per second while no restart happens ([`idle_ns_per_s`]).
+    idle_ns_per_s: Option<f64>,
     rss_max_kb: Option<u64>,
     /// (b): the last start in the window, ms after the first.
     last_start_ms: f64,
@@ -773,6 +806,7 @@ async fn measure(
     let isolation = running.isolation();
     let leftovers = stop(running, zk, dir).await;
     let all = marks(&file);
+    let idle_ns_per_s = idle_ns_per_s(&meter.history, &all);
     let (gaps, restarts, last) = match until {
         Until::Restarts(n) => {
             let gaps: Vec<f64> = restart_gaps(&all).into_iter().take(n).collect();
@@ -794,6 +828,7 @@ async fn measure(
         window_ms,
         cpu_ns: meter.ns(),
         ticks: meter.ticks_spent(),
+        idle_ns_per_s,
         rss_max_kb,
         last_start_ms: ms_between(first, last),
         state,
@@ -949,13 +984,13 @@ async fn main() {
         write_b(o, &b, lifetime_b, loop_secs);
     }
 
-    writeln!(o, "\n(c) the supervising process: VmRSS (max of 100 ms samples over (a) and (b)); CPU (schedstat, all threads) per restart and in % of one core over the window\n").unwrap();
+    writeln!(o, "\n(c) the supervising process: VmRSS (max of 100 ms samples over (a) and (b)); CPU (schedstat, all threads) per restart and in % of one core over the window; idle: its CPU per second over the 100 ms samples no worker start or exit came within {BUSY_BEFORE_MS} ms before or {BUSY_AFTER_MS} ms after, and the CPU per restart less that idle rate over the window\n").unwrap();
     writeln!(
         o,
-        "| tool | process | VmRSS max | CPU / restart (a) | CPU % (a) | ticks user/sys (a) | CPU / restart (b) | CPU % (b) |"
+        "| tool | process | VmRSS max | CPU / restart (a) | idle CPU (a) | CPU / restart less idle (a) | CPU % (a) | ticks user/sys (a) | CPU / restart (b) | CPU % (b) |"
     )
     .unwrap();
-    writeln!(o, "|---|---|---|---|---|---|---|---|").unwrap();
+    writeln!(o, "|---|---|---|---|---|---|---|---|---|---|").unwrap();
     for ma in &a {
         let rss = a.iter().chain(&b).filter(|m| m.case.tool == ma.case.tool).filter_map(|m| m.rss_max_kb).max();
         // The (b) run of the same settings if there is one, else the tool's (default) one.
@@ -965,13 +1000,17 @@ async fn main() {
             .or_else(|| b.iter().find(|m| m.case.tool == ma.case.tool));
         let per = |m: &Measured| m.cpu_ns as f64 / 1e3 / m.restarts.max(1) as f64;
         let pct = |m: &Measured| m.cpu_ns as f64 / 1e6 / m.window_ms * 100.0;
+        let busy =
+            |m: &Measured, idle: f64| (m.cpu_ns as f64 - idle * m.window_ms / 1e3) / 1e3 / m.restarts.max(1) as f64;
         writeln!(
             o,
-            "| {} | {} | {} | {:.0} µs | {:.2} % | {}/{} | {} | {} |",
+            "| {} | {} | {} | {:.0} µs | {} | {} | {:.2} % | {}/{} | {} | {} |",
             ma.case.label(),
             ma.case.tool.process(),
             rss.map(|kb| format!("{:.1} MiB", kb as f64 / 1024.0)).unwrap_or_else(|| "–".to_owned()),
             per(ma),
+            ma.idle_ns_per_s.map(|i| format!("{:.0} µs/s", i / 1e3)).unwrap_or_else(|| "–".to_owned()),
+            ma.idle_ns_per_s.map(|i| format!("{:.0} µs", busy(ma, i))).unwrap_or_else(|| "–".to_owned()),
             pct(ma),
             ma.ticks.0,
             ma.ticks.1,
