@@ -407,10 +407,10 @@ impl Slot {
         match &self.state {
             SlotState::Empty | SlotState::WaitingForBlobs { .. } | SlotState::WaitingForBlobUpdate { .. } => None,
             SlotState::WaitingForWorkerStart { deadline, .. } => Some(*deadline),
-            SlotState::Running { job, last_heartbeat, reset_at, .. } => {
-                let hung = job.heartbeat_liveness().then(|| step::after(*last_heartbeat, job.heartbeat_timeout));
-                let forget = (self.consecutive_failures > 0).then_some(*reset_at);
-                hung.into_iter().chain(forget).min()
+            // Not `reset_at`: forgetting earlier failures changes nothing anyone sees until the
+            // worker's next exit, which applies it (a wake-up for it cost every restart a job).
+            SlotState::Running { job, last_heartbeat, .. } => {
+                job.heartbeat_liveness().then(|| step::after(*last_heartbeat, job.heartbeat_timeout))
             }
             SlotState::Kill { kill, .. } | SlotState::KillAndRelaunch { kill } | SlotState::KillBlobUpdate { kill } => {
                 kill.deadline

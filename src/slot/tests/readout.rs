@@ -26,7 +26,7 @@ fn next_deadline_in_each_state() {
     d.feed(hb("w1"));
     assert_eq!(d.slot.next_deadline(), Some(d.at(40_000)), "heartbeat timeout");
 
-    // With failures to forget, the earlier of the reset and the heartbeat timeout.
+    // Failures to forget add no deadline: the next exit (or tick) forgets them.
     let mut d = Driver::new();
     d.policy.reset_after = Duration::from_secs(5);
     d.run(&[
@@ -35,7 +35,8 @@ fn next_deadline_in_each_state() {
         (0, up("w1"), &[], N::WaitingForWorkerStart),
         (0, hb("w1"), &[], N::Running),
     ]);
-    assert_eq!(d.slot.next_deadline(), Some(d.at(5_000)), "failure reset before heartbeat timeout");
+    assert_eq!(d.slot.consecutive_failures, 1);
+    assert_eq!(d.slot.next_deadline(), Some(d.at(30_000)), "the heartbeat timeout only");
 
     let mut d = Driver::running(&pj("a"));
     d.feed(exit("w1", 1));
