@@ -42,7 +42,7 @@
 //!     to use, so if the root is not the real root and holds only the agent, the agent moves
 //!     itself into `<root>/<name>-agent` first (a container restart gets a fresh cgroup, so
 //!     the `EBUSY` problem does not arise).
-//! - **rlimits**: `RLIMIT_AS` from `memory_mb`, set between `fork` and `exec`. It bounds
+//! - **rlimits**: `RLIMIT_AS` from `memory_mb`, set between clone (or fork) and `exec`. It bounds
 //!   *virtual* memory (a JVM reserves far more than it touches), so it is a rough fallback.
 //!   `cpu_percent` cannot be expressed (`RLIMIT_CPU` is total seconds, not a rate) and the
 //!   pids limit is not applied (`RLIMIT_NPROC` counts every process of the *user*, not of the
@@ -56,16 +56,19 @@
 //!   wait on the cgroup locks (on v1, a move waits an RCU grace period: `docs/benchmarks.md`).
 //!   Whether the kernel can is probed once per process ([`clone_into_cgroup`]) and logged at
 //!   start ("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)").
-//! - **joined between `fork` and `exec`** otherwise (cgroup v1, or a kernel or seccomp filter
-//!   without it: `ENOSYS`, `E2BIG`, `EINVAL`): the child writes `0` to the `cgroup.procs` files
-//!   opened by the parent before it execs ([`WorkerCgroup::prepare`]); with rlimits it sets
-//!   `RLIMIT_AS` there instead. The fallback's reason is logged at start.
+//! - **joined between clone and `exec`** otherwise (cgroup v1, or v2 without
+//!   `CLONE_INTO_CGROUP`): the child writes `0` to the
+//!   `cgroup.procs` files opened by the parent before it execs ([`WorkerCgroup::join`]); with
+//!   rlimits it sets `RLIMIT_AS` there instead. The child is a clone3 child sharing the agent's
+//!   memory until its exec, as a born one is (`crate::sys::clone3`), wherever the same probe
+//!   finds clone3; a kernel or seccomp filter without it (`ENOSYS`, `E2BIG`, `EINVAL`) gets
+//!   std's fork, which copies the agent's page tables, and the reason is logged at start.
 //!
 //! Invariants:
 //! - A process is signalled only when it is a member of the worker's cgroup (checked through a
 //!   pidfd opened before the check, so a recycled pid cannot be hit; STYLE habit 7).
 //! - A worker cgroup is created empty or not at all: a failed limit write removes the directory.
-//! - Only `src/sys/` has `unsafe`: clone3 into the cgroup, the pre-exec join and `setrlimit`.
+//! - Only `src/sys/` has `unsafe`: clone3, the pre-exec join and `setrlimit`.
 //!
 //! Every call here is blocking and bounded (kill and remove retry for about two seconds at
 //! most): call them from `spawn_blocking` in async code.
@@ -88,7 +91,7 @@ use tracing::info;
 pub(crate) use handover::{rename_parents, undo_renames, worker_parents};
 pub(crate) use procfs::Hierarchy;
 pub(crate) use usage::{Sample, sample};
-pub(crate) use worker::{Birth, WorkerCgroup, sweep_orphans};
+pub(crate) use worker::{Birth, Join, WorkerCgroup, sweep_orphans};
 
 /// The name of the workers' parent cgroup of the agent with supervisor id `supervisor_id`:
 /// the start-up sweep of cgroups no record names must never reach another agent's workers on
@@ -437,7 +440,10 @@ fn worker_ids(mechanism: &Mechanism) -> Result<BTreeSet<String>, IsolationError>
 
 /// Whether this kernel starts a process inside a chosen cgroup v2 (`clone3` with
 /// `CLONE_INTO_CGROUP`, Linux ≥ 5.7); else why not. Probed once per process (the probe starts
-/// no process), so every worker of an agent enters its cgroup the same way.
+/// no process), so every worker of an agent enters its cgroup the same way. It also decides
+/// whether workers are started by clone3 at all (`crate::worker::launch::route`): the route
+/// needs `CLONE_CLEAR_SIGHAND` (5.5), and of the kernels with clone3 only 5.5 and 5.6 have that
+/// without `CLONE_INTO_CGROUP`; they get std's fork.
 pub(crate) fn clone_into_cgroup() -> Result<(), &'static str> {
     static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
     let probed = PROBED.get_or_init(|| {
@@ -452,18 +458,26 @@ pub(crate) fn clone_into_cgroup() -> Result<(), &'static str> {
     probed.as_ref().map(|_| ()).map_err(String::as_str)
 }
 
-/// Logs, once at start, how workers will enter their cgroup under `mechanism` (module docs).
+/// Logs, once at start, how workers will be started and enter their cgroup under
+/// `mechanism` (module docs).
 pub(crate) fn log_birth(mechanism: &Mechanism) {
-    let reason = match mechanism {
-        Mechanism::CgroupV2 { .. } => match clone_into_cgroup() {
-            Ok(()) => {
-                info!("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)");
-                return;
-            }
-            Err(reason) => reason,
-        },
-        Mechanism::CgroupV1 { .. } => "CLONE_INTO_CGROUP needs cgroup v2",
-        Mechanism::Rlimits => return,
+    let reason = match (mechanism, clone_into_cgroup()) {
+        (Mechanism::CgroupV2 { .. }, Ok(())) => {
+            info!("isolation: workers are born in their cgroup (clone3 CLONE_INTO_CGROUP)");
+            return;
+        }
+        (Mechanism::CgroupV1 { .. }, Ok(())) => {
+            info!(
+                reason = "CLONE_INTO_CGROUP needs cgroup v2",
+                "isolation: workers join their cgroup between clone3 and exec"
+            );
+            return;
+        }
+        (Mechanism::Rlimits, Ok(())) => {
+            info!("isolation: workers set their rlimits between clone3 and exec");
+            return;
+        }
+        (_, Err(reason)) => reason,
     };
-    info!(reason, "isolation: workers join their cgroup between fork and exec");
+    info!(reason, "isolation: workers are forked (no clone3) and enter their cgroup between fork and exec");
 }

@@ -54,12 +54,42 @@ impl Drop for Fixture {
     }
 }
 
-/// Starts `argv` inside `cgroup` (joined before exec), stdout piped.
+/// Starts `argv` inside `cgroup`, joined before exec by std's fork (the launch's fallback
+/// route where the kernel has no clone3), stdout piped.
 fn spawn_in(cgroup: &WorkerCgroup, argv: &[&str]) -> Child {
     let mut command = Command::new(argv[0]);
     command.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped());
-    cgroup.prepare(&mut command).unwrap();
+    cgroup.join().unwrap().on_exec_of(&mut command);
     command.spawn().unwrap()
+}
+
+/// The routes by which the agent can start a worker of `cg`: the one it uses here
+/// (`launch::route`: clone3 where the kernel has it), and std's fork, the fallback.
+fn routes(cg: &WorkerCgroup) -> Vec<crate::worker::launch::Route> {
+    use crate::worker::launch::{Route, route};
+    match route(cg.birth().unwrap()) {
+        fork @ Route::Fork(_) => vec![fork],
+        clone3 => vec![clone3, Route::Fork(cg.join().unwrap())],
+    }
+}
+
+/// How `route` starts a worker, for messages.
+fn route_name(route: &crate::worker::launch::Route) -> &'static str {
+    use crate::worker::launch::Route;
+    match route {
+        Route::Clone3(Birth::IntoCgroup(_)) => "clone3 born in it",
+        Route::Clone3(Birth::JoinBeforeExec(_)) => "clone3 joining before exec",
+        Route::Fork(_) => "fork joining before exec",
+    }
+}
+
+/// Starts `spec` by `route` and waits (bounded) for its exit; the log it wrote.
+async fn run_to_exit(spec: &crate::worker::LaunchSpec, route: crate::worker::launch::Route) -> String {
+    let name = route_name(&route);
+    let mut spawned = crate::worker::launch::spawn_by(spec, route).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(5), spawned.exit.wait()).await.unwrap().unwrap();
+    assert_eq!(exit.code, Some(0), "{name}: {exit:?}");
+    std::fs::read_to_string(&spec.log_file).unwrap()
 }
 
 /// A worker of `cg` running `command`, its dirs and log under `root`.
@@ -267,23 +297,25 @@ async fn a_worker_is_born_in_its_cgroup_on_v2_and_joins_it_before_exec_on_v1() {
     let cg = fx.create(Limits::default());
     // Decided once per process: clone3 on cgroup v2 (Linux ≥ 5.7); v1 cannot.
     match (&fx.mechanism, cg.birth().unwrap()) {
-        (Mechanism::CgroupV2 { .. }, Birth::IntoCgroup(_)) | (Mechanism::CgroupV1 { .. }, Birth::JoinBeforeExec) => {}
+        (Mechanism::CgroupV2 { .. }, Birth::IntoCgroup(_)) | (Mechanism::CgroupV1 { .. }, Birth::JoinBeforeExec(_)) => {
+        }
         (mechanism, birth) => {
             panic!("{mechanism}: workers enter their cgroup by {birth:?}; clone3: {:?}", clone_into_cgroup())
         }
     }
     // The worker's first act (the first program it execs) reads where it is. On v2 the
-    // clone3 route has no join step at all: only being born there puts it there.
-    let root = tempfile::tempdir().unwrap();
-    let spec = worker_spec(&cg, root.path(), &["/bin/cat", "/proc/self/cgroup"]);
-    let mut spawned = crate::worker::launch::spawn_in(&spec, &cg).unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(5), spawned.exit.wait()).await.unwrap().unwrap();
-    assert_eq!(exit.code, Some(0), "{exit:?}");
-    let seen = std::fs::read_to_string(&spec.log_file).unwrap();
-    println!("{}: the worker's /proc/self/cgroup:\n{seen}", fx.mechanism);
-    for parent in fx.mechanism.parents() {
-        let own = parent.child(cg.worker_id());
-        assert_eq!(procfs::cgroup_path(&seen, own.hierarchy), Some(own.cgroup.as_str()), "{seen}");
+    // clone3 route has no join step at all: only being born there puts it there. Each route
+    // the agent has (clone3, and std's fork where the kernel lacks it) gets there.
+    for route in routes(&cg) {
+        let name = route_name(&route);
+        let root = tempfile::tempdir().unwrap();
+        let spec = worker_spec(&cg, root.path(), &["/bin/cat", "/proc/self/cgroup"]);
+        let seen = run_to_exit(&spec, route).await;
+        println!("{} by {name}: the worker's /proc/self/cgroup:\n{seen}", fx.mechanism);
+        for parent in fx.mechanism.parents() {
+            let own = parent.child(cg.worker_id());
+            assert_eq!(procfs::cgroup_path(&seen, own.hierarchy), Some(own.cgroup.as_str()), "{name}: {seen}");
+        }
     }
     cg.remove().unwrap();
 }
@@ -309,25 +341,21 @@ fn the_clone3_probe_agrees_with_the_kernel_version() {
 async fn a_worker_that_cannot_enter_its_cgroup_does_not_start() {
     let Some(fx) = Fixture::new("a_worker_that_cannot_enter_its_cgroup_does_not_start") else { return };
     let cg = fx.create(Limits::default());
-    let birth = cg.birth().unwrap();
-    let mut command = Command::new("/bin/true");
-    cg.prepare(&mut command).unwrap();
+    let routes = routes(&cg);
     WorkerCgroup::adopt(&fx.mechanism, cg.worker_id()).unwrap().remove().unwrap();
-    let err = command.spawn().unwrap_err();
-    println!("spawn joining a removed cgroup: {err}");
-    if let Birth::IntoCgroup(dir) = birth {
+    for route in routes {
+        use crate::worker::launch::{LaunchError, LaunchStep, Route};
+        // Born in it: clone3 makes no process. Joining it: the child fails before its exec.
+        let expected = match &route {
+            Route::Clone3(Birth::IntoCgroup(_)) => LaunchStep::CloneIntoCgroup,
+            Route::Clone3(Birth::JoinBeforeExec(_)) | Route::Fork(_) => LaunchStep::Exec,
+        };
+        let name = route_name(&route);
         let root = tempfile::tempdir().unwrap();
         let spec = worker_spec(&cg, root.path(), &["/bin/true"]);
-        let route = crate::worker::launch::Route::Clone3(Some(std::os::fd::AsFd::as_fd(&dir)));
         let err = crate::worker::launch::spawn_by(&spec, route).unwrap_err();
-        println!("spawn born in a removed cgroup: {err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(
-            matches!(
-                err,
-                crate::worker::launch::LaunchError::Io { step: crate::worker::launch::LaunchStep::CloneIntoCgroup, .. }
-            ),
-            "{err:?}"
-        );
+        println!("{name} into a removed cgroup: {err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(matches!(err, LaunchError::Io { step, .. } if step == expected), "{name}: {err:?}");
     }
 }
 
@@ -342,16 +370,17 @@ fn an_existing_cgroup_with_processes_is_not_taken_over() {
     let _ = child.wait();
 }
 
-#[test]
-fn rlimits_bound_the_address_space_and_track_no_processes() {
+#[tokio::test]
+async fn rlimits_bound_the_address_space_and_track_no_processes() {
     let cg =
         WorkerCgroup::create(&Mechanism::Rlimits, "w-1", &Limits { memory_mb: Some(64), ..Limits::default() }).unwrap();
     assert!(!cg.tracks_processes());
-    let mut command = Command::new("/bin/sh");
-    command.args(["-c", "ulimit -v"]);
-    cg.prepare(&mut command).unwrap();
-    let out = command.output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "65536", "KiB");
+    for route in routes(&cg) {
+        let name = route_name(&route);
+        let root = tempfile::tempdir().unwrap();
+        let spec = worker_spec(&cg, root.path(), &["/bin/sh", "-c", "ulimit -v"]);
+        assert_eq!(run_to_exit(&spec, route).await.trim(), "65536", "{name}: KiB");
+    }
     assert_eq!(cg.pids().unwrap(), Vec::<u32>::new());
     assert!(!cg.oom_killed());
     cg.remove().unwrap();

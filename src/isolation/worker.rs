@@ -37,9 +37,36 @@ const RMDIR_PAUSE: Duration = Duration::from_millis(20);
 pub(crate) enum Birth {
     /// Created inside it: `clone3` with `CLONE_INTO_CGROUP` and this open cgroup v2 directory.
     IntoCgroup(OwnedFd),
-    /// Forked where the agent is, then joined (or its rlimits set) before `exec`:
-    /// [`WorkerCgroup::prepare`] on the std `Command`.
-    JoinBeforeExec,
+    /// Started where the agent is, then joined (or its rlimits set) before `exec`.
+    JoinBeforeExec(Join),
+}
+
+/// What a worker's process does between its clone (or fork) and `exec` to enter its cgroup:
+/// write `0` to each `cgroup.procs` file (opened here, in the parent, because the child may
+/// not allocate or open paths), or, with rlimits, set `RLIMIT_AS`. Both routes of the launch
+/// do it ([`crate::sys::clone3::ExecPlan::join_before_exec`], or [`Join::on_exec_of`] for
+/// std's `Command`); if a step fails the spawn fails with that error: a worker never runs
+/// unconfined.
+#[derive(Debug, Default)]
+pub(crate) struct Join {
+    /// `cgroup.procs` of every directory of the cgroup, primary first, open for writing and
+    /// close-on-exec (the worker never holds them). Empty with rlimits.
+    pub cgroup_procs: Vec<OwnedFd>,
+    /// Rlimits only: `RLIMIT_AS` in bytes.
+    pub address_space: Option<u64>,
+}
+
+impl Join {
+    /// Registers this join as `pre_exec` hooks of `command`: std's route, the fallback where
+    /// the kernel has no clone3 (`crate::worker::launch`).
+    pub(crate) fn on_exec_of(self, command: &mut std::process::Command) {
+        if !self.cgroup_procs.is_empty() {
+            crate::sys::join_cgroups_on_exec(command, self.cgroup_procs);
+        }
+        if let Some(bytes) = self.address_space {
+            crate::sys::limit_address_space_on_exec(command, bytes);
+        }
+    }
 }
 
 /// One worker's cgroup (or, with rlimits, the limits to apply at exec). See the module docs.
@@ -161,7 +188,7 @@ impl WorkerCgroup {
 
     /// How the worker's process enters this cgroup (module docs of `isolation`): born in it
     /// when this is a cgroup v2 directory and the kernel can ([`super::clone_into_cgroup`]),
-    /// with the directory opened here; otherwise joined before exec ([`Self::prepare`]).
+    /// with the directory opened here; otherwise joined before exec ([`Self::join`]).
     pub(crate) fn birth(&self) -> Result<Birth, IsolationError> {
         match self.dirs.as_slice() {
             [dir] if dir.hierarchy == Hierarchy::Unified && super::clone_into_cgroup().is_ok() => {
@@ -169,30 +196,21 @@ impl WorkerCgroup {
                 let file = std::fs::File::open(&dir.path).map_err(io_error("open", &dir.path))?;
                 Ok(Birth::IntoCgroup(file.into()))
             }
-            _ => Ok(Birth::JoinBeforeExec),
+            _ => Ok(Birth::JoinBeforeExec(self.join()?)),
         }
     }
 
-    /// Arranges for the child of `command` to join this cgroup before `exec` (or, with
-    /// rlimits, to set `RLIMIT_AS`). The `cgroup.procs` files are opened here, in the parent,
-    /// because the child may not allocate or open paths between `fork` and `exec`. If the join
-    /// fails in the child, the spawn fails with that error: a worker never runs unconfined.
-    pub(crate) fn prepare(&self, command: &mut std::process::Command) -> Result<(), IsolationError> {
-        if self.dirs.is_empty() {
-            if let Some(bytes) = self.address_space {
-                crate::sys::limit_address_space_on_exec(command, bytes);
-            }
-            return Ok(());
-        }
-        let mut fds = Vec::with_capacity(self.dirs.len());
+    /// What the worker's process does before `exec` to join this cgroup (or, with rlimits, to
+    /// set `RLIMIT_AS`): see [`Join`].
+    pub(crate) fn join(&self) -> Result<Join, IsolationError> {
+        let mut cgroup_procs = Vec::with_capacity(self.dirs.len());
         for dir in &self.dirs {
             let path = dir.path.join("cgroup.procs");
             // std opens with O_CLOEXEC: the worker never inherits these.
             let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(io_error("open", &path))?;
-            fds.push(OwnedFd::from(file));
+            cgroup_procs.push(OwnedFd::from(file));
         }
-        crate::sys::join_cgroups_on_exec(command, fds);
-        Ok(())
+        Ok(Join { cgroup_procs, address_space: self.address_space })
     }
 
     /// The processes in this cgroup (and any cgroups below it), sorted. Empty with rlimits.

@@ -1,6 +1,8 @@
-//! The one place where the crate needs `unsafe`: code that runs in a forked child between
-//! `fork` and `exec`, starting a worker with `clone3` ([`clone3`]: born in its cgroup), and
-//! handing a descriptor to tokio's reactor.
+//! The one place where the crate needs `unsafe`: starting a worker with `clone3` ([`clone3`]:
+//! a child that shares the agent's memory until its exec, born in its cgroup or joining it),
+//! the `pre_exec` hooks of std's `Command` that run in a forked child between `fork` and
+//! `exec` (the route where the kernel has no clone3), and handing a descriptor to tokio's
+//! reactor.
 //!
 //! The rest of the crate is `#![deny(unsafe_code)]` (Cargo.toml lints); this module and its
 //! child allow it so that the unsafe surface is a few functions that can be read in minutes.
@@ -10,7 +12,8 @@
 //! Invariant: the closures handed to `pre_exec`, and the child side of [`clone3::spawn`], only
 //! make async-signal-safe system calls. They allocate nothing, take no lock and touch no state
 //! shared with the parent, because after `fork` in a multi-threaded process only the forking
-//! thread exists and any lock another thread held stays held forever.
+//! thread exists and any lock another thread held stays held forever; and the clone3 child
+//! shares the memory the agent's other threads keep changing ([`clone3`]'s invariant).
 #![allow(unsafe_code)]
 
 pub(crate) mod clone3;

@@ -1,7 +1,9 @@
-//! Starting a worker born in its cgroup (cgroup v2, `clone3` with `CLONE_INTO_CGROUP`): the
-//! std `Command` that describes the worker turned into the plan the clone3 child runs
-//! ([`crate::sys::clone3`]), so both routes of [`super::launch::spawn_by`] give a worker the
-//! same argv, cwd and environment from one description.
+//! Starting a worker by `clone3` ([`crate::sys::clone3`]: the child shares the agent's memory
+//! until it execs, so the agent's page tables are not copied), born in its cgroup v2
+//! (`CLONE_INTO_CGROUP`) or joining it (or setting its rlimits) before exec: the std `Command`
+//! that describes the worker turned into the plan the clone3 child runs, so both routes of
+//! [`super::launch::spawn_by`] give a worker the same argv, cwd and environment from one
+//! description.
 //!
 //! What std does inside `Command::spawn` is done here before the clone: the environment is
 //! the agent's with the command's changes applied. There is no PATH search: a worker's
@@ -10,23 +12,25 @@
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 
 use super::exit::ExitWatch;
 use super::launch::LaunchStep;
 use super::users::RunAs;
+use crate::isolation::Birth;
 use crate::sys::clone3::{self, Credentials, ExecPlan, SpawnError};
 
-/// Starts `command` by clone3 into `cgroup` (see [`clone3::spawn`]), stdin `/dev/null`,
-/// stdout and stderr `output`, as `run_as` when given. Returns the pid and its exit watch;
-/// else the step that failed ([`LaunchStep::CloneIntoCgroup`] when no process was made).
+/// Starts `command` by clone3 (see [`clone3::spawn`]) entering its cgroup by `birth`, stdin
+/// `/dev/null`, stdout and stderr `output`, as `run_as` when given. Returns the pid and its
+/// exit watch; else the step that failed ([`LaunchStep::CloneIntoCgroup`] when no process was
+/// made in the cgroup to be born in; [`LaunchStep::Exec`] for any other failure, as with std).
 pub(super) fn spawn(
     command: &Command,
     output: [OwnedFd; 2],
     run_as: Option<&RunAs>,
-    cgroup: Option<BorrowedFd<'_>>,
+    birth: Birth,
 ) -> Result<(u32, ExitWatch), (LaunchStep, io::Error)> {
     let exec = |e| (LaunchStep::Exec, e);
     let env = child_env(command);
@@ -39,8 +43,15 @@ pub(super) fn spawn(
     let plan =
         ExecPlan::new(command.get_program(), &argv, &envp, command.get_current_dir(), [stdin, stdout, stderr], user)
             .map_err(exec)?;
-    let child = clone3::spawn(&plan, cgroup).map_err(|e| match e {
-        SpawnError::Clone(e) => (LaunchStep::CloneIntoCgroup, e),
+    let (plan, cgroup) = match birth {
+        Birth::IntoCgroup(dir) => (plan, Some(dir)),
+        Birth::JoinBeforeExec(join) => {
+            (plan.join_before_exec(join.cgroup_procs, join.address_space).map_err(exec)?, None)
+        }
+    };
+    let clone_step = if cgroup.is_some() { LaunchStep::CloneIntoCgroup } else { LaunchStep::Exec };
+    let child = clone3::spawn(&plan, cgroup.as_ref().map(AsFd::as_fd)).map_err(|e| match e {
+        SpawnError::Clone(e) => (clone_step, e),
         SpawnError::Child(e) => (LaunchStep::Exec, e),
     })?;
     // A second descriptor of the same process, to stop it should the watch not be set up.

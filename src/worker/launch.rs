@@ -8,10 +8,12 @@
 //! step work". Every failure names the topology, the port, the step and the path, because the
 //! operator reads it in `gale status` long after the fact.
 //!
-//! Two routes start the process ([`Route`]), chosen by [`WorkerCgroup::birth`]: std's
-//! `Command` (fork; the cgroup joined before exec) and clone3 (born in its cgroup v2:
-//! `super::born`). [`worker_command`] is the one description of what the worker gets; the
-//! clone3 route reads argv, cwd and environment back from it.
+//! Two routes start the process ([`Route`]): clone3 (`super::born`: the child shares the
+//! agent's memory until it execs, so no page table of the agent is copied; born in its cgroup
+//! v2, or joining its cgroup or setting its rlimits before exec), wherever the kernel has it;
+//! else std's `Command` (fork; the cgroup joined or the rlimits set before exec), the
+//! fallback. [`worker_command`] is the one description of what the worker gets; the clone3
+//! route reads argv, cwd and environment back from it.
 //!
 //! Invariants:
 //! - The log is a plain file opened with `O_APPEND`, never a pipe to the agent: a worker must
@@ -22,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -32,7 +34,7 @@ use super::control::LaunchedWorker;
 use super::exit::ExitWatch;
 use super::heartbeat::heartbeat_file;
 use crate::ident::{self, IdentError};
-use crate::isolation::{Birth, IsolationError, WorkerCgroup};
+use crate::isolation::{Birth, IsolationError, Join, WorkerCgroup};
 use crate::model::placeholders::{ExpandError, Placeholders, expand};
 use crate::proc_identity::ProcessIdentity;
 
@@ -69,14 +71,26 @@ pub(crate) struct LaunchSpec {
     pub run_as: Option<super::users::RunAs>,
 }
 
-/// How [`spawn_by`] starts the worker's process ([`WorkerCgroup::birth`] chooses).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Route<'a> {
-    /// std's `Command`: the child joins the cgroup (or sets its rlimits) between fork and exec.
-    JoinBeforeExec(&'a WorkerCgroup),
-    /// `clone3`, born in the cgroup v2 directory given. `None` (where the agent is) only for
-    /// tests, which check the clone3 child's steps on hosts without cgroup v2.
-    Clone3(Option<BorrowedFd<'a>>),
+/// How [`spawn_by`] starts the worker's process ([`route`] chooses).
+#[derive(Debug)]
+pub(crate) enum Route {
+    /// std's `Command`, the fallback without clone3: the child joins the cgroup (or sets its
+    /// rlimits) between fork and exec.
+    Fork(Join),
+    /// `clone3` sharing the agent's memory until the exec (`crate::sys::clone3`): born in the
+    /// cgroup v2, or joining it (or setting the rlimits) before exec.
+    Clone3(Birth),
+}
+
+/// The route of a worker entering its cgroup by `birth`: clone3 wherever the kernel has it
+/// with every flag the route uses (`CLONE_INTO_CGROUP`'s probe, decided once per process and
+/// logged at start: `crate::isolation::log_birth`), std's fork otherwise. Being born in a
+/// cgroup implies clone3.
+pub(crate) fn route(birth: Birth) -> Route {
+    match birth {
+        Birth::JoinBeforeExec(join) if crate::isolation::clone_into_cgroup().is_err() => Route::Fork(join),
+        birth => Route::Clone3(birth),
+    }
 }
 
 /// The I/O step of [`spawn_in`] that failed.
@@ -134,25 +148,23 @@ pub(crate) fn remove_agent_only_env(command: &mut std::process::Command) {
 
 /// Starts the worker described by `spec` inside `isolation` (its cgroup, or its rlimits),
 /// which its process enters before its first instruction: born in it (clone3, cgroup v2) or
-/// joined between `fork` and `exec` (see [`crate::isolation`]). If it cannot enter, the spawn
-/// fails (step `Exec`, with the errno): a worker never runs outside its cgroup, and there is no
-/// way to start one without a [`WorkerCgroup`]. Must run inside a tokio runtime. Does not wait
-/// for anything but `exec`: a worker that exits at once is reported by its exit watch, not here.
+/// joined between clone (or fork) and `exec` (see [`crate::isolation`]). If it cannot enter,
+/// the spawn fails (step `Exec`, with the errno): a worker never runs outside its cgroup, and
+/// there is no way to start one without a [`WorkerCgroup`]. Must run inside a tokio runtime.
+/// Does not wait for anything but `exec`: a worker that exits at once is reported by its exit
+/// watch, not here.
 pub(crate) fn spawn_in(spec: &LaunchSpec, isolation: &WorkerCgroup) -> Result<LaunchedWorker, LaunchError> {
     let birth = isolation.birth().map_err(|source| LaunchError::Isolation {
         topology: spec.topology_id.clone(),
         port: spec.port,
         source,
     })?;
-    match &birth {
-        Birth::IntoCgroup(dir) => spawn_by(spec, Route::Clone3(Some(dir.as_fd()))),
-        Birth::JoinBeforeExec => spawn_by(spec, Route::JoinBeforeExec(isolation)),
-    }
+    spawn_by(spec, route(birth))
 }
 
 /// [`spawn_in`] by the route given. Both routes give the worker the same argv, cwd, environment,
-/// stdio, session and user: one `Command` describes them ([`worker_command`]).
-pub(crate) fn spawn_by(spec: &LaunchSpec, route: Route<'_>) -> Result<LaunchedWorker, LaunchError> {
+/// stdio, session, cgroup and user: one `Command` describes them ([`worker_command`]).
+pub(crate) fn spawn_by(spec: &LaunchSpec, route: Route) -> Result<LaunchedWorker, LaunchError> {
     let argv = checked_argv(spec)?;
     let exec_err = |source| io_error(spec, LaunchStep::Exec, Path::new(&argv[0]), source);
     // std's `Command` hides such a string behind a placeholder (its spawn then fails like
@@ -164,18 +176,14 @@ pub(crate) fn spawn_by(spec: &LaunchSpec, route: Route<'_>) -> Result<LaunchedWo
     let (log, log_for_stderr) = prepare_files(spec)?;
     let command = worker_command(spec, &argv);
     let (pid, mut exit) = match route {
-        Route::JoinBeforeExec(isolation) => {
+        Route::Fork(join) => {
             let mut command = command;
             command.stdin(Stdio::null()).stdout(log).stderr(log_for_stderr);
             crate::sys::new_session_on_exec(&mut command);
             // Before the user switch (hooks run in registration order), so the join is made
             // with the agent's credentials whichever the kernel checks: the writer's, or (v2,
             // Linux ≥ 5.16) the opener's. The worker's user could not write `cgroup.procs`.
-            isolation.prepare(&mut command).map_err(|source| LaunchError::Isolation {
-                topology: spec.topology_id.clone(),
-                port: spec.port,
-                source,
-            })?;
+            join.on_exec_of(&mut command);
             if let Some(user) = &spec.run_as {
                 crate::sys::switch_user_on_exec(&mut command, user.uid, user.gid, &user.groups);
             }
@@ -184,9 +192,9 @@ pub(crate) fn spawn_by(spec: &LaunchSpec, route: Route<'_>) -> Result<LaunchedWo
             let child = tokio::process::Command::from(command).spawn().map_err(exec_err)?;
             (child.id().expect("a child that was never awaited has a pid"), ExitWatch::child(child))
         }
-        Route::Clone3(cgroup) => {
+        Route::Clone3(birth) => {
             let stdio = [OwnedFd::from(log), OwnedFd::from(log_for_stderr)];
-            super::born::spawn(&command, stdio, spec.run_as.as_ref(), cgroup)
+            super::born::spawn(&command, stdio, spec.run_as.as_ref(), birth)
                 .map_err(|(step, source)| io_error(spec, step, Path::new(&argv[0]), source))?
         }
     };

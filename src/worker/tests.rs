@@ -2,9 +2,10 @@
 //! session), group signalling with the identity proof, and exit detection for adopted
 //! processes. Each test is bounded by a deadline; nothing sleeps where it can poll.
 //!
-//! What a worker sees is tested on both routes of `launch::spawn_by` ([`Via`]): std's fork and
-//! exec, and clone3 (here born where the test runs; `isolation/tests.rs` has it born in a
-//! cgroup v2), so the two cannot drift apart.
+//! What a worker sees is tested on both routes of `launch::spawn_by` ([`Via`]): clone3 (the
+//! route of every spawn where the kernel has it; here started where the test runs, which has
+//! no cgroup to join; `isolation/tests.rs` has it born in a cgroup v2 and joining v1 ones) and
+//! std's fork and exec (the fallback without clone3), so the two cannot drift apart.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,8 @@ enum Via {
     Clone3,
 }
 
-/// Both routes; clone3 only where the kernel has it (`CLONE_INTO_CGROUP` implies the
-/// `CLONE_CLEAR_SIGHAND` the route uses), said once on stderr otherwise.
+/// Both routes; clone3 only where the agent would use it (`launch::route`), said on stderr
+/// otherwise.
 fn both() -> Vec<Via> {
     match crate::isolation::clone_into_cgroup() {
         Ok(()) => vec![Via::Fork, Via::Clone3],
@@ -47,8 +48,8 @@ fn both() -> Vec<Via> {
 
 fn spawn(via: Via, spec: &LaunchSpec) -> Result<LaunchedWorker, LaunchError> {
     match via {
-        Via::Fork => spawn_by(spec, Route::JoinBeforeExec(&unconfined())),
-        Via::Clone3 => spawn_by(spec, Route::Clone3(None)),
+        Via::Fork => spawn_by(spec, Route::Fork(unconfined().join().unwrap())),
+        Via::Clone3 => spawn_by(spec, Route::Clone3(unconfined().birth().unwrap())),
     }
 }
 
