@@ -45,10 +45,13 @@ if [ "${1:-}" = "--inside" ]; then
   exit 0
 fi
 
+# The pinned virtme-ng where scripts/vm/install.sh put it (pip --user), found as the VM stages
+# find it (fails naming scripts/vm/install.sh when it is missing).
+source scripts/vm/common.sh
+vm_find_vng
 kernel=${GALE_VM_KERNEL:-$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
 missing=()
 [ -n "$kernel" ] && [ -r "$kernel" ] || missing+=("a kernel image in /boot (apt-get install linux-image-amd64)")
-command -v vng >/dev/null || missing+=("vng (pip install virtme-ng)")
 command -v qemu-system-x86_64 >/dev/null || missing+=("qemu-system-x86_64 (apt-get install qemu-system-x86)")
 command -v runsv >/dev/null || missing+=("runsv (apt-get install runit)")
 command -v cc >/dev/null || missing+=("cc (apt-get install gcc)")
