@@ -128,6 +128,24 @@ fn only_the_newest_four_versions_are_kept() {
 }
 
 #[test]
+fn a_marker_is_a_link_to_its_data_file_and_an_empty_marker_still_counts() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut state = LocalState::open(tmp.path()).unwrap();
+    let v = state.put::<LastSessionId>(&1).unwrap();
+    let (data, marker) = (tmp.path().join(v.to_string()), tmp.path().join(format!("{v}.version")));
+    let ino = |p: &std::path::Path| fs::metadata(p).unwrap().ino();
+    assert_eq!(ino(&marker), ino(&data), "no inode of its own");
+
+    // An earlier release's marker: an empty file of its own.
+    let w = state.put::<LastSessionId>(&2).unwrap();
+    let old_marker = tmp.path().join(format!("{w}.version"));
+    fs::remove_file(&old_marker).unwrap();
+    fs::write(&old_marker, "").unwrap();
+    assert_eq!(LocalState::open(tmp.path()).unwrap().get::<LastSessionId>().unwrap(), Some(2));
+}
+
+#[test]
 fn version_is_bumped_when_the_clock_does_not_move_forward() {
     let tmp = tempfile::tempdir().unwrap();
     let mut state = LocalState::open_with_clock(tmp.path(), frozen_clock).unwrap();
