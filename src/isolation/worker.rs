@@ -414,7 +414,6 @@ impl WorkerCgroup {
             .any(|d| procfs::cgroup_path(&text, d.hierarchy).is_some_and(|p| procfs::is_within(p, &d.cgroup))))
     }
 
-    /// rmdir every directory, deepest first, retrying while the last members finish exiting.
     /// The common case after a worker exited and left nothing behind: one `rmdir` per
     /// directory, which the kernel refuses (`EBUSY`) while a process or a child cgroup is in
     /// it, so an empty cgroup goes without listing anything (the listings cost a restart more
@@ -431,6 +430,7 @@ impl WorkerCgroup {
         all_gone
     }
 
+    /// rmdir every directory, deepest first, retrying while the last members finish exiting.
     fn remove_dirs(&self) -> Result<(), IsolationError> {
         for dir in &self.dirs {
             let mut tree = Vec::new();
