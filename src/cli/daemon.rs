@@ -9,8 +9,7 @@ pub(crate) fn run(config_path: &Path) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     crate::logging::init(config.logs.format, &config.logs.level).map_err(|e| CliError::new(ExitCode::Config, e))?;
     // Two worker threads: the agent's work is I/O bound and small; this keeps its footprint low.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("gale")
         .enable_all()
         .build()
