@@ -17,4 +17,4 @@ mod timer;
 #[cfg(test)]
 pub(crate) use queue::spawn_queue;
 pub(crate) use queue::{Job, JobError, JobHandler, QueueHandle, new_queue, run_queue};
-pub(crate) use timer::{Phase, spawn_timer_with};
+pub(crate) use timer::{Phase, Ticks, spawn_timer_with};

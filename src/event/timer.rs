@@ -52,44 +52,68 @@ pub(crate) fn spawn_timer<J: Job>(queue: QueueHandle<J>, job: J, period: Duratio
 }
 
 /// Requests `job` on `queue` every `period` until `stop` changes to true or its sender is
-/// dropped. The period can change (a config reload): a new period restarts the timer, its
-/// first tick placed by `phase` again (so a reload pushed to a fleet at once does not line the
-/// timers up either).
+/// dropped. The period can change (a config reload): see [`Ticks`].
 pub(crate) fn spawn_timer_with<J: Job>(
     queue: QueueHandle<J>,
     job: J,
-    mut period: watch::Receiver<Duration>,
+    period: watch::Receiver<Duration>,
     phase: Phase,
     mut stop: Shutdown,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut current = *period.borrow_and_update();
-        let start = |p: Duration| {
-            let first = phase.first_tick(p, fastrand::f64());
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, p);
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            ticks
-        };
-        let mut ticks = start(current);
-        let mut changes = true;
+        let mut ticks = Ticks::new(period, phase);
         loop {
             tokio::select! {
-                _ = ticks.tick() => { queue.request(job); }
-                res = period.changed(), if changes => match res {
-                    // The sender is gone: the period is fixed from now on.
-                    Err(_) => changes = false,
-                    Ok(()) => {
-                        let next = *period.borrow_and_update();
-                        if next != current {
-                            current = next;
-                            ticks = start(current);
-                        }
-                    }
-                },
+                () = ticks.next() => { queue.request(job); }
                 () = stop.wait() => break,
             }
         }
     })
+}
+
+/// The ticks of a timer whose period can change (a config reload): a new period restarts
+/// it, its first tick placed by `phase` again (so a reload pushed to a fleet at once does
+/// not line the timers up either). For a task that does more on a tick than request one job.
+pub(crate) struct Ticks {
+    period: watch::Receiver<Duration>,
+    /// False once the period's sender is gone: the period is fixed from then on.
+    changes: bool,
+    current: Duration,
+    phase: Phase,
+    ticks: tokio::time::Interval,
+}
+
+impl Ticks {
+    pub(crate) fn new(mut period: watch::Receiver<Duration>, phase: Phase) -> Ticks {
+        let current = *period.borrow_and_update();
+        Ticks { period, changes: true, current, phase, ticks: Ticks::start(current, phase) }
+    }
+
+    fn start(period: Duration, phase: Phase) -> tokio::time::Interval {
+        let first = phase.first_tick(period, fastrand::f64());
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
+    }
+
+    /// The next tick (cancel safe).
+    pub(crate) async fn next(&mut self) {
+        loop {
+            tokio::select! {
+                _ = self.ticks.tick() => return,
+                res = self.period.changed(), if self.changes => match res {
+                    Err(_) => self.changes = false,
+                    Ok(()) => {
+                        let next = *self.period.borrow_and_update();
+                        if next != self.current {
+                            self.current = next;
+                            self.ticks = Ticks::start(next, self.phase);
+                        }
+                    }
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]

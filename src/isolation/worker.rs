@@ -309,6 +309,13 @@ impl WorkerCgroup {
         Ok(killed)
     }
 
+    /// Removes the cgroup if nothing is left in it (one `rmdir` per directory, no listing: the
+    /// common case right after a worker exited). Otherwise, or when it also has a former
+    /// parent to remove, gives it back for [`WorkerCgroup::remove`].
+    pub(crate) fn remove_empty(self) -> Result<(), WorkerCgroup> {
+        if !self.former_parent && self.remove_if_empty() { Ok(()) } else { Err(self) }
+    }
+
     /// This cgroup, found under a former workers' parent, removes that parent with it once
     /// the parent is empty.
     pub(crate) fn under_former_parent(mut self) -> WorkerCgroup {

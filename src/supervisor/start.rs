@@ -141,7 +141,7 @@ pub(super) async fn start(config: Config) -> Result<(Daemon, Teardown), RunError
         health: health_rx.clone(),
         front: front_rx,
         ops: ops_tx,
-        usage: super::usage::Sampler::new(&isolation, &executor.slots, &report, &config),
+        usage: super::usage::Sampler::new(&isolation, &executor.slots, &report),
         shutdown: shutdown.clone(),
     });
     let sources = crate::admin::Sources {

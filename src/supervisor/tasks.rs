@@ -6,15 +6,14 @@
 //! | `blob.sync_secs` timer, `/blobstore` watch | `sync-supervisor` `Blobs` |
 //! | `/actions/<id>` watch | `sync-supervisor` `Actions` |
 //! | `/assignments` watch (with the changed node's path) | `sync-supervisor` `Assignments` |
-//! | `monitor_secs` timer | `sync-processes` `Monitor` |
+//! | `monitor_secs` tick (with the use sampler and worker log rotation) | `sync-processes` `Monitor` |
 //! | the earliest slot deadline | `sync-processes` `Reconcile` |
 //! | a new assignment view, blob view or health verdict, a heartbeat hint, an operation | `sync-processes` `Reconcile` |
-//! | worker log rotation, health checks, the use sampler | nothing: they run on their own, off the queues |
+//! | health checks | nothing: they run on their own, off the queues |
 //!
 //! Every task ends when the [`Shutdown`] it was given fires (the first step of the stop).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -25,7 +24,7 @@ use crate::admin::control::Request;
 use crate::blob::BlobView;
 use crate::cluster::membership::MembershipHandles;
 use crate::config::Config;
-use crate::event::{Phase, QueueHandle, spawn_timer_with};
+use crate::event::{Phase, QueueHandle, Ticks, spawn_timer_with};
 use crate::health::HealthReport;
 use crate::shutdown::Shutdown;
 
@@ -67,24 +66,18 @@ pub(super) fn spawn(feeds: Feeds<'_>) -> (reload::Targets, Vec<JoinHandle<()>>) 
     let mut tasks = vec![
         spawn_timer_with((*sync_queue).clone(), SupervisorJob::Sync, sync_period_rx, Phase::Random, shutdown.clone()),
         spawn_timer_with((*sync_queue).clone(), SupervisorJob::Blobs, blob_period_rx, Phase::Random, shutdown.clone()),
-        spawn_timer_with(
-            (*proc_queue).clone(),
-            ProcessJob::Monitor,
-            monitor_period_rx,
-            Phase::Random,
-            shutdown.clone(),
-        ),
         tokio::spawn(processes::deadline_timer(feeds.deadline.clone(), (*proc_queue).clone(), shutdown.clone())),
-        tokio::spawn(rotate_worker_logs(
-            config.supervisor.log_dir.join("workers"),
-            log_policy_rx,
-            config.supervisor.monitor,
-            shutdown.clone(),
-        )),
         tokio::spawn(crate::health::run_periodically(health_settings_rx, feeds.health_tx.clone(), shutdown.clone())),
     ];
     tasks.extend(spawn_watches(&feeds));
-    tasks.push(tokio::spawn(feeds.usage.run(feeds.shutdown.clone())));
+    let logs = LogSweep { root: config.supervisor.log_dir.join("workers"), policy: log_policy_rx };
+    tasks.push(tokio::spawn(monitor_tick(
+        Ticks::new(monitor_period_rx, Phase::Random),
+        (*proc_queue).clone(),
+        feeds.usage,
+        logs,
+        feeds.shutdown.clone(),
+    )));
     let reload_targets = reload::Targets {
         config: feeds.config_tx,
         membership: feeds.zk.commands.clone(),
@@ -166,27 +159,34 @@ async fn wake_executor(q: QueueHandle<ProcessJob>, mut from: ExecutorWakes, mut 
     }
 }
 
-/// Worker log rotation and the node quota, every `interval`, on its own task (file copies of
-/// up to `worker_log_max_mb` must never hold up a queue).
-async fn rotate_worker_logs(
+/// Where worker logs are and how they are rotated.
+struct LogSweep {
     root: std::path::PathBuf,
     policy: watch::Receiver<crate::worker::LogPolicy>,
-    interval: Duration,
+}
+
+/// Every `monitor_secs`, in one wake-up: the monitor job, then what the workers use and the
+/// worker log rotation with the node quota, together in one trip to the blocking pool (file
+/// copies of up to `worker_log_max_mb` must never hold up a queue). Three timers and two trips
+/// cost an idle agent most of its CPU (`docs/benchmarks.md`, "Restart cost, round 3").
+async fn monitor_tick(
+    mut ticks: Ticks,
+    queue: QueueHandle<ProcessJob>,
+    mut sampler: super::usage::Sampler,
+    logs: LogSweep,
     mut stop: Shutdown,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            () = ticks.next() => {}
             () = stop.wait() => return,
         }
-        let root = root.clone();
-        let policy = *policy.borrow();
-        let Ok(report) = tokio::task::spawn_blocking(move || crate::worker::logrotate::sweep(&root, &policy)).await
-        else {
-            continue;
-        };
+        queue.request(ProcessJob::Monitor);
+        let read = sampler.reader();
+        let (root, policy) = (logs.root.clone(), *logs.policy.borrow());
+        let both = tokio::task::spawn_blocking(move || (read(), crate::worker::logrotate::sweep(&root, &policy)));
+        let Ok((samples, report)) = both.await else { continue };
+        sampler.publish(samples);
         let m = crate::metrics::metrics();
         m.log_rotations.inc_by(report.rotated.len() as u64);
         m.log_files_deleted.inc_by(report.deleted.len() as u64);

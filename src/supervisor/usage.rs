@@ -1,4 +1,4 @@
-//! The use sampler: every `monitor_secs` it reads what each running worker uses (its cgroup,
+//! The use sampler: on every monitor tick it reads what each running worker uses (its cgroup,
 //! or `/proc` under rlimits: `isolation::sample`) and publishes it in the [`NodeReport`], where
 //! SupervisorInfo, the status document and the metrics read it. It runs off the queues and
 //! never writes anything itself: SupervisorInfo carries the latest sample when it is written
@@ -6,23 +6,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::admin::SlotStatus;
 use crate::isolation::{Mechanism, Sample};
 use crate::model::NodeReport;
 use crate::model::usage::WorkerUsage;
-use crate::shutdown::Shutdown;
 
 /// What the sampler reads and where it publishes.
 pub(super) struct Sampler {
     isolation: Arc<Mechanism>,
     slots: watch::Receiver<Vec<SlotStatus>>,
     report: Arc<watch::Sender<NodeReport>>,
-    period: Duration,
+    previous: Previous,
 }
 
 /// The previous sample of a worker: when, and its CPU time then.
@@ -33,41 +30,31 @@ impl Sampler {
         isolation: &Mechanism,
         slots: &watch::Receiver<Vec<SlotStatus>>,
         report: &Arc<watch::Sender<NodeReport>>,
-        config: &crate::config::Config,
     ) -> Sampler {
         let (slots, report) = (slots.clone(), report.clone());
-        Sampler { isolation: Arc::new(isolation.clone()), slots, report, period: config.supervisor.monitor }
+        Sampler { isolation: Arc::new(isolation.clone()), slots, report, previous: Previous::new() }
     }
 
-    pub(super) async fn run(self, mut shutdown: Shutdown) {
-        let mut previous = Previous::new();
-        let mut ticker = tokio::time::interval(self.period);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.wait() => return,
-            }
-            let Some(samples) = self.sample_running().await else { return };
-            let usage = to_usage(samples, &mut previous, Instant::now());
-            self.report.send_if_modified(|r| {
-                let changed = r.usage != usage;
-                r.usage = usage;
-                changed
-            });
-        }
-    }
-
-    /// A sample of every worker with a process, read on the blocking pool.
-    async fn sample_running(&self) -> Option<Vec<(String, Sample)>> {
+    /// The read of every worker with a process, to run on the blocking pool (the monitor
+    /// tick, `tasks.rs`, runs it there with the log sweep).
+    pub(super) fn reader(&self) -> impl FnOnce() -> Vec<(String, Sample)> + Send + 'static {
         let running: Vec<(String, u32)> =
             self.slots.borrow().iter().filter_map(|s| Some((s.worker_id.clone()?, s.pid?))).collect();
         let isolation = self.isolation.clone();
-        let read = move || {
+        move || {
             let sample = |(id, pid): (String, u32)| Some((id.clone(), crate::isolation::sample(&isolation, &id, pid)?));
             running.into_iter().filter_map(sample).collect()
-        };
-        tokio::task::spawn_blocking(read).await.ok()
+        }
+    }
+
+    /// Publishes what `reader` read.
+    pub(super) fn publish(&mut self, samples: Vec<(String, Sample)>) {
+        let usage = to_usage(samples, &mut self.previous, Instant::now());
+        self.report.send_if_modified(|r| {
+            let changed = r.usage != usage;
+            r.usage = usage;
+            changed
+        });
     }
 }
 
@@ -102,6 +89,7 @@ fn to_usage(samples: Vec<(String, Sample)>, previous: &mut Previous, now: Instan
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn sample(cpu_ns: u64) -> Sample {
         Sample {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ProcEvent, ProcessJob, Processes};
+use crate::isolation::WorkerCgroup;
 use crate::local_state::Workers;
 use crate::model::assignment::LivenessMode;
 use crate::model::{ExitReason, LastExit, unix_ms};
@@ -198,10 +199,14 @@ impl Processes {
         for dir in std::mem::take(&mut self.cleanup.worker_dirs) {
             self.clean_worker_dir(&dir);
         }
-        // Then each exited worker's cgroup: what left its group dies here.
-        let cgroups = std::mem::take(&mut self.cleanup.cgroups);
+        // Then each exited worker's cgroup: an empty one goes here and now (a few `rmdir`s);
+        // in any other, what the worker left dies first, off the job.
+        let cgroups: Vec<(String, WorkerCgroup)> = std::mem::take(&mut self.cleanup.cgroups)
+            .into_iter()
+            .filter_map(|(worker_id, cgroup)| cgroup.remove_empty().err().map(|cgroup| (worker_id, cgroup)))
+            .collect();
         if !cgroups.is_empty() {
-            // Kills whatever the workers left in them, then removes them; bounded, off the job.
+            // Kills whatever the workers left in them, then removes them; bounded.
             tokio::task::spawn_blocking(move || {
                 for (worker_id, cgroup) in cgroups {
                     match cgroup.remove() {
