@@ -8,7 +8,9 @@ use crate::lifecycle::ExitCode;
 pub(crate) fn run(config_path: &Path) -> Result<ExitCode, CliError> {
     let config = load_config(config_path)?;
     crate::logging::init(config.logs.format, &config.logs.level).map_err(|e| CliError::new(ExitCode::Config, e))?;
-    // Two worker threads: the agent's work is I/O bound and small; this keeps its footprint low.
+    // One thread: the queues serialise the agent's work anyway, and every hand-off between two
+    // runtime threads was a wake-up costing CPU (docs/benchmarks.md, "Restart cost, round 3").
+    // Blocking work (fsync, file copies) still goes to the blocking pool.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("gale")
         .enable_all()
