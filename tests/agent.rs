@@ -69,6 +69,43 @@ async fn registration_is_an_ephemeral_node_with_the_spec_payload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_registration_is_put_back_by_the_watch_even_after_our_own_writes() {
+    let zk_server = shared_zk();
+    let tmp = tempfile::tempdir().unwrap();
+    // No refresh and no sync (whose registration check is the safety net) within the test:
+    // only the watch on the node can notice a deletion (an unchanged payload is not written,
+    // so no write fails either).
+    let mut spec = AgentSpec::new(&zk_server.connect_string(), "/t-rewatch").id("sup-rewatch");
+    spec.heartbeat_refresh_secs = 3600;
+    let config = spec.write(tmp.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("sync_secs = 2", "sync_secs = 3600")).unwrap();
+    let _agent = Agent::start(&config);
+    let zk = zk_client(&zk_server.connect_string()).await;
+    let path = "/t-rewatch/supervisors/sup-rewatch";
+    let (_, stat) = wait_running(&zk, path).await;
+
+    // Our own writes (drain, undrain: the state changes twice) fire the watch too, and must
+    // neither use it up nor be taken for someone else's.
+    for (args, state) in [(&["drain", "--wait"][..], "draining"), (&["undrain"][..], "running")] {
+        expect(&config, args, 0);
+        eventually(&format!("{path} with state {state}"), Duration::from_secs(30), || async {
+            read_node(&zk, path).await.filter(|(v, _)| v["state"] == state)
+        })
+        .await;
+    }
+    for round in 1..=2 {
+        zk.delete(path, None).await.unwrap();
+        let (info, again) = eventually(&format!("{path} created again (round {round})"), Duration::from_secs(30), || async {
+            read_node(&zk, path).await
+        })
+        .await;
+        assert_eq!(again.ephemeral_owner, stat.ephemeral_owner, "same session: {info}");
+        assert_eq!(info["state"], "running", "{info}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_the_session_at_once_and_the_next_start_is_clean() {
     let zk_server = shared_zk();
     let tmp = tempfile::tempdir().unwrap();
@@ -473,10 +510,11 @@ async fn idle_topologies_cost_no_read_per_sync_and_a_change_costs_one_read() {
     let settled = after_runs(Reads::scrape(admin), 2).await;
     assert!(settled.stat >= 30, "the start-up read every topology once: {settled:?}");
 
-    // Several periods with 30 topologies: per sync one stat of `/assignments` and one list of
-    // `/actions/<id>`; nothing per topology. (A job cut by either end of the window: +2.)
+    // Several periods with 30 topologies: per sync one stat of `/assignments`, one list of
+    // `/actions/<id>` and one stat of our own node (the registration check); nothing per
+    // topology. (A job cut by either end of the window: +3.)
     let steady = after_runs(settled, 4).await.since(&settled);
-    assert!(steady.total() <= 2 * steady.runs + 2, "reads grow with the topologies: {steady:?}");
+    assert!(steady.total() <= 3 * steady.runs + 3, "reads grow with the topologies: {steady:?}");
     assert_eq!(steady.get, 0, "{steady:?}");
 
     // 30 more: each is read once, from the watch event (a timer pass that lists at that very
@@ -492,9 +530,9 @@ async fn idle_topologies_cost_no_read_per_sync_and_a_change_costs_one_read() {
     .await;
     let listed = after_runs(created, 2).await;
     let growth = listed.since(&before);
-    assert!(growth.stat <= growth.runs + 1, "a create made the agent stat the others: {growth:?}");
+    assert!(growth.stat <= 2 * growth.runs + 1, "a create made the agent stat the others: {growth:?}");
     let steady60 = after_runs(listed, 4).await.since(&listed);
-    assert!(steady60.total() <= 2 * steady60.runs + 2, "reads grow with the topologies: {steady60:?}");
+    assert!(steady60.total() <= 3 * steady60.runs + 3, "reads grow with the topologies: {steady60:?}");
 
     // A data change of one topology: exactly one read, a get of that node.
     let before = Reads::scrape(admin);
@@ -505,7 +543,7 @@ async fn idle_topologies_cost_no_read_per_sync_and_a_change_costs_one_read() {
     .await;
     let change = Reads::scrape(admin).since(&before);
     assert_eq!(change.get, 1, "one get of the changed node: {change:?}");
-    assert!(change.stat <= change.runs + 1, "a change made the agent stat every topology: {change:?}");
+    assert!(change.stat <= 2 * change.runs + 1, "a change made the agent stat every topology: {change:?}");
     assert!(change.list <= change.runs + 1, "{change:?}");
 
     // A reconnect (or a new session) is followed by a full pass: events may have been missed.

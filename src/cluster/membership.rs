@@ -27,6 +27,12 @@
 //! changes nothing visible: the node stays; nothing is sent while disconnected; the next tick
 //! retries.
 //!
+//! Our node is watched with a persistent watch: a deletion, a creation by someone else or a
+//! write that is not ours re-checks it at once. Our own writes fire it too; those are counted
+//! and passed over, so a write costs one round trip, not a write and a re-read (restart cost,
+//! `docs/benchmarks.md`). A reconnect drops the watch (the server forgot it, and the crate
+//! does not set it again) and checks the node, which sets it again.
+//!
 //! Every action runs in a `select!` with the stop signal, so a stop is honoured even while a
 //! registration waits for an old session to expire.
 
@@ -39,7 +45,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use super::ownership::{self, Decision, KnownSessions};
-use super::zk::{self, ConnectOptions, ErrorClass, NodeEvent, SessionState, ZkClient, ZkError};
+use super::zk::{self, ConnectOptions, ErrorClass, NodeEvent, NodeWatcher, SessionState, ZkClient, ZkError};
 use crate::config::Capacity;
 use crate::model::{self, NodeReport, SupervisorInfo, ZkStatus};
 use crate::shutdown::Shutdown;
@@ -107,9 +113,6 @@ pub(crate) enum MembershipError {
     SessionLog(String),
 }
 
-/// A one-shot watch on our node, as a future (polled at most until it completes once).
-type WatchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = NodeEvent> + Send>>;
-
 enum Wake {
     Stop,
     State(SessionState),
@@ -148,8 +151,11 @@ pub(crate) struct Membership {
     known: KnownSessions,
     /// Last payload written, when, and the node version it produced; `None` forces a write.
     last_written: Option<(SupervisorInfo, Instant, i32)>,
-    /// The one-shot watch on our node, when armed.
-    watch: Option<WatchFuture>,
+    /// The persistent watch on our node, when armed.
+    watch: Option<NodeWatcher>,
+    /// `DataChanged` events of that watch that our own writes since it was armed will still
+    /// cause: passed over, not re-checked.
+    own_writes: u32,
 }
 
 impl std::fmt::Debug for Membership {
@@ -203,6 +209,7 @@ impl Membership {
             known: KnownSessions { this_process: Vec::new(), ..previous },
             last_written: None,
             watch: None,
+            own_writes: 0,
         };
         (membership, MembershipHandles { commands: cmd_tx, events: ev_rx, status: st_rx, client: client_rx })
     }
@@ -314,7 +321,7 @@ impl Membership {
             let wake = tokio::select! {
                 _ = self.stop.wait() => Wake::Stop,
                 state = states.changed() => Wake::State(state),
-                event = async { watch.as_mut().expect("armed").await }, if watch.is_some() => Wake::Watch(event),
+                event = async { watch.as_mut().expect("armed").changed().await }, if watch.is_some() => Wake::Watch(event),
                 _ = heartbeat.tick() => Wake::Tick,
                 changed = self.report.changed() => if changed.is_ok() { Wake::Tick } else { Wake::Stop },
                 Some(cmd) = self.commands.recv() => Wake::Command(cmd),
@@ -334,6 +341,8 @@ impl Membership {
                         SessionState::Connected | SessionState::ConnectedReadOnly => {
                             info!(session = %client.session_hex(), "reconnected to zookeeper");
                             let _ = self.events.send(SessionEvent::Reconnected);
+                            // The server forgot the persistent watch: `verify` sets it again.
+                            self.watch = None;
                             // Re-read: the node may have been deleted while we were away.
                             self.verify(client).await
                         }
@@ -345,20 +354,22 @@ impl Membership {
                         }
                     }
                 }
-                Wake::Watch(event) => {
-                    // A one-shot watch future is spent once it fired.
-                    self.watch = None;
-                    match event {
-                        NodeEvent::Session(state) if state.is_terminal() => return Ok(SessionEnd::Lost),
-                        NodeEvent::Deleted => {
-                            warn!(path = %self.node_path(), "our registration was deleted; registering again");
-                            self.verify(client).await
-                        }
-                        // Our own writes fire DataChanged; a Created means someone else made
-                        // our path. Either way: check the owner and re-arm.
-                        _ => self.verify(client).await,
+                Wake::Watch(event) => match event {
+                    NodeEvent::Session(state) if state.is_terminal() => return Ok(SessionEnd::Lost),
+                    // The connection's ups and downs: the state watcher acts on them (a
+                    // reconnect checks the node and sets the watch again).
+                    NodeEvent::Session(_) => Ok(()),
+                    NodeEvent::DataChanged if self.own_writes > 0 => {
+                        self.own_writes -= 1;
+                        Ok(())
                     }
-                }
+                    NodeEvent::Deleted => {
+                        warn!(path = %self.node_path(), "our registration was deleted; registering again");
+                        self.verify(client).await
+                    }
+                    // Someone else made our path, or wrote it: check the owner, write ours.
+                    _ => self.verify(client).await,
+                },
                 Wake::Tick => {
                     if self.watch.is_none() {
                         // The watch could not be armed: check the node the slow way.
@@ -544,14 +555,21 @@ impl Membership {
         }
     }
 
+    /// Sets the watch on our node (again) and reads it; none of our writes is pending on it.
+    async fn watch_ours(&mut self, client: &ZkClient) -> Result<Option<zk::NodeStat>, RegisterError> {
+        let (stat, watcher) = client.watch_node_persistently(&self.node_path()).await?;
+        // The new watch is set before the old one goes: the node is never left unwatched.
+        self.watch = Some(watcher);
+        self.own_writes = 0;
+        Ok(stat)
+    }
+
     /// Arms the watch on our node and checks it is still ours.
     async fn arm(&mut self, client: &ZkClient) -> Result<(), RegisterError> {
-        let (stat, watch) = client.watch_node(&self.node_path()).await?;
-        self.watch = Some(Box::pin(watch.changed()));
-        match stat {
+        match self.watch_ours(client).await? {
             Some(s) if s.ephemeral_owner == client.session_id() => Ok(()),
-            // Gone or replaced between our write and the watch: the watch (an exists watch
-            // now, or a data watch on someone else's node) would not tell us. Act now.
+            // Gone or replaced between our write and the watch, which reports only what
+            // happens after it was set: act now.
             _ => Box::pin(self.register(client)).await,
         }
     }
@@ -576,6 +594,7 @@ impl Membership {
             Ok(stat) => {
                 debug!(path = %path, version = stat.version, "supervisor info written");
                 self.last_written = Some((info, Instant::now(), stat.version));
+                self.own_writes += 1;
                 Ok(())
             }
             Err(e) if matches!(e.class(), ErrorClass::NoNode | ErrorClass::BadVersion) => {
@@ -589,8 +608,10 @@ impl Membership {
 
     /// The safety net: our node exists, is owned by this session, is watched and up to date.
     async fn verify(&mut self, client: &ZkClient) -> Result<(), RegisterError> {
-        let (stat, watch) = client.watch_node(&self.node_path()).await?;
-        self.watch = Some(Box::pin(watch.changed()));
+        let stat = match self.watch {
+            Some(_) => client.stat(&self.node_path()).await?,
+            None => self.watch_ours(client).await?,
+        };
         match stat {
             Some(stat) if stat.ephemeral_owner == client.session_id() => {
                 if let Some((_, _, version)) = &mut self.last_written {

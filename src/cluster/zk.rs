@@ -202,7 +202,12 @@ pub(crate) struct NodeWatch(zk::OneshotWatcher);
 
 impl NodeWatch {
     pub(crate) async fn changed(self) -> NodeEvent {
-        let event = self.0.changed().await;
+        NodeEvent::of(&self.0.changed().await)
+    }
+}
+
+impl NodeEvent {
+    fn of(event: &zk::WatchedEvent) -> NodeEvent {
         match event.event_type {
             zk::EventType::NodeCreated => NodeEvent::Created,
             zk::EventType::NodeDeleted => NodeEvent::Deleted,
@@ -210,6 +215,28 @@ impl NodeWatch {
             zk::EventType::NodeChildrenChanged => NodeEvent::ChildrenChanged,
             zk::EventType::Session => NodeEvent::Session(SessionState::from_client(event.session_state)),
         }
+    }
+}
+
+/// A persistent watch on one node (ZooKeeper ≥ 3.6): every change of it, not only the next.
+/// Like [`TreeWatch`] it is dead on the server after a reconnect (the crate does not set it
+/// again) and misses the events of a disconnection: set it again after reconnecting.
+#[derive(Debug)]
+pub(crate) struct NodeWatcher {
+    watcher: zk::PersistentWatcher,
+    ended: bool,
+}
+
+impl NodeWatcher {
+    /// The next event; `Session` for a change of the connection. After a terminal session
+    /// event it never returns (the crate panics if polled after one).
+    pub(crate) async fn changed(&mut self) -> NodeEvent {
+        if self.ended {
+            return std::future::pending().await;
+        }
+        let event = NodeEvent::of(&self.watcher.changed().await);
+        self.ended = matches!(event, NodeEvent::Session(s) if s.is_terminal());
+        event
     }
 }
 
@@ -526,6 +553,15 @@ impl ZkClient {
     pub(crate) async fn watch_node(&self, path: &str) -> Result<(Option<NodeStat>, NodeWatch), ZkError> {
         let (stat, watcher) = bounded(&self.client, "watch", path, || self.client.check_and_watch_stat(path)).await?;
         Ok((stat.as_ref().map(NodeStat::from), NodeWatch(watcher)))
+    }
+
+    /// A persistent watch on `path`, then its stat (the watch first: no change between the two
+    /// goes unseen).
+    pub(crate) async fn watch_node_persistently(&self, path: &str) -> Result<(Option<NodeStat>, NodeWatcher), ZkError> {
+        let watcher =
+            bounded(&self.client, "watch", path, || self.client.watch(path, zk::AddWatchMode::Persistent)).await?;
+        let stat = self.stat(path).await?;
+        Ok((stat, NodeWatcher { watcher, ended: false }))
     }
 
     /// Closes the session: its ephemeral nodes go at once. Waits up to `timeout` for the
