@@ -96,10 +96,11 @@ async fn a_deleted_registration_is_put_back_by_the_watch_even_after_our_own_writ
     }
     for round in 1..=2 {
         zk.delete(path, None).await.unwrap();
-        let (info, again) = eventually(&format!("{path} created again (round {round})"), Duration::from_secs(30), || async {
-            read_node(&zk, path).await
-        })
-        .await;
+        let (info, again) =
+            eventually(&format!("{path} created again (round {round})"), Duration::from_secs(30), || async {
+                read_node(&zk, path).await
+            })
+            .await;
         assert_eq!(again.ephemeral_owner, stat.ephemeral_owner, "same session: {info}");
         assert_eq!(info["state"], "running", "{info}");
     }
