@@ -91,11 +91,6 @@ impl Processes {
             warn!(port, topology = %job.topology_id, error = %e, "worker refused");
             e
         })?;
-        // A job that makes no blob links and no heartbeat file most often leaves its dir as
-        // the launch made it: the next worker can have it.
-        if job.blobs.is_empty() && job.launch.liveness != LivenessMode::Heartbeat {
-            self.reuse_exited_dir(&worker_dir);
-        }
         // GALE_BLOB_DIR exists even when the job has no blobs (SPEC §4 promises the directory).
         // Linked only to cache entries of the user it runs as (blob privacy between users).
         let owner = crate::blob::Owner::of_uid(run_as.as_ref().map(|r| r.uid));

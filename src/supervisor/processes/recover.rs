@@ -240,30 +240,6 @@ impl Processes {
         self.remove_worker_dir(worker_id);
     }
 
-    /// Gives a new worker (its dir `worker_dir`) the directory of a worker that exited in this
-    /// job instead of making one and removing the other: each `mkdir` and `rmdir` allocates or
-    /// frees an inode, and the four of them were a tenth of a restart's CPU
-    /// (`docs/benchmarks.md`, "Restart cost, round 3"). Only the dir of a worker whose cgroup
-    /// went with its `rmdir` (which the kernel refuses while a process is in it: nothing of
-    /// that worker can still write there) and that holds nothing but an empty blob dir, so the
-    /// new worker finds exactly what a new directory would give it. False if none was reused.
-    pub(super) fn reuse_exited_dir(&mut self, worker_dir: &std::path::Path) -> bool {
-        let Some(i) = self.cleanup.worker_dirs.iter().position(|d| !d.scan_for_leftovers) else { return false };
-        let old_id = self.cleanup.worker_dirs[i].worker_id.clone();
-        let Some(j) = self.cleanup.cgroups.iter().position(|(id, _)| *id == old_id) else { return false };
-        let (id, cgroup) = self.cleanup.cgroups.swap_remove(j);
-        if let Err(cgroup) = cgroup.remove_empty() {
-            self.cleanup.cgroups.push((id, cgroup));
-            return false;
-        }
-        let old_dir = self.worker_dir(&old_id);
-        if !holds_only_an_empty_blob_dir(&old_dir) || std::fs::rename(&old_dir, worker_dir).is_err() {
-            return false;
-        }
-        self.cleanup.worker_dirs.swap_remove(i);
-        true
-    }
-
     pub(super) fn remove_worker_dir(&self, worker_id: &str) {
         if crate::ident::validate("worker id", worker_id).is_err() {
             return;
@@ -303,41 +279,9 @@ fn remove_worker_tree(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-/// Whether a worker dir holds exactly what a launch makes in it: an empty blob dir.
-fn holds_only_an_empty_blob_dir(path: &std::path::Path) -> bool {
-    let names = |dir: &std::path::Path| -> Option<Vec<std::ffi::OsString>> {
-        std::fs::read_dir(dir).ok()?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>().ok()
-    };
-    let blobs = crate::supervisor::links::blob_dir(path);
-    names(path).is_some_and(|n| n.len() == 1 && Some(n[0].as_os_str()) == blobs.file_name())
-        && names(&blobs).is_some_and(|n| n.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{holds_only_an_empty_blob_dir, remove_worker_tree};
-
-    #[test]
-    fn only_a_dir_as_a_launch_makes_it_is_reused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = |name: &str| {
-            let d = tmp.path().join(name);
-            std::fs::create_dir_all(d.join("blobs")).unwrap();
-            d
-        };
-        assert!(holds_only_an_empty_blob_dir(&dir("bare")));
-        let linked = dir("linked");
-        std::os::unix::fs::symlink("/etc/hostname", linked.join("blobs/conf")).unwrap();
-        let beat = dir("beat");
-        std::fs::write(beat.join("heartbeat"), "").unwrap();
-        let written = dir("written");
-        std::fs::create_dir(written.join("out")).unwrap();
-        let no_blobs = tmp.path().join("no-blobs");
-        std::fs::create_dir(&no_blobs).unwrap();
-        for d in [&linked, &beat, &written, &no_blobs, &tmp.path().join("gone")] {
-            assert!(!holds_only_an_empty_blob_dir(d), "{}", d.display());
-        }
-    }
+    use super::remove_worker_tree;
 
     #[test]
     fn a_worker_dir_goes_whatever_it_holds() {
