@@ -354,22 +354,8 @@ impl Membership {
                         }
                     }
                 }
-                Wake::Watch(event) => match event {
-                    NodeEvent::Session(state) if state.is_terminal() => return Ok(SessionEnd::Lost),
-                    // The connection's ups and downs: the state watcher acts on them (a
-                    // reconnect checks the node and sets the watch again).
-                    NodeEvent::Session(_) => Ok(()),
-                    NodeEvent::DataChanged if self.own_writes > 0 => {
-                        self.own_writes -= 1;
-                        Ok(())
-                    }
-                    NodeEvent::Deleted => {
-                        warn!(path = %self.node_path(), "our registration was deleted; registering again");
-                        self.verify(client).await
-                    }
-                    // Someone else made our path, or wrote it: check the owner, write ours.
-                    _ => self.verify(client).await,
-                },
+                Wake::Watch(NodeEvent::Session(state)) if state.is_terminal() => return Ok(SessionEnd::Lost),
+                Wake::Watch(event) => self.on_node_event(client, event).await,
                 Wake::Tick => {
                     if self.watch.is_none() {
                         // The watch could not be armed: check the node the slow way.
@@ -552,6 +538,25 @@ impl Membership {
                 }
                 Ok(_) => {}
             }
+        }
+    }
+
+    /// An event of the watch on our node (a terminal session state ends the session first).
+    async fn on_node_event(&mut self, client: &ZkClient, event: NodeEvent) -> Result<(), RegisterError> {
+        match event {
+            // The connection's ups and downs: the state watcher acts on them (a reconnect checks
+            // the node and sets the watch again).
+            NodeEvent::Session(_) => Ok(()),
+            NodeEvent::DataChanged if self.own_writes > 0 => {
+                self.own_writes -= 1;
+                Ok(())
+            }
+            NodeEvent::Deleted => {
+                warn!(path = %self.node_path(), "our registration was deleted; registering again");
+                self.verify(client).await
+            }
+            // Someone else made our path, or wrote it: check the owner, write ours.
+            _ => self.verify(client).await,
         }
     }
 
